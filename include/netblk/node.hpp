@@ -1,0 +1,145 @@
+// The node interface: one block device in a graph (a protocol, a format or a filter).
+//
+// Consumers call the public operations. They check bounds and read-only state, align
+// requests to the node's request_alignment (read-modify-write where needed), split them at
+// max_transfer and emulate what a driver lacks (FUA by flush, write_zeroes by writing a
+// zero buffer). Drivers implement the protected co_* hooks and only ever see in-bounds,
+// aligned requests no longer than max_transfer. All operations are coroutines on the
+// node's executor; many may be in flight at once.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "netblk/error.hpp"
+#include "netblk/runtime.hpp"
+
+namespace netblk {
+
+// Option trees, canonical names and json: specs.
+using Json = nlohmann::ordered_json;
+
+// Flags for write().
+inline constexpr unsigned kWriteFua = 1u << 0;  // durable before completion
+// A whole-cluster write the format may store compressed (qcow2; `convert -c`).
+inline constexpr unsigned kWriteCompressed = 1u << 3;
+// Flags for write_zeroes().
+inline constexpr unsigned kZeroMayUnmap = 1u << 1;  // may deallocate (punch a hole)
+inline constexpr unsigned kZeroFast = 1u << 2;      // fail with ENOTSUP rather than write slowly
+
+// Flags of a block_status() answer.
+inline constexpr unsigned kStatusData = 1u << 0;       // reads may return non-zero bytes
+inline constexpr unsigned kStatusZero = 1u << 1;       // reads return zeroes
+inline constexpr unsigned kStatusAllocated = 1u << 2;  // defined by this node, not its backing
+
+struct BlockStatus {
+  std::uint64_t length = 0;  // > 0 and no longer than asked
+  unsigned flags = 0;
+  // Where the data lives in the node's file child, for `map`; kNoOffset if nowhere/unknown.
+  std::uint64_t host_offset = kNoOffset;
+  static constexpr std::uint64_t kNoOffset = ~std::uint64_t{0};
+};
+
+struct Limits {
+  std::uint32_t request_alignment = 1;  // offsets and lengths of read/write are multiples
+  std::uint64_t max_transfer = 0;       // largest single request; 0 = no limit
+  std::uint32_t preferred_alignment = 4096;
+};
+
+struct Capabilities {
+  bool read_only = false;
+  bool can_flush = false;      // co_flush does something durable
+  bool can_fua = false;        // co_write honours kWriteFua itself
+  bool can_zero = false;       // co_write_zeroes is efficient (not a buffer write)
+  bool can_discard = false;    // co_discard may free space
+  bool has_block_status = false;
+  bool can_multi_conn = false;  // several clients see each other's flushed writes
+  bool can_compress = false;    // honours kWriteCompressed
+};
+
+class Node {
+ public:
+  explicit Node(Executor executor) : executor_(std::move(executor)) {}
+  virtual ~Node();
+  Node(const Node&) = delete;
+  Node& operator=(const Node&) = delete;
+
+  // The driver's name ("file", "raw", "qcow2", "nbd", "http").
+  virtual std::string_view driver() const = 0;
+  // The node's options as QEMU would spell them, children nested ("file": {...}); secrets
+  // are referenced by id, never included.
+  virtual Json options() const = 0;
+  // A plain filename that opens an equivalent node ("/path", "nbd://h:10809/x"), or "" when
+  // only a json: name can say it.
+  virtual std::string plain_filename() const { return {}; }
+  // For messages: the plain filename, or the driver name.
+  std::string display_name() const;
+
+  std::uint64_t size() const noexcept { return size_; }
+  const Limits& limits() const noexcept { return limits_; }
+  const Capabilities& caps() const noexcept { return caps_; }
+  bool read_only() const noexcept { return caps_.read_only; }
+  const Executor& executor() const noexcept { return executor_; }
+  Node* file() const noexcept { return file_.get(); }
+  Node* backing() const noexcept { return backing_.get(); }
+  // Bytes this node occupies on its storage, if known (info's "disk size").
+  virtual std::int64_t allocated_bytes() const { return file_ ? file_->allocated_bytes() : -1; }
+  // Format-specific facts for `info` (qemu-img's "format-specific" object); null if none.
+  virtual Json format_specific() const { return nullptr; }
+  // What the image itself stores as its backing file and its format ("" if none).
+  virtual std::string stored_backing_filename() const { return {}; }
+  virtual std::string stored_backing_format() const { return {}; }
+  virtual bool dirty_flag() const { return false; }
+  virtual std::uint64_t cluster_size() const { return 0; }
+  // True when a freshly created image of this kind reads as zeroes (convert may then skip
+  // writing zero areas).
+  virtual bool has_zero_init() const { return file_ ? file_->has_zero_init() : false; }
+
+  Task<void> read(std::uint64_t offset, std::span<std::byte> buf);
+  Task<void> write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags = 0);
+  Task<void> write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags = 0);
+  Task<void> discard(std::uint64_t offset, std::uint64_t length);
+  Task<void> flush();
+  // The status of [offset, offset + result.length), result.length in (0, length].
+  Task<BlockStatus> block_status(std::uint64_t offset, std::uint64_t length);
+  // Flushes (when writable) and releases the node and its children. Idempotent.
+  Task<void> close();
+
+ protected:
+  virtual Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) = 0;
+  virtual Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags);
+  virtual Task<void> co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags);
+  virtual Task<void> co_discard(std::uint64_t offset, std::uint64_t length);
+  virtual Task<void> co_flush();
+  virtual Task<BlockStatus> co_block_status(std::uint64_t offset, std::uint64_t length);
+  virtual Task<void> co_close();
+
+  // Set by the driver while opening.
+  std::uint64_t size_ = 0;
+  Limits limits_;
+  Capabilities caps_;
+  std::unique_ptr<Node> file_;
+  std::unique_ptr<Node> backing_;
+
+ private:
+  void check_range(std::uint64_t offset, std::uint64_t length, const char* op) const;
+  Task<void> write_aligned(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags);
+  Executor executor_;
+  bool closed_ = false;
+};
+
+// The status of `offset` as read from `top`, walking down the backing chain to the first
+// layer that defines it (QEMU's block_status_above). A range no layer allocates reads as
+// zeroes. `depth` is how many backing links down the answer came from.
+struct ChainStatus {
+  BlockStatus status;
+  int depth = 0;
+  const Node* layer = nullptr;  // the node that answered
+  bool present = true;          // some layer allocates it (false: zero because nothing does)
+};
+Task<ChainStatus> chain_block_status(Node& top, std::uint64_t offset, std::uint64_t length);
+
+}  // namespace netblk

@@ -1,0 +1,42 @@
+// Opening a drive by any of QEMU's names, and naming it back.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "netblk/node.hpp"
+
+namespace netblk {
+
+// One drive, however it was named. Every form ends in the same option tree:
+//  - filename: a path, a URL ("nbd://h/x", "http://h/disk"), a legacy name ("nbd:h:10809")
+//    or "json:{...}"; may be empty when `options` name everything;
+//  - options: a nested option tree (QEMU's blockdev keys: {"driver":"qcow2","file":{...}});
+//  - format: qemu-img's -f; empty means options' "driver", or probing;
+//  - read_only; copy_on_read (inserts QEMU's copy-on-read filter on top).
+struct DriveSpec {
+  std::string filename;
+  Json options = Json::object();
+  std::string format;
+  bool read_only = false;
+  bool copy_on_read = false;
+};
+
+// Parses qemu-img's --image-opts argument ("driver=qcow2,file.filename=x").
+DriveSpec drive_from_image_opts(std::string_view text);
+// Parses a QEMU -drive argument: file, format, readonly, copy-on-read, media, cache, aio,
+// discard, detect-zeroes, if/index/id/serial (ignored) and dotted driver options.
+DriveSpec drive_from_drive_opts(std::string_view text);
+
+// Opens the graph the spec names, on the calling coroutine's executor. Throws Error.
+Task<std::unique_ptr<Node>> open_drive(DriveSpec spec);
+
+// What an overlay stores as its backing file: a plain filename when that says everything,
+// otherwise "json:{...}". Never contains a secret.
+std::string canonical_name(const Node& node);
+
+// Creates an image: `format` on a new protocol file `filename`, with qemu-img's -o options
+// ("cluster_size=64k,backing_file=..."). Size may be absent when a backing file gives it.
+Task<void> create_image(std::string format, std::string filename, std::string options_text,
+                        std::optional<std::uint64_t> size);
+
+}  // namespace netblk

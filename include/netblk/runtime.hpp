@@ -1,0 +1,107 @@
+// The runtime: standalone Asio with C++20 coroutines. One io_context per thread runs the
+// coroutines; calls that can only block (pread on a cold page, a library's connect or
+// login) run on a shared worker pool through offload() and resume on the caller's executor.
+#pragma once
+#include <asio/any_io_executor.hpp>
+#include <asio/awaitable.hpp>
+#include <asio/co_spawn.hpp>
+#include <asio/detached.hpp>
+#include <asio/redirect_error.hpp>
+#include <asio/io_context.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/this_coro.hpp>
+#include <asio/thread_pool.hpp>
+#include <asio/use_awaitable.hpp>
+#include <chrono>
+#include <exception>
+#include <functional>
+#include <optional>
+#include <type_traits>
+#include <utility>
+
+namespace netblk {
+
+using Executor = asio::any_io_executor;
+template <class T = void>
+using Task = asio::awaitable<T>;
+
+// The process-wide pool for blocking calls (created on first use).
+asio::thread_pool& worker_pool();
+
+// Runs `fn` on the worker pool and resumes the awaiting coroutine on its own executor.
+// Exceptions thrown by `fn` are rethrown in the caller.
+template <class F>
+Task<std::invoke_result_t<F>> offload(F fn) {
+  using R = std::invoke_result_t<F>;
+  co_return co_await asio::co_spawn(
+      worker_pool(), [fn = std::move(fn)]() mutable -> Task<R> { co_return fn(); },
+      asio::use_awaitable);
+}
+
+// Runs one coroutine to completion on a fresh io_context and returns its result.
+// For the CLI's main and for tests.
+template <class T>
+T run_sync(std::function<Task<T>()> make) {
+  asio::io_context ctx;
+  std::exception_ptr error;
+  std::optional<std::conditional_t<std::is_void_v<T>, int, T>> result;
+  asio::co_spawn(
+      ctx,
+      [&]() -> Task<void> {
+        if constexpr (std::is_void_v<T>) {
+          co_await make();
+          result.emplace(0);
+        } else {
+          result.emplace(co_await make());
+        }
+      },
+      [&](std::exception_ptr e) { error = e; });
+  ctx.run();
+  if (error) std::rethrow_exception(error);
+  if constexpr (!std::is_void_v<T>) return std::move(*result);
+}
+
+// A manual-reset event for coroutines on one executor: wait() suspends until set().
+class AsyncEvent {
+ public:
+  explicit AsyncEvent(const Executor& ex) : timer_(ex, std::chrono::steady_clock::time_point::max()) {}
+  void set() {
+    set_ = true;
+    timer_.cancel();
+  }
+  void reset() {
+    set_ = false;
+    timer_.expires_at(std::chrono::steady_clock::time_point::max());
+  }
+  bool is_set() const noexcept { return set_; }
+  Task<void> wait() {
+    while (!set_) {
+      std::error_code ec;
+      co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+  }
+
+ private:
+  asio::steady_timer timer_;
+  bool set_ = false;
+};
+
+// A condition variable for coroutines on one executor: wait() suspends until the next
+// notify_all(); callers re-check their predicate in a loop.
+class AsyncCondition {
+ public:
+  explicit AsyncCondition(const Executor& ex) : timer_(ex, std::chrono::steady_clock::time_point::max()) {}
+  Task<void> wait() {
+    std::error_code ec;
+    co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+  void notify_all() { timer_.cancel(); }
+
+ private:
+  asio::steady_timer timer_;
+};
+
+// Suspends the current coroutine for `d`.
+Task<void> sleep_for(std::chrono::steady_clock::duration d);
+
+}  // namespace netblk

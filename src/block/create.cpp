@@ -1,0 +1,37 @@
+#include "block/open.hpp"
+#include "netblk/open.hpp"
+#include "spec/tree.hpp"
+
+namespace netblk {
+
+Task<std::unique_ptr<Node>> create_protocol_file(const OpenContext& ctx, const std::string& filename,
+                                                 std::uint64_t size) {
+  std::string prefix = filename_prefix(filename);
+  const ProtocolDriver* proto = prefix.empty() ? find_protocol("file") : find_protocol_by_prefix(prefix);
+  if (!proto) throw Error(EINVAL, "Unknown protocol '" + prefix + "'");
+  if (!proto->create)
+    throw Error(ENOTSUP, filename + ": protocol '" + proto->name + "' does not support image creation");
+  Json parsed = Json::object();
+  if (proto->parse_filename) proto->parse_filename(filename, parsed);
+  else parsed["filename"] = filename;
+  spec::Options o(parsed, spec::Options::Kind::protocol, proto->name);
+  co_await proto->create(ctx, o, size);
+  OpenContext rw = ctx;
+  rw.read_only = false;
+  co_return co_await open_node(rw, Json::object(), filename, true);
+}
+
+Task<void> create_image(std::string format, std::string filename, std::string options_text,
+                        std::optional<std::uint64_t> size) {
+  const FormatDriver* fmt = find_format(format);
+  if (!fmt) throw Error(EINVAL, "Unknown file format '" + format + "'");
+  if (!fmt->create) throw Error(ENOTSUP, "Format driver '" + format + "' does not support image creation");
+  spec::Options o(spec::parse_keyval(options_text), spec::Options::Kind::create, format);
+  Executor ex = co_await asio::this_coro::executor;
+  OpenContext ctx;
+  ctx.executor = ex;
+  CreateRequest request{filename, size, &o};
+  co_await fmt->create(ctx, request);
+}
+
+}  // namespace netblk

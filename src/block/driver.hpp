@@ -1,0 +1,74 @@
+// Driver registration: each protocol and format folder registers itself once with a
+// static DriverRegistration, naming its URL prefixes and its filename parser.
+#pragma once
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "netblk/node.hpp"
+#include "spec/options.hpp"
+
+namespace netblk {
+
+// What a driver needs to know about the open in progress.
+struct OpenContext {
+  Executor executor;
+  bool read_only = false;
+  // Directory that relative backing file names are resolved against ("" = cwd).
+  std::string base_dir;
+  // How deep in a backing chain this node is (guards against loops).
+  int depth = 0;
+  // QEMU's cache.direct (O_DIRECT for files), inherited by children.
+  bool cache_direct = false;
+};
+
+struct ProtocolDriver {
+  std::string name;  // the "driver" value: "file", "nbd", "http"
+  // Filename prefixes before ':' that select this driver ("nbd", "nbd+unix", "http").
+  std::vector<std::string> prefixes;
+  // Turns a filename/URL into options (merged into what the user gave). May be empty for
+  // drivers that only take options.
+  std::function<void(const std::string& filename, Json& options)> parse_filename;
+  std::function<Task<std::unique_ptr<Node>>(const OpenContext&, spec::Options&)> open;
+  // Creates (or truncates to `size`) the file named by `options`, for `create`. Optional.
+  std::function<Task<void>(const OpenContext&, spec::Options&, std::uint64_t size)> create;
+};
+
+struct CreateRequest {
+  std::string filename;                 // the new image's name (a protocol filename)
+  std::optional<std::uint64_t> size;    // absent: the format may take it from the backing file
+  spec::Options* options = nullptr;     // -o options; the format marks what it uses
+};
+
+struct FormatDriver {
+  std::string name;  // "raw", "qcow2"
+  // How surely `head` (the first bytes, up to 4 KiB) is this format: 0 = not at all.
+  std::function<int(std::span<const std::byte> head)> probe;
+  // Opens the format on `file`. `probed` is true when the format was guessed.
+  std::function<Task<std::unique_ptr<Node>>(const OpenContext&, spec::Options&, std::unique_ptr<Node> file,
+                                            bool probed)>
+      open;
+  std::function<Task<void>(const OpenContext&, const CreateRequest&)> create;  // optional
+};
+
+void register_protocol(ProtocolDriver driver);
+void register_format(FormatDriver driver);
+const ProtocolDriver* find_protocol(std::string_view name);
+const ProtocolDriver* find_protocol_by_prefix(std::string_view prefix);
+const FormatDriver* find_format(std::string_view name);
+const std::vector<FormatDriver>& formats();
+std::vector<std::string> protocol_names();
+
+// The protocol prefix of a filename ("nbd" for "nbd://..."), or "" for a plain path.
+// As QEMU: a ':' that comes before any '/'.
+std::string filename_prefix(std::string_view filename);
+
+struct DriverRegistration {
+  explicit DriverRegistration(ProtocolDriver d) { register_protocol(std::move(d)); }
+  explicit DriverRegistration(FormatDriver d) { register_format(std::move(d)); }
+};
+
+}  // namespace netblk

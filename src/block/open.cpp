@@ -1,0 +1,239 @@
+#include "block/open.hpp"
+
+#include <algorithm>
+
+#include "core/log.hpp"
+#include "core/parse.hpp"
+#include "netblk/buffer.hpp"
+#include "netblk/open.hpp"
+#include "spec/tree.hpp"
+
+namespace netblk {
+namespace {
+
+constexpr int kMaxDepth = 64;
+
+std::string known_drivers() {
+  std::vector<std::string> names = protocol_names();
+  for (const auto& f : formats()) names.push_back(f.name);
+  std::sort(names.begin(), names.end());
+  std::string s;
+  for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
+  return s;
+}
+
+// Options every node accepts (QEMU's generic block options); consumed here.
+void take_generic_options(OpenContext& ctx, Json& options) {
+  spec::Options o(options, spec::Options::Kind::object, "");
+  if (o.boolean("read-only", false)) ctx.read_only = true;
+  o.ignore("node-name");
+  o.ignore("auto-read-only");
+  o.ignore("force-share");
+  o.ignore("discard");
+  if (auto dz = o.str("detect-zeroes"); dz && *dz != "off")
+    throw Error(ENOTSUP, "detect-zeroes=" + *dz + " is not supported (only 'off')");
+  for (const char* k : {"read-only", "node-name", "auto-read-only", "force-share", "discard", "detect-zeroes"})
+    options.erase(k);
+  if (auto it = options.find("cache"); it != options.end() && it->is_object()) {
+    spec::Options cache(*it, spec::Options::Kind::object, "", "cache.");
+    if (auto direct = cache.boolean("direct")) ctx.cache_direct = *direct;
+    cache.boolean("no-flush");  // flushing more than asked is always safe
+    cache.finish();
+    options.erase("cache");
+  }
+}
+
+Task<std::unique_ptr<Node>> probe_and_open(OpenContext ctx, Json options, std::unique_ptr<Node> file) {
+  std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(file->size(), 4096));
+  Buffer head(n ? n : 1);
+  if (n) co_await file->read(0, head.span().subspan(0, n));
+  const FormatDriver* best = nullptr;
+  int best_score = 0;
+  for (const auto& f : formats()) {
+    if (!f.probe) continue;
+    int score = f.probe(head.span().subspan(0, n));
+    if (score > best_score) best = &f, best_score = score;
+  }
+  if (!best) best = find_format("raw");
+  if (!best) throw Error(ENOTSUP, file->display_name() + ": could not determine the image format");
+  spec::Options o(std::move(options), spec::Options::Kind::format, best->name);
+  NETBLK_LOG(debug, "{}: probed format {}", file->display_name(), best->name);
+  auto node = co_await best->open(ctx, o, std::move(file), true);
+  o.finish();
+  co_return node;
+}
+
+}  // namespace
+
+std::string resolve_relative(const std::string& base_dir, const std::string& path) {
+  if (base_dir.empty() || path.empty() || path[0] == '/' || !filename_prefix(path).empty() ||
+      spec::is_json_name(path))
+    return path;
+  return base_dir + "/" + path;
+}
+
+Task<std::unique_ptr<Node>> open_node(OpenContext ctx, Json options, std::string filename,
+                                      bool protocol_only) {
+  if (++ctx.depth > kMaxDepth) throw Error(ELOOP, "backing chain too deep (a loop?) at '" + filename + "'");
+  if (options.is_null()) options = Json::object();
+  if (spec::is_json_name(filename)) {
+    spec::merge(options, spec::parse_json_name(filename));
+    filename.clear();
+  }
+  take_generic_options(ctx, options);
+  std::string driver;
+  if (auto it = options.find("driver"); it != options.end()) {
+    if (!it->is_string()) throw Error(EINVAL, "Parameter 'driver' expects a driver name");
+    driver = it->get<std::string>();
+    options.erase("driver");
+  }
+  const ProtocolDriver* proto = driver.empty() ? nullptr : find_protocol(driver);
+  const FormatDriver* fmt = driver.empty() ? nullptr : find_format(driver);
+  if (!driver.empty() && !proto && !fmt)
+    throw Error(EINVAL, "Unknown driver '" + driver + "' (known: " + known_drivers() + ")");
+
+  // A protocol child without a driver: the filename's prefix chooses (a plain path is "file").
+  if (!proto && !fmt && protocol_only) {
+    if (filename.empty() && !options.contains("filename"))
+      throw Error(EINVAL, "A block device must be specified for \"file\"");
+    std::string prefix = filename_prefix(filename);
+    proto = prefix.empty() ? find_protocol("file") : find_protocol_by_prefix(prefix);
+    if (!proto) throw Error(EINVAL, "Unknown protocol '" + prefix + "'");
+    if (prefix.empty()) filename = resolve_relative(ctx.base_dir, filename);
+  }
+  if (proto) {
+    if (!filename.empty()) {
+      Json parsed = Json::object();
+      if (proto->parse_filename) proto->parse_filename(filename, parsed);
+      else parsed["filename"] = filename;
+      try {
+        spec::merge(options, parsed);
+      } catch (const Error& e) {
+        throw Error(EINVAL, std::string(e.what()) + " (set both by the filename and by an option)");
+      }
+    }
+    spec::Options o(std::move(options), spec::Options::Kind::protocol, proto->name);
+    auto node = co_await proto->open(ctx, o);
+    o.finish();
+    co_return node;
+  }
+
+  // A format, named or probed, over its "file" child (an option tree or a filename).
+  Json file_options = Json::object();
+  std::string file_name = std::move(filename);
+  if (auto it = options.find("file"); it != options.end()) {
+    if (it->is_string()) {
+      if (!file_name.empty()) throw Error(EINVAL, "'file' is given both as a filename and as an option");
+      file_name = it->get<std::string>();
+    } else if (it->is_object()) {
+      file_options = *it;
+    } else {
+      throw Error(EINVAL, "Parameter 'file' expects a filename or an object");
+    }
+    options.erase("file");
+  }
+  if (file_name.empty() && file_options.empty())
+    throw Error(EINVAL, "A block device must be specified for \"file\"");
+  auto file = co_await open_node(ctx, std::move(file_options), std::move(file_name), true);
+  if (!fmt) co_return co_await probe_and_open(ctx, std::move(options), std::move(file));
+  spec::Options o(std::move(options), spec::Options::Kind::format, fmt->name);
+  auto node = co_await fmt->open(ctx, o, std::move(file), false);
+  o.finish();
+  co_return node;
+}
+
+Task<std::unique_ptr<Node>> open_drive(DriveSpec spec) {
+  // GCC 12 miscompiles co_await inside braced initialisers: keep it a statement of its own.
+  Executor ex = co_await asio::this_coro::executor;
+  OpenContext ctx;
+  ctx.executor = ex;
+  ctx.read_only = spec.read_only;
+  Json options = spec.options.is_null() ? Json::object() : spec.options;
+  if (spec::is_json_name(spec.filename)) {
+    spec::merge(options, spec::parse_json_name(spec.filename));
+    spec.filename.clear();
+  }
+  if (!spec.format.empty()) {
+    auto it = options.find("driver");
+    if (it != options.end() && *it != spec.format)
+      throw Error(EINVAL, "format '" + spec.format + "' conflicts with driver '" + spec::scalar_text(*it) + "'");
+    options["driver"] = spec.format;
+  }
+  const FormatDriver* cor = nullptr;
+  if (spec.copy_on_read) {
+    cor = find_format("copy-on-read");
+    if (!cor) throw Error(ENOTSUP, "copy-on-read is not available in this build");
+  }
+  auto node = co_await open_node(ctx, std::move(options), std::move(spec.filename));
+  if (cor) {
+    spec::Options none(Json::object(), spec::Options::Kind::filter, cor->name);
+    node = co_await cor->open(ctx, none, std::move(node), false);
+  }
+  co_return node;
+}
+
+std::string canonical_name(const Node& node) {
+  std::string plain = node.plain_filename();
+  if (!plain.empty()) return plain;
+  Json opts = node.options();
+  // A format node with only "driver" and "file" is named by its file (the format is stored
+  // separately, as backing_fmt).
+  if (node.file() && opts.size() == 2 && opts.contains("driver") && opts.contains("file")) {
+    std::string child = node.file()->plain_filename();
+    if (!child.empty()) return child;
+  }
+  return "json:" + opts.dump();
+}
+
+DriveSpec drive_from_image_opts(std::string_view text) {
+  DriveSpec spec;
+  spec.options = spec::parse_keyval(text);
+  return spec;
+}
+
+DriveSpec drive_from_drive_opts(std::string_view text) {
+  spec::FlatOptions flat = spec::parse_keyval_flat(text);
+  spec::FlatOptions rest;
+  DriveSpec spec;
+  bool have_file = false;
+  for (auto& [key, value] : flat) {
+    std::string v = spec::scalar_text(value);
+    auto once = [&, &key = key](bool& seen) {
+      if (seen) throw Error(EINVAL, "Parameter '" + key + "' given twice");
+      seen = true;
+    };
+    if (key == "file") {
+      once(have_file);
+      spec.filename = v;
+    } else if (key == "format") {
+      spec.format = v;
+    } else if (key == "readonly" || key == "read-only") {
+      spec.read_only = parse_bool(v, "Parameter '" + key + "'");
+    } else if (key == "copy-on-read") {
+      spec.copy_on_read = parse_bool(v, "Parameter 'copy-on-read'");
+    } else if (key == "media") {
+      if (v == "cdrom") spec.read_only = true;
+      else if (v != "disk") throw Error(EINVAL, "'" + v + "' invalid media");
+    } else if (key == "cache") {
+      bool direct, no_flush;
+      if (v == "writeback") direct = false, no_flush = false;
+      else if (v == "none" || v == "directsync") direct = true, no_flush = false;
+      else if (v == "writethrough") direct = false, no_flush = false;
+      else if (v == "unsafe") direct = false, no_flush = true;
+      else throw Error(EINVAL, "invalid cache option '" + v + "'");
+      rest.emplace_back("cache.direct", direct ? "on" : "off");
+      rest.emplace_back("cache.no-flush", no_flush ? "on" : "off");
+    } else if (key == "aio") {
+      rest.emplace_back("file.aio", v);
+    } else if (key == "if" || key == "index" || key == "bus" || key == "unit" || key == "id" ||
+               key == "serial" || key == "werror" || key == "rerror" || (key == "snapshot" && v == "off")) {
+      // Guest-side -drive keys: meaningless here, accepted so command lines carry over.
+    } else {
+      rest.emplace_back(key, value);
+    }
+  }
+  spec.options = spec::crumple(rest);
+  return spec;
+}
+
+}  // namespace netblk

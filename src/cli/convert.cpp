@@ -1,0 +1,196 @@
+// netblk convert: copy any drive to a new or existing image, as qemu-img convert does.
+// -m workers copy chunks concurrently; without -W the writes land in order. Zero areas
+// (block status, or -S runs of zero bytes) are skipped on a zero-initialised target and
+// written as zeroes elsewhere.
+#include <iostream>
+
+#include "cli/progress.hpp"
+#include "cli/verbs.hpp"
+#include "core/parse.hpp"
+#include "netblk/buffer.hpp"
+
+namespace netblk::cli {
+namespace {
+
+constexpr std::uint64_t kChunk = 2u << 20;  // a multiple of every qcow2 cluster size
+
+struct Copy {
+  Node& src;
+  Node& dst;
+  std::uint64_t size;
+  std::uint64_t sparse;  // -S in bytes; 0 = allocate everything
+  bool zero_init;
+  bool in_order;
+  bool compress;
+  Progress& progress;
+  AsyncCondition turn_changed;
+  std::uint64_t next_chunk = 0;
+  std::uint64_t next_write = 0;  // in-order mode: the chunk allowed to write now
+  bool failed = false;           // a worker failed: the others stop instead of waiting
+
+  Task<void> wait_turn(std::uint64_t index) {
+    while (in_order && next_write != index) {
+      if (failed) throw Error(ECANCELED, "copy cancelled");
+      co_await turn_changed.wait();
+    }
+  }
+  void fail() {
+    failed = true;
+    next_chunk = ~std::uint64_t{0} / kChunk;
+    turn_changed.notify_all();
+  }
+  void pass_turn() {
+    ++next_write;
+    turn_changed.notify_all();
+  }
+
+  Task<void> put_zeroes(std::uint64_t off, std::uint64_t len) {
+    if (zero_init) co_return;
+    if (sparse == 0) {
+      co_await dst.write_zeroes(off, len, 0);
+    } else {
+      co_await dst.write_zeroes(off, len, kZeroMayUnmap);
+    }
+  }
+
+  Task<void> put_data(std::uint64_t off, std::span<const std::byte> data) {
+    const unsigned flags = compress ? kWriteCompressed : 0;
+    if (sparse == 0) {
+      co_await dst.write(off, data, flags);
+      co_return;
+    }
+    // Split into runs of zero and non-zero blocks of `sparse` bytes.
+    std::size_t pos = 0;
+    while (pos < data.size()) {
+      std::size_t n = std::min<std::size_t>(sparse, data.size() - pos);
+      bool zero = is_zero(data.subspan(pos, n));
+      std::size_t end = pos + n;
+      while (end < data.size()) {
+        std::size_t m = std::min<std::size_t>(sparse, data.size() - end);
+        if (is_zero(data.subspan(end, m)) != zero) break;
+        end += m;
+      }
+      if (zero) co_await put_zeroes(off + pos, end - pos);
+      else co_await dst.write(off + pos, data.subspan(pos, end - pos), flags);
+      pos = end;
+    }
+  }
+
+  Task<void> worker() {
+    Buffer buf(kChunk);
+    while (true) {
+      std::uint64_t index = next_chunk++;
+      std::uint64_t off = index * kChunk;
+      if (off >= size) break;
+      std::uint64_t len = std::min<std::uint64_t>(kChunk, size - off);
+      // Read first (concurrently with other workers), write when it is this chunk's turn.
+      struct Segment {
+        std::uint64_t off, len;
+        bool zero;
+      };
+      std::vector<Segment> segments;
+      for (std::uint64_t p = off; p < off + len;) {
+        ChainStatus s = co_await chain_block_status(src, p, off + len - p);
+        bool zero = (s.status.flags & kStatusZero) != 0;
+        if (!segments.empty() && segments.back().zero == zero) segments.back().len += s.status.length;
+        else segments.push_back({p, s.status.length, zero});
+        p += s.status.length;
+      }
+      for (const auto& s : segments)
+        if (!s.zero) co_await src.read(s.off, buf.span().subspan(s.off - off, s.len));
+      co_await wait_turn(index);
+      try {
+        for (const auto& s : segments) {
+          if (s.zero) co_await put_zeroes(s.off, s.len);
+          else co_await put_data(s.off, std::span<const std::byte>(buf.data() + (s.off - off), s.len));
+        }
+      } catch (...) {
+        pass_turn();
+        throw;
+      }
+      pass_turn();
+      progress.add(len);
+    }
+  }
+};
+
+const VerbRegistration kConvert{Verb{
+    "convert", "Copy an image to a new or existing image (qemu-img convert)", [](CLI::App& app) {
+      struct Args {
+        DriveArgs src;
+        std::string out_format = "raw", target, sparse = "4k", cache, src_cache;
+        std::vector<std::string> options, objects;
+        bool progress = false, no_create = false, out_of_order = false, compress = false, quiet = false,
+             target_image_opts = false;
+        unsigned workers = 8;
+      };
+      auto a = std::make_shared<Args>();
+      a->src.add_options(app);
+      add_common_options(app, a->objects);
+      app.add_option("-O", a->out_format, "Output format (raw, qcow2)");
+      app.add_option("-o", a->options, "Output format options, k=v,k=v; repeatable");
+      app.add_flag("-p", a->progress, "Show progress");
+      app.add_flag("-q", a->quiet, "Quiet");
+      app.add_flag("-n", a->no_create, "Do not create the target; write into the existing image");
+      app.add_option("-m", a->workers, "Number of parallel copy coroutines (1-16)")->check(CLI::Range(1, 16));
+      app.add_flag("-W", a->out_of_order, "Allow out-of-order writes");
+      app.add_option("-S", a->sparse, "Minimum run of zero bytes to leave unallocated (0: allocate all)");
+      app.add_flag("-c", a->compress, "Compress the output (qcow2)");
+      app.add_option("-t", a->cache, "Target cache mode (accepted)");
+      app.add_option("-T", a->src_cache, "Source cache mode (accepted)");
+      app.add_flag("--target-image-opts", a->target_image_opts, "The target is a list of blockdev options (implies -n)");
+      app.add_option("source", a->src.name, "Source image")->required();
+      app.add_option("target", a->target, "Target image")->required();
+      return [a]() {
+        return run_verb([a]() -> Task<int> {
+          define_objects(a->objects);
+          std::uint64_t sparse = parse_size(a->sparse, "-S");
+          if (sparse % 512 && sparse) throw Error(EINVAL, "-S must be a multiple of 512, not '" + a->sparse + "'");
+          auto src = co_await open_drive(a->src.spec(true));
+          std::uint64_t size = src->size();
+          DriveSpec dst_spec;
+          if (a->target_image_opts) {
+            if (!a->no_create) throw Error(EINVAL, "--target-image-opts requires -n");
+            dst_spec = drive_from_image_opts(a->target);
+          } else {
+            if (!a->no_create) {
+              std::string opts;
+              for (const auto& o : a->options) opts += (opts.empty() ? "" : ",") + o;
+              co_await create_image(a->out_format, a->target, opts, size);
+            }
+            dst_spec.filename = a->target;
+            dst_spec.format = a->out_format;
+          }
+          auto dst = co_await open_drive(dst_spec);
+          if (dst->size() < size)
+            throw Error(ENOSPC, a->target + ": target is smaller (" + std::to_string(dst->size()) +
+                                    " bytes) than the source (" + std::to_string(size) + " bytes)");
+          if (a->compress && !dst->caps().can_compress)
+            throw Error(ENOTSUP, "Compression not supported for this file format");
+          Progress progress(a->progress && !a->quiet, size);
+          Executor ex = co_await asio::this_coro::executor;
+          Copy copy{*src, *dst, size, sparse, !a->no_create && dst->has_zero_init(), !a->out_of_order, a->compress,
+                    progress, AsyncCondition(ex)};
+          std::exception_ptr failure;
+          unsigned running = a->workers;
+          AsyncCondition done(ex);
+          for (unsigned i = 0; i < a->workers; ++i) {
+            asio::co_spawn(ex, copy.worker(), [&](std::exception_ptr e) {
+              if (e && !failure) failure = e;
+              if (e) copy.fail();
+              --running;
+              done.notify_all();
+            });
+          }
+          while (running) co_await done.wait();
+          if (failure) std::rethrow_exception(failure);
+          co_await dst->close();
+          co_await src->close();
+          progress.finish();
+          co_return 0;
+        });
+      };
+    }}};
+
+}  // namespace
+}  // namespace netblk::cli

@@ -1,0 +1,104 @@
+// netblk info: qemu-img info's facts and field names, human or JSON.
+#include <iostream>
+
+#include "cli/verbs.hpp"
+#include "core/parse.hpp"
+
+namespace netblk::cli {
+namespace {
+
+Json image_info(const Node& node) {
+  Json j;
+  j["virtual-size"] = node.size();
+  j["filename"] = canonical_name(node);
+  j["format"] = std::string(node.driver());
+  if (auto a = node.allocated_bytes(); a >= 0) j["actual-size"] = a;
+  if (auto c = node.cluster_size()) j["cluster-size"] = c;
+  std::string backing = node.stored_backing_filename();
+  if (!backing.empty()) {
+    j["backing-filename"] = backing;
+    if (node.backing()) j["full-backing-filename"] = canonical_name(*node.backing());
+    if (auto f = node.stored_backing_format(); !f.empty()) j["backing-filename-format"] = f;
+  }
+  if (Json fs = node.format_specific(); !fs.is_null())
+    j["format-specific"] = Json{{"type", std::string(node.driver())}, {"data", fs}};
+  j["dirty-flag"] = node.dirty_flag();
+  return j;
+}
+
+std::string human_key(std::string key) {
+  for (auto& c : key)
+    if (c == '-') c = ' ';
+  return key;
+}
+
+void print_specific(std::ostream& out, const Json& data, int indent) {
+  for (auto it = data.begin(); it != data.end(); ++it) {
+    out << std::string(indent, ' ') << human_key(it.key()) << ":";
+    if (it->is_object()) {
+      out << "\n";
+      print_specific(out, *it, indent + 4);
+    } else if (it->is_string()) {
+      out << " " << it->get<std::string>() << "\n";
+    } else {
+      out << " " << it->dump() << "\n";
+    }
+  }
+}
+
+void print_human(std::ostream& out, const Json& j) {
+  out << "image: " << j["filename"].get<std::string>() << "\n";
+  out << "file format: " << j["format"].get<std::string>() << "\n";
+  std::uint64_t size = j["virtual-size"];
+  out << "virtual size: " << human_size(size) << " (" << size << " bytes)\n";
+  out << "disk size: " << (j.contains("actual-size") ? human_size(j["actual-size"].get<std::uint64_t>()) : "unavailable")
+      << "\n";
+  if (j.contains("cluster-size")) out << "cluster_size: " << j["cluster-size"].get<std::uint64_t>() << "\n";
+  if (j.contains("backing-filename")) {
+    std::string b = j["backing-filename"];
+    out << "backing file: " << b;
+    if (j.contains("full-backing-filename") && j["full-backing-filename"] != b)
+      out << " (actual path: " << j["full-backing-filename"].get<std::string>() << ")";
+    out << "\n";
+    if (j.contains("backing-filename-format"))
+      out << "backing file format: " << j["backing-filename-format"].get<std::string>() << "\n";
+  }
+  if (j.contains("format-specific")) {
+    out << "Format specific information:\n";
+    print_specific(out, j["format-specific"]["data"], 4);
+  }
+}
+
+const VerbRegistration kInfo{Verb{
+    "info", "Show facts about a disk image (qemu-img info)", [](CLI::App& app) {
+      auto drive = std::make_shared<DriveArgs>();
+      auto output = std::make_shared<std::string>("human");
+      auto chain = std::make_shared<bool>(false);
+      auto objects = std::make_shared<std::vector<std::string>>();
+      drive->add_options(app);
+      add_common_options(app, *objects);
+      app.add_option("--output", *output, "Output format")->check(CLI::IsMember({"human", "json"}));
+      app.add_flag("--backing-chain", *chain, "Show every image of the backing chain");
+      app.add_option("filename", drive->name, "Image name: path, URL or json:{...}");
+      return [=]() {
+        return run_verb([=]() -> Task<int> {
+          define_objects(*objects);
+          auto node = co_await open_drive(drive->spec(true));
+          Json all = Json::array();
+          for (const Node* n = node.get(); n; n = *chain ? n->backing() : nullptr) all.push_back(image_info(*n));
+          co_await node->close();
+          if (*output == "json") {
+            std::cout << (*chain ? all : all[0]).dump(4) << std::endl;
+          } else {
+            for (std::size_t i = 0; i < all.size(); ++i) {
+              if (i) std::cout << "\n";
+              print_human(std::cout, all[i]);
+            }
+          }
+          co_return 0;
+        });
+      };
+    }}};
+
+}  // namespace
+}  // namespace netblk::cli

@@ -1,0 +1,56 @@
+// The netblk command: each verb registers itself (name, help, options, runner) from its
+// own file, so a protocol or export can add a verb without touching main.cpp.
+#pragma once
+#include <CLI/CLI.hpp>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "netblk/open.hpp"
+
+namespace netblk::cli {
+
+// Sets up `app` (a subcommand) and returns the function that runs the verb with the parsed
+// options; its return value is the exit code.
+using VerbSetup = std::function<std::function<int()>(CLI::App& app)>;
+
+struct Verb {
+  std::string name;
+  std::string description;
+  VerbSetup setup;
+};
+
+void register_verb(Verb verb);
+const std::vector<Verb>& verbs();
+
+struct VerbRegistration {
+  explicit VerbRegistration(Verb v) { register_verb(std::move(v)); }
+};
+
+// The ways a verb names one drive: a positional name (plain, URL or json:), -f, and
+// --image-opts (the name is QEMU blockdev keys) or --drive SPEC (QEMU -drive keys).
+struct DriveArgs {
+  std::string name;
+  std::string format;
+  bool image_opts = false;
+  std::string drive;
+  // Adds -f/--format, --image-opts and --drive to `app`; the positional is added by the verb.
+  void add_options(CLI::App& app, const std::string& format_flag = "-f,--format");
+  // Builds the DriveSpec; throws Error for a missing or contradictory name.
+  DriveSpec spec(bool read_only) const;
+};
+
+// Adds --object (QEMU's secret objects), repeatable, and -U/--force-share (accepted).
+void add_common_options(CLI::App& app, std::vector<std::string>& objects);
+// Defines the secrets given with --object.
+void define_objects(const std::vector<std::string>& objects);
+
+// Runs `body` on a fresh event loop; an Error becomes "netblk: MESSAGE" on stderr and
+// `error_exit`.
+int run_verb(std::function<Task<int>()> body, int error_exit = 1);
+
+// Prints "netblk: message" to stderr.
+void print_error(const std::string& message);
+
+}  // namespace netblk::cli

@@ -1,0 +1,56 @@
+// Typed, validated reading of one node's options. Every getter marks its key as used;
+// finish() rejects whatever is left with QEMU's wording, naming the option.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <set>
+#include <string>
+
+#include "netblk/node.hpp"
+
+namespace netblk::spec {
+
+class Options {
+ public:
+  enum class Kind { protocol, format, filter, object, create };
+  // `tree` must be a JSON object. `prefix` is prepended to key names in messages
+  // ("server." for a nested group).
+  Options(Json tree, Kind kind, std::string driver, std::string prefix = {});
+
+  bool has(const std::string& key) const { return tree_.contains(key); }
+  const Json& tree() const noexcept { return tree_; }
+  const std::string& driver() const noexcept { return driver_; }
+
+  std::optional<std::string> str(const std::string& key);
+  std::string str(const std::string& key, const std::string& fallback);
+  std::string required_str(const std::string& key);
+  std::optional<std::uint64_t> size(const std::string& key);
+  std::uint64_t size(const std::string& key, std::uint64_t fallback);
+  std::optional<bool> boolean(const std::string& key);
+  bool boolean(const std::string& key, bool fallback);
+  std::optional<std::uint64_t> uint(const std::string& key, std::uint64_t max = UINT64_MAX);
+  std::uint64_t uint(const std::string& key, std::uint64_t fallback, std::uint64_t max);
+  // A nested group ("server"); absent → empty group. Its unknown keys are reported by its
+  // own finish().
+  Options group(const std::string& key);
+  // The raw subtree or value, if present.
+  std::optional<Json> take(const std::string& key);
+  // Marks a key as accepted and ignored.
+  void ignore(const std::string& key) { used_.insert(key); }
+
+  // Throws for the first key no getter asked for.
+  void finish() const;
+
+  // "Parameter 'X' ..." style error naming the (prefixed) key.
+  [[noreturn]] void invalid(const std::string& key, const std::string& why) const;
+
+ private:
+  const Json* find(const std::string& key);
+  Json tree_;
+  Kind kind_;
+  std::string driver_;
+  std::string prefix_;
+  std::set<std::string> used_;
+};
+
+}  // namespace netblk::spec
