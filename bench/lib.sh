@@ -1,0 +1,57 @@
+# Benchmark runner, sourced by bench/*.sh.
+#
+#   bench_run NAME REPS UNIT_BYTES "netblk command" "reference command" ["another reference"...]
+#
+# Runs every command REPS times, interleaved (A B C A B C ...), so that machine noise hits
+# them alike; prints each run's time, then each command's median seconds and throughput
+# (UNIT_BYTES / seconds, when UNIT_BYTES > 0) and the ratio of the first command's speed to
+# each other's (> 1 means netblk is faster). A command may use $BENCH_REP (the repetition
+# number) and must leave no state the next repetition sees. A command that fails stops the
+# benchmark.
+#   bench_prepare "command"   runs before every measured command (e.g. drop a target file)
+
+BENCH_PREPARE=${BENCH_PREPARE:-}
+
+bench_now() { date +%s.%N; }
+
+bench_median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+bench_run() {
+  local name=$1 reps=$2 unit=$3
+  shift 3
+  local -a cmds=("$@")
+  local n=${#cmds[@]}
+  local tmp; tmp=$(mktemp -d)
+  echo "== $name ($reps repetitions, interleaved)"
+  local rep i t0 t1
+  for ((rep = 1; rep <= reps; rep++)); do
+    for ((i = 0; i < n; i++)); do
+      [ -n "$BENCH_PREPARE" ] && eval "$BENCH_PREPARE"
+      export BENCH_REP=$rep
+      t0=$(bench_now)
+      if ! eval "${cmds[$i]}" >"$tmp/out.$i" 2>&1; then
+        echo "FAILED: ${cmds[$i]}"; cat "$tmp/out.$i"; rm -rf "$tmp"; return 1
+      fi
+      t1=$(bench_now)
+      echo "$t1 - $t0" | bc -l >>"$tmp/times.$i"
+    done
+  done
+  local -a med
+  for ((i = 0; i < n; i++)); do
+    med[$i]=$(bench_median <"$tmp/times.$i")
+    if ((unit > 0)); then
+      printf '  median %8.3f s  %9.1f MB/s  %s\n' "${med[$i]}" "$(echo "$unit / ${med[$i]} / 1000000" | bc -l)" "${cmds[$i]}"
+    else
+      printf '  median %8.3f s  %s\n' "${med[$i]}" "${cmds[$i]}"
+    fi
+  done
+  for ((i = 1; i < n; i++)); do
+    printf '  ratio %.2fx  (netblk speed / reference speed: %s)\n' "$(echo "${med[$i]} / ${med[0]}" | bc -l)" "${cmds[$i]%% *}"
+  done
+  rm -rf "$tmp"
+}
+
+# Runs `fio` and prints its IOPS (read+write) as the only output line.
+bench_fio_iops() {
+  fio --output-format=json "$@" | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))'
+}
