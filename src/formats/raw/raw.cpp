@@ -61,7 +61,7 @@ class RawNode final : public Node {
   Task<void> co_flush() override { co_await file_->flush(); }
   Task<BlockStatus> co_block_status(std::uint64_t off, std::uint64_t len) override {
     BlockStatus s = co_await file_->block_status(offset_ + off, len);
-    s.host_offset = (s.flags & kStatusData) ? offset_ + off : BlockStatus::kNoOffset;
+    s.host_offset = offset_ + off;
     s.flags |= kStatusAllocated;
     co_return s;
   }

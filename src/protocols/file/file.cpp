@@ -45,6 +45,7 @@ class FileNode final : public Node {
     caps_.can_discard = !block_device_;
     caps_.has_block_status = !block_device_;
     caps_.can_multi_conn = true;
+    caps_.can_grow = !block_device_;
     limits_.request_alignment = direct_ ? 4096 : 1;
     limits_.max_transfer = 0;
   }
@@ -132,11 +133,11 @@ class FileNode final : public Node {
     off_t data = lseek(fd_, static_cast<off_t>(offset), SEEK_DATA);
     if (data < 0 && errno == ENXIO) {
       // No data from here to the end of the file.
-      co_return BlockStatus{length, kStatusZero | kStatusAllocated};
+      co_return BlockStatus{length, kStatusZero | kStatusAllocated, offset};
     }
     if (data < 0) co_return BlockStatus{length, kStatusData | kStatusAllocated, offset};
     if (static_cast<std::uint64_t>(data) > offset)
-      co_return BlockStatus{std::min<std::uint64_t>(length, data - offset), kStatusZero | kStatusAllocated};
+      co_return BlockStatus{std::min<std::uint64_t>(length, data - offset), kStatusZero | kStatusAllocated, offset};
     off_t hole = lseek(fd_, static_cast<off_t>(offset), SEEK_HOLE);
     std::uint64_t end = hole < 0 ? offset + length : static_cast<std::uint64_t>(hole);
     co_return BlockStatus{std::min<std::uint64_t>(length, std::max<std::uint64_t>(end - offset, 1)),
