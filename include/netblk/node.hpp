@@ -58,6 +58,9 @@ struct Capabilities {
   bool has_block_status = false;
   bool can_multi_conn = false;  // several clients see each other's flushed writes
   bool can_compress = false;    // honours kWriteCompressed
+  // Aligned writes may reach past size(); the node grows to cover them (a regular file
+  // under a qcow2 image appending clusters).
+  bool can_grow = false;
 };
 
 class Node {

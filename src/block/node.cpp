@@ -81,9 +81,16 @@ Task<void> Node::write_aligned(std::uint64_t offset, std::span<const std::byte> 
 }
 
 Task<void> Node::write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags) {
+  const std::uint64_t align = limits_.request_alignment ? limits_.request_alignment : 1;
+  if (caps_.can_grow && !closed_ && !caps_.read_only && offset + buf.size() > size_ &&
+      offset + buf.size() >= offset && offset % align == 0 && buf.size() % align == 0) {
+    // A growing write: the node's size follows the furthest byte written.
+    co_await write_aligned(offset, buf, flags);
+    size_ = std::max<std::uint64_t>(size_, offset + buf.size());
+    co_return;
+  }
   check_range(offset, buf.size(), "write");
   if (caps_.read_only) throw Error(EPERM, display_name() + ": the image is read-only");
-  const std::uint64_t align = limits_.request_alignment ? limits_.request_alignment : 1;
   if (offset % align == 0 && buf.size() % align == 0) {
     co_await write_aligned(offset, buf, flags);
     co_return;
