@@ -1,0 +1,799 @@
+// HTTP, HTTPS, FTP, FTPS and TFTP through libcurl, with QEMU's curl driver names and
+// options (block/curl.c): url, readahead, sslverify, timeout, cookie, cookie-secret,
+// username, password-secret, proxy-username, proxy-password-secret, and force-range.
+//
+// Two ways to read:
+//  - ranges (HTTP with byte ranges, FTP with REST): every read is a range request; many
+//    run at once over the multi handle's connection pool; small sequential reads get a
+//    readahead window that grows, kept in a small cache of recent ranges;
+//  - a stream (HTTP servers without ranges, TFTP): one sequential transfer fills a sparse,
+//    already-unlinked cache file in $TMPDIR; a read waits until the stream passes its end.
+// Transient failures (reset, 5xx) are retried with backoff; `timeout` is the longest time
+// without progress (libcurl's low-speed limit), so nothing waits for ever.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <list>
+#include <set>
+
+#include "block/driver.hpp"
+#include "core/log.hpp"
+#include "core/secrets.hpp"
+#include "netblk/buffer.hpp"
+#include "protocols/curl/curl_loop.hpp"
+#include "protocols/curl/headers.hpp"
+#include "protocols/curl/url.hpp"
+
+namespace netblk::curlproto {
+namespace {
+
+constexpr std::uint64_t kDefaultReadahead = 256 * 1024;
+constexpr std::uint64_t kDefaultTimeout = 5;
+constexpr std::uint64_t kMaxTimeout = 10000;  // QEMU's CURL_TIMEOUT_MAX
+constexpr std::uint64_t kMaxWindow = 4u << 20;  // the largest a growing readahead gets
+constexpr std::uint64_t kLargeRead = 1u << 20;  // reads this large get no readahead
+constexpr std::size_t kCacheEntries = 8;
+constexpr long kConnections = 8;
+constexpr int kMaxRetries = 5;
+constexpr long kTftpBlockSize = 65464;  // RFC 2348's maximum
+
+enum class Family { http, ftp, tftp };
+
+Family family_of(std::string_view driver) {
+  if (driver == "http" || driver == "https") return Family::http;
+  if (driver == "ftp" || driver == "ftps") return Family::ftp;
+  return Family::tftp;
+}
+
+// Which URL schemes a transfer (and any redirect) may use.
+const char* allowed_protocols(Family f) {
+  switch (f) {
+    case Family::http: return "http,https";
+    case Family::ftp: return "ftp,ftps";
+    case Family::tftp: return "tftp";
+  }
+  return "";
+}
+
+struct Config {
+  std::string driver;
+  Family family = Family::http;
+  std::string url;        // as given; may carry a password
+  std::string shown_url;  // without the password, for names and messages
+  std::uint64_t readahead = kDefaultReadahead;
+  bool sslverify = true;
+  std::uint64_t timeout = kDefaultTimeout;
+  bool has_cookie = false;  // a literal cookie option (never printed)
+  std::string cookie;       // the cookie to send (literal or from the secret)
+  std::optional<std::string> cookie_secret, username, password_secret, proxy_username, proxy_password_secret;
+  std::string password, proxy_password;
+  bool force_range = false;
+};
+
+// What one transfer saw: its headers, libcurl's error text and where its body goes.
+struct Exchange {
+  ResponseFacts facts;
+  char error[CURL_ERROR_SIZE] = {};
+  // Takes body bytes; returning fewer than given aborts the transfer.
+  std::function<std::size_t(const char*, std::size_t)> sink;
+  // Called with the expected total (TFTP's tsize, a Content-Length) while it runs.
+  std::function<void(curl_off_t)> on_total;
+};
+
+std::size_t header_cb(char* data, std::size_t size, std::size_t n, void* user) {
+  auto* ex = static_cast<Exchange*>(user);
+  parse_header_line(std::string_view(data, size * n), ex->facts);
+  return size * n;
+}
+
+std::size_t write_cb(char* data, std::size_t size, std::size_t n, void* user) {
+  auto* ex = static_cast<Exchange*>(user);
+  if (!ex->sink) return size * n;
+  return ex->sink(data, size * n);
+}
+
+int progress_cb(void* user, curl_off_t dltotal, curl_off_t, curl_off_t, curl_off_t) {
+  auto* ex = static_cast<Exchange*>(user);
+  if (ex->on_total && dltotal > 0) ex->on_total(dltotal);
+  return 0;
+}
+
+struct EasyDeleter {
+  void operator()(CURL* e) const noexcept { curl_easy_cleanup(e); }
+};
+using Easy = std::unique_ptr<CURL, EasyDeleter>;
+
+// Everything a transfer needs, shared by the node and its background stream so that the
+// stream may outlive a node that is dropped without close().
+struct Session {
+  Session(Executor ex, Config c) : config(std::move(c)), loop(ex, kConnections), executor(std::move(ex)) {
+    share = curl_share_init();
+    if (share) {
+      curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+      curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    }
+    url = config.url;
+  }
+  ~Session() {
+    loop.abort_all();
+    if (share) curl_share_cleanup(share);
+  }
+
+  Config config;
+  std::string url;                // the URL every block uses (after redirects at open)
+  bool send_credentials = true;   // false after a redirect to another host
+  CurlLoop loop;
+  CURLSH* share = nullptr;
+  Executor executor;
+
+  const std::string& name() const { return config.shown_url; }
+
+  Easy easy(Exchange& ex) const {
+    Easy e(curl_easy_init());
+    if (!e) throw Error(ENOMEM, name() + ": libcurl cannot create a transfer");
+    CURL* h = e.get();
+    curl_easy_setopt(h, CURLOPT_URL, url.c_str());
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, allowed_protocols(config.family));
+    curl_easy_setopt(h, CURLOPT_REDIR_PROTOCOLS_STR, allowed_protocols(config.family));
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_USERAGENT, "netblk/" "0.1");
+    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 512L * 1024);
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    if (config.timeout > 0) {
+      // No progress for `timeout` seconds ends a transfer; a slow but moving one goes on.
+      curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, static_cast<long>(config.timeout));
+      curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+      curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, static_cast<long>(config.timeout));
+    }
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, config.sslverify ? 1L : 0L);
+    curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, config.sslverify ? 2L : 0L);
+    if (share) curl_easy_setopt(h, CURLOPT_SHARE, share);
+    if (config.family == Family::tftp) curl_easy_setopt(h, CURLOPT_TFTP_BLKSIZE, kTftpBlockSize);
+    if (config.family == Family::http && !config.cookie.empty())
+      curl_easy_setopt(h, CURLOPT_COOKIE, config.cookie.c_str());
+    if (send_credentials) {
+      if (config.username) curl_easy_setopt(h, CURLOPT_USERNAME, config.username->c_str());
+      if (config.password_secret) curl_easy_setopt(h, CURLOPT_PASSWORD, config.password.c_str());
+    }
+    if (config.proxy_username) curl_easy_setopt(h, CURLOPT_PROXYUSERNAME, config.proxy_username->c_str());
+    if (config.proxy_password_secret) curl_easy_setopt(h, CURLOPT_PROXYPASSWORD, config.proxy_password.c_str());
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, ex.error);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, header_cb);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &ex);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, write_cb);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &ex);
+    curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, progress_cb);
+    curl_easy_setopt(h, CURLOPT_XFERINFODATA, &ex);
+    curl_easy_setopt(h, CURLOPT_NOPROGRESS, ex.on_total ? 0L : 1L);
+    return e;
+  }
+};
+
+long response_code(CURL* e) {
+  long code = 0;
+  curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
+  return code;
+}
+
+bool transient(CURLcode rc, long http_status) {
+  if (http_status >= 500 && http_status <= 599 && http_status != 501 && http_status != 505) return true;
+  if (http_status == 429 || http_status == 408) return true;
+  switch (rc) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_GOT_NOTHING:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_FTP_ACCEPT_FAILED:
+    case CURLE_FTP_CANT_GET_HOST:
+    case CURLE_FTP_WEIRD_PASV_REPLY:
+    case CURLE_FTP_WEIRD_227_FORMAT:
+    case CURLE_TFTP_ILLEGAL:
+      return true;
+    default:
+      return false;
+  }
+}
+
+std::chrono::milliseconds backoff(int attempt) {
+  return std::chrono::milliseconds(std::min(2000, 100 << std::min(attempt, 5)));
+}
+
+[[noreturn]] void fail(const Session& s, CURLcode rc, long http_status, const Exchange& ex, const std::string& what) {
+  std::string prefix = s.name() + ": " + what;
+  if (s.config.family == Family::http && http_status >= 400) {
+    int err = http_status == 404 || http_status == 410 ? ENOENT
+              : http_status == 401 || http_status == 403 ? EACCES
+                                                         : EIO;
+    throw Error(err, prefix + ": the server answered HTTP " + std::to_string(http_status));
+  }
+  int err = EIO;
+  switch (rc) {
+    case CURLE_OPERATION_TIMEDOUT: err = ETIMEDOUT; break;
+    case CURLE_REMOTE_FILE_NOT_FOUND:
+    case CURLE_TFTP_NOTFOUND: err = ENOENT; break;
+    case CURLE_LOGIN_DENIED:
+    case CURLE_REMOTE_ACCESS_DENIED:
+    case CURLE_TFTP_PERM: err = EACCES; break;
+    case CURLE_COULDNT_CONNECT: err = ECONNREFUSED; break;
+    case CURLE_UNSUPPORTED_PROTOCOL: err = EPROTONOSUPPORT; break;
+    case CURLE_ABORTED_BY_CALLBACK: err = ECANCELED; break;
+    default: break;
+  }
+  std::string detail = ex.error[0] ? std::string(ex.error) : std::string(curl_easy_strerror(rc));
+  if (rc == CURLE_OPERATION_TIMEDOUT) detail += " (no progress for " + std::to_string(s.config.timeout) + " s)";
+  throw Error(err, prefix + ": " + detail);
+}
+
+// The background stream for servers without ranges and for TFTP.
+struct Stream {
+  explicit Stream(std::shared_ptr<Session> s) : session(std::move(s)), progress(session->executor), done(session->executor) {}
+  ~Stream() {
+    if (fd >= 0) ::close(fd);
+  }
+  std::shared_ptr<Session> session;
+  int fd = -1;
+  std::uint64_t streamed = 0;           // bytes [0, streamed) are in the cache file
+  std::optional<std::uint64_t> size;    // announced (tsize, Content-Length) or final
+  bool started = false, finished = false, closing = false;
+  std::optional<Error> failure;
+  AsyncCondition progress;              // streamed, size or the end changed
+  AsyncEvent done;                      // the stream coroutine has ended
+  std::multiset<std::uint64_t> waiting; // ends that readers wait for
+
+  void open_cache_file() {
+    const char* dir = std::getenv("TMPDIR");
+    std::string tmpl = std::string(dir && *dir ? dir : "/tmp") + "/netblk-curl-XXXXXX";
+    fd = mkostemp(tmpl.data(), O_CLOEXEC);
+    if (fd < 0) throw_errno(errno, session->name() + ": cannot create a cache file in " + tmpl);
+    // Unlinked at once: the cache lives as long as the descriptor.
+    ::unlink(tmpl.c_str());
+  }
+
+  void wake_if_due() {
+    if (!waiting.empty() && streamed >= *waiting.begin()) progress.notify_all();
+  }
+
+  static Task<void> run(std::shared_ptr<Stream> self) {
+    Session& s = *self->session;
+    for (int attempt = 0;; ++attempt) {
+      Exchange ex;
+      std::uint64_t position = 0;  // of this attempt's body
+      bool bad_status = false;
+      int write_error = 0;
+      ex.sink = [&](const char* data, std::size_t n) -> std::size_t {
+        if (position == 0 && s.config.family == Family::http && (ex.facts.status < 200 || ex.facts.status > 299)) {
+          bad_status = true;
+          return 0;
+        }
+        if (self->closing) return 0;
+        std::uint64_t end = position + n;
+        if (self->size) end = std::min<std::uint64_t>(end, std::max<std::uint64_t>(*self->size, position));
+        // After a restart, what is already cached is skipped.
+        std::uint64_t from = std::max(position, self->streamed);
+        while (from < end) {
+          ssize_t w = ::pwrite(self->fd, data + (from - position), end - from, static_cast<off_t>(from));
+          if (w < 0 && errno == EINTR) continue;
+          if (w <= 0) {
+            write_error = w < 0 ? errno : ENOSPC;
+            return 0;
+          }
+          from += static_cast<std::uint64_t>(w);
+          self->streamed = from;
+        }
+        position += n;
+        self->wake_if_due();
+        return n;
+      };
+      ex.on_total = [&](curl_off_t total) {
+        if (!self->size) {
+          self->size = static_cast<std::uint64_t>(total);
+          self->progress.notify_all();
+        }
+      };
+      Easy e = s.easy(ex);
+      CURLcode rc = co_await s.loop.perform(e.get());
+      long status = response_code(e.get());
+      if (self->closing) {
+        self->failure = Error(ECANCELED, s.name() + ": closed");
+        break;
+      }
+      if (write_error) {
+        self->failure = Error(write_error, s.name() + ": cannot write the stream cache file: " + std::strerror(write_error));
+        break;
+      }
+      bool complete = rc == CURLE_OK && !bad_status && (!self->size || self->streamed >= *self->size) &&
+                      (s.config.family != Family::http || (status >= 200 && status <= 299));
+      if (complete) {
+        self->finished = true;
+        if (!self->size) self->size = self->streamed;
+        break;
+      }
+      if (rc == CURLE_OK && !bad_status && status < 400) rc = CURLE_PARTIAL_FILE;  // ended early
+      if (attempt < kMaxRetries && transient(rc, bad_status || rc == CURLE_OK ? status : 0)) {
+        NETBLK_LOG(info, "{}: stream failed at byte {} ({}), retrying", s.name(), self->streamed,
+                   curl_easy_strerror(rc));
+        co_await sleep_for(backoff(attempt));
+        continue;
+      }
+      try {
+        fail(s, rc, bad_status || rc == CURLE_OK ? status : 0, ex, "streaming failed at byte " + std::to_string(self->streamed));
+      } catch (const Error& err) {
+        self->failure = err;
+      }
+      break;
+    }
+    self->progress.notify_all();
+    self->done.set();
+  }
+
+  void start() {
+    if (started) return;
+    started = true;
+    if (fd < 0) open_cache_file();
+    asio::co_spawn(session->executor, run(shared_from_this_()), asio::detached);
+  }
+  std::weak_ptr<Stream> self_;
+  std::shared_ptr<Stream> shared_from_this_() { return self_.lock(); }
+
+  // Waits until [0, end) is cached or the stream ended.
+  Task<void> wait_for(std::uint64_t end) {
+    auto it = waiting.insert(end);
+    struct Unregister {
+      std::multiset<std::uint64_t>& set;
+      std::multiset<std::uint64_t>::iterator it;
+      ~Unregister() { set.erase(it); }
+    } unregister{waiting, it};
+    while (streamed < end && !finished && !failure) co_await progress.wait();
+  }
+};
+
+struct CachedRange {
+  std::uint64_t offset = 0;
+  Buffer data;
+  std::uint64_t length = 0;
+};
+
+struct InFlight {
+  InFlight(const Executor& ex, std::uint64_t o, std::uint64_t l) : offset(o), length(l), done(ex) {}
+  std::uint64_t offset, length;
+  AsyncEvent done;
+};
+
+class CurlNode final : public Node {
+ public:
+  CurlNode(const Executor& ex, std::shared_ptr<Session> session)
+      : Node(ex), session_(std::move(session)), window_(session_->config.readahead) {
+    caps_.read_only = true;
+    limits_.request_alignment = 1;
+    limits_.preferred_alignment = 512;
+  }
+  ~CurlNode() override {
+    if (stream_) stream_->closing = true;
+    session_->loop.abort_all();
+  }
+
+  std::string_view driver() const override { return session_->config.driver; }
+
+  Json options() const override {
+    const Config& c = session_->config;
+    Json j{{"driver", c.driver}, {"url", c.shown_url}};
+    if (c.readahead != kDefaultReadahead) j["readahead"] = c.readahead;
+    if (!c.sslverify) j["sslverify"] = false;
+    if (c.timeout != kDefaultTimeout) j["timeout"] = c.timeout;
+    if (c.cookie_secret) j["cookie-secret"] = *c.cookie_secret;
+    if (c.username) j["username"] = *c.username;
+    if (c.password_secret) j["password-secret"] = *c.password_secret;
+    if (c.proxy_username) j["proxy-username"] = *c.proxy_username;
+    if (c.proxy_password_secret) j["proxy-password-secret"] = *c.proxy_password_secret;
+    if (c.force_range) j["force-range"] = true;
+    return j;
+  }
+
+  // The URL alone says everything only when every other option has its default.
+  std::string plain_filename() const override { return options().size() == 2 ? session_->config.shown_url : ""; }
+
+  Task<void> open() {
+    Config& c = session_->config;
+    if (c.family == Family::tftp) {
+      // TFTP has no size query: the transfer itself announces tsize, so start it now.
+      ranges_ = false;
+      stream_ = make_stream();
+      stream_->start();
+      while (!stream_->size && !stream_->finished && !stream_->failure) co_await stream_->progress.wait();
+      if (stream_->failure && !stream_->size) throw *stream_->failure;
+      size_ = *stream_->size;
+      co_return;
+    }
+    if (c.family == Family::ftp) {
+      co_await probe_head();
+      co_return;
+    }
+    bool known = false;
+    if (!c.force_range) known = co_await probe_head();
+    if (!known || !ranges_) co_await probe_range();
+  }
+
+ protected:
+  Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override {
+    while (!buf.empty()) {
+      if (!ranges_) {
+        co_await stream_read(offset, buf);
+        co_return;
+      }
+      std::size_t hit = copy_from_cache(offset, buf);
+      if (hit) {
+        offset += hit;
+        buf = buf.subspan(hit);
+        continue;
+      }
+      if (auto f = in_flight_covering(offset)) {
+        co_await f->done.wait();
+        if (copy_from_cache(offset, buf.subspan(0, std::min<std::size_t>(buf.size(), 1))) == 0) {
+          // The fetch failed or its range was evicted: fetch it ourselves below.
+        } else {
+          continue;
+        }
+      }
+      co_await fetch_with_readahead(offset, buf);
+      co_return;
+    }
+  }
+
+  Task<BlockStatus> co_block_status(std::uint64_t, std::uint64_t length) override {
+    co_return BlockStatus{length, kStatusData | kStatusAllocated};
+  }
+
+  Task<void> co_close() override {
+    if (stream_ && stream_->started && !stream_->done.is_set()) {
+      stream_->closing = true;
+      session_->loop.abort_all();
+      co_await stream_->done.wait();
+    }
+    session_->loop.abort_all();
+  }
+
+ private:
+  std::shared_ptr<Stream> make_stream() {
+    auto s = std::make_shared<Stream>(session_);
+    s->self_ = s;
+    return s;
+  }
+
+  // HEAD (FTP: SIZE), following redirects. Returns whether it gave the size.
+  Task<bool> probe_head() {
+    Session& s = *session_;
+    for (int attempt = 0;; ++attempt) {
+      Exchange ex;
+      Easy e = s.easy(ex);
+      curl_easy_setopt(e.get(), CURLOPT_NOBODY, 1L);
+      if (s.config.family == Family::http) {
+        curl_easy_setopt(e.get(), CURLOPT_FOLLOWLOCATION, 1L);
+        curl_easy_setopt(e.get(), CURLOPT_MAXREDIRS, 10L);
+      }
+      CURLcode rc = co_await s.loop.perform(e.get());
+      long status = response_code(e.get());
+      if (rc != CURLE_OK) {
+        if (attempt < kMaxRetries && transient(rc, 0)) {
+          co_await sleep_for(backoff(attempt));
+          continue;
+        }
+        fail(s, rc, 0, ex, "cannot open");
+      }
+      if (s.config.family == Family::ftp) {
+        curl_off_t length = -1;
+        curl_easy_getinfo(e.get(), CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length);
+        if (length < 0) throw Error(EIO, s.name() + ": the server did not tell the file's size");
+        size_ = static_cast<std::uint64_t>(length);
+        ranges_ = true;
+        co_return true;
+      }
+      adopt_effective_url(e.get());
+      if (status >= 500 && attempt < kMaxRetries && transient(CURLE_OK, status)) {
+        co_await sleep_for(backoff(attempt));
+        continue;
+      }
+      if (status == 401 || status == 404 || status == 410) fail(s, rc, status, ex, "cannot open");
+      // Anything else that is not a plain answer with a length (e.g. S3 presigned URLs refuse
+      // HEAD with 403): ask with a one-byte range instead.
+      if (status < 200 || status > 299 || !ex.facts.content_length) co_return false;
+      size_ = *ex.facts.content_length;
+      ranges_ = ex.facts.accept_ranges && !ex.facts.ranges_refused;
+      co_return true;
+    }
+  }
+
+  // GET "Range: bytes=0-0", following redirects: 206 with Content-Range gives the size
+  // and proves ranges work; 200 means the server ignores ranges (its length is the size).
+  Task<void> probe_range() {
+    Session& s = *session_;
+    for (int attempt = 0;; ++attempt) {
+      Exchange ex;
+      bool got_headers = false;
+      ex.sink = [&](const char*, std::size_t) -> std::size_t {
+        got_headers = true;
+        return 0;  // the headers say all we need
+      };
+      Easy e = s.easy(ex);
+      curl_easy_setopt(e.get(), CURLOPT_RANGE, "0-0");
+      curl_easy_setopt(e.get(), CURLOPT_FOLLOWLOCATION, 1L);
+      curl_easy_setopt(e.get(), CURLOPT_MAXREDIRS, 10L);
+      CURLcode rc = co_await s.loop.perform(e.get());
+      long status = response_code(e.get());
+      bool ok = rc == CURLE_OK || (rc == CURLE_WRITE_ERROR && got_headers);
+      if (!ok || status < 200 || status > 299) {
+        if (attempt < kMaxRetries && transient(ok ? CURLE_OK : rc, status)) {
+          co_await sleep_for(backoff(attempt));
+          continue;
+        }
+        fail(s, ok ? CURLE_OK : rc, status, ex, "cannot open");
+      }
+      adopt_effective_url(e.get());
+      if (status == 206 && ex.facts.content_range && ex.facts.content_range->total) {
+        size_ = *ex.facts.content_range->total;
+        ranges_ = true;
+      } else if (status == 200 && ex.facts.content_length) {
+        size_ = *ex.facts.content_length;
+        ranges_ = false;
+      } else if (status == 206) {
+        throw Error(EIO, s.name() + ": the server's partial answer does not tell the file's size");
+      } else {
+        throw Error(EIO, s.name() + ": the server did not tell the file's size");
+      }
+      co_return;
+    }
+  }
+
+  // Redirects are followed once, at open; every block then goes to the final URL.
+  void adopt_effective_url(CURL* e) {
+    char* effective = nullptr;
+    curl_easy_getinfo(e, CURLINFO_EFFECTIVE_URL, &effective);
+    if (!effective || session_->url == effective) return;
+    std::string final_url = effective;
+    if (!same_origin(session_->url, final_url)) session_->send_credentials = false;
+    NETBLK_LOG(info, "{}: redirected to {}", session_->name(), redact_password(final_url));
+    session_->url = final_url;
+  }
+
+  std::size_t copy_from_cache(std::uint64_t offset, std::span<std::byte> buf) {
+    for (const auto& c : cache_) {
+      if (offset >= c.offset && offset < c.offset + c.length) {
+        std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), c.offset + c.length - offset));
+        std::memcpy(buf.data(), c.data.data() + (offset - c.offset), n);
+        return n;
+      }
+    }
+    return 0;
+  }
+
+  std::shared_ptr<InFlight> in_flight_covering(std::uint64_t offset) {
+    for (auto& f : in_flight_)
+      if (offset >= f->offset && offset < f->offset + f->length) return f;
+    return nullptr;
+  }
+
+  Task<void> fetch_with_readahead(std::uint64_t offset, std::span<std::byte> buf) {
+    // A sequential reader's window doubles up to kMaxWindow; a jump resets it.
+    const std::uint64_t base = session_->config.readahead;
+    if (offset == next_sequential_) window_ = std::min<std::uint64_t>(std::max(window_ * 2, base), kMaxWindow);
+    else window_ = base;
+    next_sequential_ = offset + buf.size();
+    std::uint64_t extra = 0;
+    if (buf.size() < kLargeRead && buf.size() < window_) {
+      std::uint64_t end = std::min<std::uint64_t>(offset + window_, size_);
+      // Stop where something already cached or in flight begins.
+      for (const auto& c : cache_)
+        if (c.offset >= offset + buf.size() && c.offset < end) end = c.offset;
+      for (const auto& f : in_flight_)
+        if (f->offset >= offset + buf.size() && f->offset < end) end = f->offset;
+      if (end > offset + buf.size()) extra = end - offset - buf.size();
+    }
+    if (extra == 0) {
+      if (!co_await fetch(offset, buf, {})) co_await fall_back_to_stream(offset, buf);
+      co_return;
+    }
+    auto flight = std::make_shared<InFlight>(executor(), offset + buf.size(), extra);
+    in_flight_.push_back(flight);
+    Buffer ahead(static_cast<std::size_t>(extra));
+    bool ranged = false;
+    std::exception_ptr error;
+    try {
+      ranged = co_await fetch(offset, buf, ahead.span());
+    } catch (...) {
+      error = std::current_exception();
+    }
+    in_flight_.remove(flight);
+    if (ranged && !error) {
+      if (cache_.size() >= kCacheEntries) cache_.pop_front();
+      cache_.push_back(CachedRange{flight->offset, std::move(ahead), extra});
+    }
+    flight->done.set();
+    if (error) std::rethrow_exception(error);
+    if (!ranged) co_await fall_back_to_stream(offset, buf);
+  }
+
+  // One range request into `a` then `b`, resumed where it stopped on transient failures.
+  // Returns false when the server ignored the range (answered 200 with the whole file).
+  Task<bool> fetch(std::uint64_t offset, std::span<std::byte> a, std::span<std::byte> b) {
+    Session& s = *session_;
+    const std::uint64_t total = a.size() + b.size();
+    std::uint64_t got = 0;
+    for (int attempt = 0;; ++attempt) {
+      const std::uint64_t start = offset + got;
+      Exchange ex;
+      bool bad_status = false, ignored_range = false, checked = false;
+      ex.sink = [&](const char* data, std::size_t n) -> std::size_t {
+        if (!checked && s.config.family == Family::http) {
+          checked = true;
+          int st = ex.facts.status;
+          if (st == 200 && start == 0) {
+            // The whole file from its start: take what we asked for, then stop.
+          } else if (st == 200) {
+            ignored_range = true;
+            return 0;
+          } else if (st != 206) {
+            bad_status = true;
+            return 0;
+          } else if (ex.facts.content_range && ex.facts.content_range->first &&
+                     *ex.facts.content_range->first != start) {
+            bad_status = true;
+            return 0;
+          }
+        }
+        std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(n, total - got));
+        std::size_t done = 0;
+        while (done < take) {
+          std::uint64_t pos = got + done;
+          std::size_t m;
+          if (pos < a.size()) {
+            m = std::min<std::size_t>(take - done, a.size() - pos);
+            std::memcpy(a.data() + pos, data + done, m);
+          } else {
+            m = take - done;
+            std::memcpy(b.data() + (pos - a.size()), data + done, m);
+          }
+          done += m;
+        }
+        got += take;
+        if (got == total && take < n) return 0;  // more than asked (a 200 answer): stop here
+        return n;
+      };
+      Easy e = s.easy(ex);
+      std::string range = std::to_string(start) + "-" + std::to_string(offset + total - 1);
+      curl_easy_setopt(e.get(), CURLOPT_RANGE, range.c_str());
+      CURLcode rc = co_await s.loop.perform(e.get());
+      if (got == total && (rc == CURLE_OK || rc == CURLE_WRITE_ERROR)) co_return true;
+      long status = response_code(e.get());
+      if (ignored_range) {
+        NETBLK_LOG(info, "{}: the server ignores byte ranges; streaming instead", s.name());
+        co_return false;
+      }
+      if (rc == CURLE_OK && !bad_status && (s.config.family != Family::http || status == 206 || status == 200))
+        rc = CURLE_PARTIAL_FILE;  // the answer ended before the range did
+      long http_status = s.config.family == Family::http && (bad_status || rc == CURLE_OK) ? status : 0;
+      if (rc == CURLE_WRITE_ERROR && bad_status) rc = CURLE_OK;
+      if (attempt < kMaxRetries && transient(rc, http_status)) {
+        NETBLK_LOG(info, "{}: range {} failed ({}{}), retrying", s.name(), range, curl_easy_strerror(rc),
+                   http_status ? ", HTTP " + std::to_string(http_status) : std::string());
+        co_await sleep_for(backoff(attempt));
+        continue;
+      }
+      if (bad_status && http_status < 400) {
+        throw Error(EIO, s.name() + ": the server answered range " + range + " with HTTP " + std::to_string(status) +
+                             " and the wrong bytes");
+      }
+      fail(s, rc, http_status, ex, "reading " + std::to_string(total) + " bytes at offset " + std::to_string(offset));
+    }
+  }
+
+  Task<void> fall_back_to_stream(std::uint64_t offset, std::span<std::byte> buf) {
+    ranges_ = false;
+    co_await stream_read(offset, buf);
+  }
+
+  Task<void> stream_read(std::uint64_t offset, std::span<std::byte> buf) {
+    if (!stream_) {
+      stream_ = make_stream();
+      stream_->size = size_;
+    }
+    stream_->start();
+    const std::uint64_t end = offset + buf.size();
+    co_await stream_->wait_for(end);
+    if (stream_->streamed < end) {
+      if (stream_->failure) throw *stream_->failure;
+      throw Error(EIO, session_->name() + ": the transfer ended at byte " + std::to_string(stream_->streamed) +
+                           ", before the announced size (" + std::to_string(size_) + ")");
+    }
+    std::size_t done = 0;
+    while (done < buf.size()) {
+      ssize_t n = ::pread(stream_->fd, buf.data() + done, buf.size() - done, static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) throw_errno(n < 0 ? errno : EIO, session_->name() + ": cannot read the stream cache file");
+      done += static_cast<std::size_t>(n);
+    }
+  }
+
+  std::shared_ptr<Session> session_;
+  bool ranges_ = true;
+  std::shared_ptr<Stream> stream_;
+  std::uint64_t window_;
+  std::uint64_t next_sequential_ = ~std::uint64_t{0};
+  std::deque<CachedRange> cache_;
+  std::list<std::shared_ptr<InFlight>> in_flight_;
+};
+
+std::optional<std::string> secret_option(spec::Options& o, const std::string& key, std::string& value) {
+  auto id = o.str(key);
+  if (id) value = secrets::lookup(*id);
+  return id;
+}
+
+Task<std::unique_ptr<Node>> open_curl(const OpenContext& ctx, spec::Options& o, const std::string& driver) {
+  Config c;
+  c.driver = driver;
+  c.family = family_of(driver);
+  auto url = o.str("url");
+  if (!url || url->empty()) throw Error(EINVAL, "curl block driver requires an 'url' option");
+  c.url = *url;
+  std::string scheme = url_scheme(c.url);
+  std::string family_schemes = allowed_protocols(c.family);
+  bool scheme_ok = false;
+  for (std::string_view rest = family_schemes; !rest.empty();) {
+    auto comma = rest.find(',');
+    if (rest.substr(0, comma) == scheme) scheme_ok = true;
+    rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+  }
+  if (!scheme_ok)
+    throw Error(EINVAL, "The '" + driver + "' driver cannot open '" + redact_password(c.url) + "': its scheme is not " +
+                            family_schemes);
+  c.shown_url = redact_password(c.url);
+  c.readahead = o.size("readahead", kDefaultReadahead);
+  if (c.readahead % 512)
+    throw Error(EINVAL, "HTTP_READAHEAD_SIZE " + std::to_string(c.readahead) + " is not a multiple of 512");
+  c.sslverify = o.boolean("sslverify", true);
+  c.timeout = o.uint("timeout", kDefaultTimeout, UINT64_MAX);
+  if (c.timeout > kMaxTimeout) throw Error(EINVAL, "timeout parameter is too large or negative");
+  auto cookie = o.str("cookie");
+  c.cookie_secret = secret_option(o, "cookie-secret", c.cookie);
+  if (cookie && c.cookie_secret) throw Error(EINVAL, "curl driver cannot handle both cookie and cookie secret");
+  if (cookie) c.cookie = *cookie, c.has_cookie = true;
+  c.username = o.str("username");
+  c.password_secret = secret_option(o, "password-secret", c.password);
+  c.proxy_username = o.str("proxy-username");
+  c.proxy_password_secret = secret_option(o, "proxy-password-secret", c.proxy_password);
+  c.force_range = o.boolean("force-range", false);
+  o.finish();  // reject unknown options before connecting anywhere
+
+  auto session = std::make_shared<Session>(ctx.executor, std::move(c));
+  auto node = std::make_unique<CurlNode>(ctx.executor, session);
+  co_await node->open();
+  NETBLK_LOG(debug, "{}: {} bytes", session->name(), node->size());
+  co_return node;
+}
+
+void parse_curl_filename(const std::string& filename, Json& options) { options["url"] = filename; }
+
+ProtocolDriver make_driver(const std::string& name) {
+  return ProtocolDriver{
+      .name = name,
+      .prefixes = {name},
+      .parse_filename = parse_curl_filename,
+      .open = [name](const OpenContext& ctx, spec::Options& o) { return open_curl(ctx, o, name); },
+      .create = nullptr,
+  };
+}
+
+const DriverRegistration kHttp{make_driver("http")};
+const DriverRegistration kHttps{make_driver("https")};
+const DriverRegistration kFtp{make_driver("ftp")};
+const DriverRegistration kFtps{make_driver("ftps")};
+const DriverRegistration kTftp{make_driver("tftp")};
+
+}  // namespace
+}  // namespace netblk::curlproto

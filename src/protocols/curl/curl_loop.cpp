@@ -1,0 +1,203 @@
+#include "protocols/curl/curl_loop.hpp"
+
+#include <poll.h>
+
+#include <asio/post.hpp>
+#include <asio/posix/stream_descriptor.hpp>
+#include <mutex>
+
+#include "netblk/error.hpp"
+
+namespace netblk::curlproto {
+
+void global_init() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK) throw Error(EIO, "libcurl failed to initialise");
+  });
+}
+
+struct CurlLoop::Watch {
+  Watch(const Executor& ex, curl_socket_t fd) : descriptor(ex, fd), fd(fd) {}
+  ~Watch() {
+    // libcurl owns the socket: never let Asio close it.
+    if (descriptor.is_open()) descriptor.release();
+  }
+  asio::posix::stream_descriptor descriptor;
+  curl_socket_t fd;
+  int what = 0;  // CURL_POLL_IN / OUT / INOUT
+  bool reading = false, writing = false, removed = false;
+};
+
+struct CurlLoop::Transfer {
+  explicit Transfer(const Executor& ex) : done(ex) {}
+  CURL* easy = nullptr;
+  AsyncEvent done;
+  CURLcode result = CURLE_OK;
+  bool finished = false;
+};
+
+CurlLoop::CurlLoop(Executor executor, long max_connections) : executor_(std::move(executor)), timer_(executor_) {
+  global_init();
+  multi_ = curl_multi_init();
+  if (!multi_) throw Error(ENOMEM, "libcurl: cannot create a multi handle");
+  curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, &CurlLoop::on_socket);
+  curl_multi_setopt(multi_, CURLMOPT_SOCKETDATA, this);
+  curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, &CurlLoop::on_timer);
+  curl_multi_setopt(multi_, CURLMOPT_TIMERDATA, this);
+  curl_multi_setopt(multi_, CURLMOPT_MAX_HOST_CONNECTIONS, max_connections);
+  curl_multi_setopt(multi_, CURLMOPT_MAXCONNECTS, max_connections);
+  curl_multi_setopt(multi_, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+}
+
+CurlLoop::~CurlLoop() {
+  *alive_ = false;
+  for (Transfer* t : active_) curl_multi_remove_handle(multi_, t->easy);
+  active_.clear();
+  curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, nullptr);
+  curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, nullptr);
+  for (auto& [fd, w] : watches_) {
+    w->removed = true;
+    if (w->descriptor.is_open()) w->descriptor.release();
+  }
+  watches_.clear();
+  curl_multi_cleanup(multi_);
+}
+
+Task<CURLcode> CurlLoop::perform(CURL* easy) {
+  Transfer t(executor_);
+  t.easy = easy;
+  curl_easy_setopt(easy, CURLOPT_PRIVATE, &t);
+  if (curl_multi_add_handle(multi_, easy) != CURLM_OK) co_return CURLE_FAILED_INIT;
+  active_.insert(&t);
+  // If the awaiting coroutine is destroyed, take the handle back out of the multi.
+  struct Guard {
+    CurlLoop* loop;
+    Transfer* t;
+    std::shared_ptr<bool> alive;
+    ~Guard() {
+      if (!t->finished && *alive) {
+        curl_multi_remove_handle(loop->multi_, t->easy);
+        loop->active_.erase(t);
+      }
+    }
+  } guard{this, &t, alive_};
+  co_await t.done.wait();
+  co_return t.result;
+}
+
+void CurlLoop::abort_all() {
+  auto transfers = active_;
+  active_.clear();
+  for (Transfer* t : transfers) {
+    curl_multi_remove_handle(multi_, t->easy);
+    t->result = CURLE_ABORTED_BY_CALLBACK;
+    t->finished = true;
+    t->done.set();
+  }
+}
+
+int CurlLoop::on_socket(CURL*, curl_socket_t fd, int what, void* loop, void*) {
+  auto* self = static_cast<CurlLoop*>(loop);
+  if (what == CURL_POLL_REMOVE) self->unwatch(fd);
+  else self->watch(fd, what);
+  return 0;
+}
+
+int CurlLoop::on_timer(CURLM*, long timeout_ms, void* loop) {
+  auto* self = static_cast<CurlLoop*>(loop);
+  self->timer_.cancel();
+  if (timeout_ms < 0) return 0;
+  self->timer_.expires_after(std::chrono::milliseconds(timeout_ms));
+  self->timer_.async_wait([self, alive = self->alive_](std::error_code ec) {
+    if (ec || !*alive) return;
+    self->act(CURL_SOCKET_TIMEOUT, 0);
+  });
+  return 0;
+}
+
+void CurlLoop::watch(curl_socket_t fd, int what) {
+  auto& w = watches_[fd];
+  if (!w) w = std::make_shared<Watch>(executor_, fd);
+  w->what = what;
+  arm(w);
+}
+
+void CurlLoop::unwatch(curl_socket_t fd) {
+  auto it = watches_.find(fd);
+  if (it == watches_.end()) return;
+  it->second->removed = true;
+  // Cancels the pending waits (their handlers see `removed`) and leaves the fd open.
+  it->second->descriptor.release();
+  watches_.erase(it);
+}
+
+void CurlLoop::arm(const std::shared_ptr<Watch>& w) {
+  bool want_in = (w->what & CURL_POLL_IN) && !w->reading;
+  bool want_out = (w->what & CURL_POLL_OUT) && !w->writing;
+  if (!want_in && !want_out) return;
+  // Asio's epoll registration is edge-triggered: a socket that is already ready may never
+  // produce another edge, so look first and act at once when it is.
+  struct pollfd p{w->fd, static_cast<short>((want_in ? POLLIN : 0) | (want_out ? POLLOUT : 0)), 0};
+  if (::poll(&p, 1, 0) > 0) {
+    int events = 0;
+    if (p.revents & (POLLIN | POLLHUP)) events |= CURL_CSELECT_IN;
+    if (p.revents & POLLOUT) events |= CURL_CSELECT_OUT;
+    if (p.revents & POLLERR) events |= CURL_CSELECT_ERR;
+    if (events) {
+      if (events & CURL_CSELECT_IN) want_in = false, w->reading = true;
+      if (events & CURL_CSELECT_OUT) want_out = false, w->writing = true;
+      asio::post(executor_, [this, w, events, alive = alive_] {
+        if (events & CURL_CSELECT_IN) w->reading = false;
+        if (events & CURL_CSELECT_OUT) w->writing = false;
+        if (!*alive || w->removed) return;
+        act(w->fd, events);
+      });
+    }
+  }
+  if (want_in) {
+    w->reading = true;
+    w->descriptor.async_wait(asio::posix::descriptor_base::wait_read, [this, w, alive = alive_](std::error_code ec) {
+      w->reading = false;
+      if (ec || !*alive || w->removed) return;
+      act(w->fd, CURL_CSELECT_IN);
+    });
+  }
+  if (want_out) {
+    w->writing = true;
+    w->descriptor.async_wait(asio::posix::descriptor_base::wait_write, [this, w, alive = alive_](std::error_code ec) {
+      w->writing = false;
+      if (ec || !*alive || w->removed) return;
+      act(w->fd, CURL_CSELECT_OUT);
+    });
+  }
+}
+
+void CurlLoop::act(curl_socket_t fd, int events) {
+  int running = 0;
+  curl_multi_socket_action(multi_, fd, events, &running);
+  finish_done();
+  if (fd != CURL_SOCKET_TIMEOUT) {
+    auto it = watches_.find(fd);
+    if (it != watches_.end()) arm(it->second);
+  }
+}
+
+void CurlLoop::finish_done() {
+  int left = 0;
+  while (CURLMsg* m = curl_multi_info_read(multi_, &left)) {
+    if (m->msg != CURLMSG_DONE) continue;
+    CURL* easy = m->easy_handle;
+    CURLcode result = m->data.result;
+    Transfer* t = nullptr;
+    curl_easy_getinfo(easy, CURLINFO_PRIVATE, &t);
+    curl_multi_remove_handle(multi_, easy);
+    if (t && active_.erase(t)) {
+      t->result = result;
+      t->finished = true;
+      t->done.set();
+    }
+  }
+}
+
+}  // namespace netblk::curlproto
