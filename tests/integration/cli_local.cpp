@@ -43,8 +43,8 @@ void expect_one_line_error(const RunResult& r, const std::string& must_contain) 
 TEST(CliLocal, InfoAgreesWithQemuImg) {
   TempDir dir;
   std::string img = dir / "a.raw";
-  ASSERT_EQ(netblk({"create", "-f", "raw", img, "1.5G"}).exit_code, 0);
-  auto ours = netblk({"info", "--output=json", img});
+  ASSERT_EQ(run_netblk({"create", "-f", "raw", img, "1.5G"}).exit_code, 0);
+  auto ours = run_netblk({"info", "--output=json", img});
   ASSERT_EQ(ours.exit_code, 0) << ours.err;
   auto theirs = run({"qemu-img", "info", "--output=json", img});
   ASSERT_EQ(theirs.exit_code, 0) << theirs.err;
@@ -58,7 +58,7 @@ TEST(CliLocal, InfoAgreesWithQemuImg) {
   // An image qemu-img made, read by us; the human output's first lines match qemu-img's.
   std::string q = dir / "q.raw";
   ASSERT_EQ(run({"qemu-img", "create", "-f", "raw", q, "3M"}).exit_code, 0);
-  auto human = netblk({"info", q});
+  auto human = run_netblk({"info", q});
   auto qhuman = run({"qemu-img", "info", q});
   ASSERT_EQ(human.exit_code, 0);
   auto head = [](const std::string& s) { return s.substr(0, s.find("disk size")); };
@@ -103,13 +103,13 @@ TEST(CliLocal, ConvertMakesIdenticalBytes) {
   ASSERT_EQ(run({"qemu-img", "convert", "-m", "1", "-f", "raw", "-O", "raw", src, theirs}, std::chrono::seconds(60)).exit_code, 0);
   EXPECT_EQ(file_hash(theirs), file_hash(ours));
   // Sparse output: holes stay holes (well under the 40 MiB of the image).
-  auto info = json::parse(netblk({"info", "--output=json", ours}).out);
+  auto info = json::parse(run_netblk({"info", "--output=json", ours}).out);
   EXPECT_LT(info["actual-size"].get<long>(), 10 << 20);
 
   // -n into an existing image full of other data: zero areas must be written.
   std::string dirty = dir / "dirty.raw";
   write_pattern_file(dirty, 40 << 20, 9);
-  ASSERT_EQ(netblk({"convert", "-n", "-f", "raw", "-O", "raw", src, dirty}).exit_code, 0);
+  ASSERT_EQ(run_netblk({"convert", "-n", "-f", "raw", "-O", "raw", src, dirty}).exit_code, 0);
   EXPECT_EQ(file_hash(src), file_hash(dirty));
 }
 
@@ -118,7 +118,7 @@ TEST(CliLocal, CompareAgreesWithQemuImg) {
   std::string a = dir / "a.raw", b = dir / "b.raw", c = dir / "c.raw", d = dir / "d.raw";
   make_mixed_image(a);
   ASSERT_EQ(run({"cp", "--sparse=always", a, b}).exit_code, 0);
-  auto same = netblk({"compare", a, b});
+  auto same = run_netblk({"compare", a, b});
   EXPECT_EQ(same.exit_code, 0);
   EXPECT_EQ(same.out, "Images are identical.\n");
   EXPECT_EQ(run({"qemu-img", "compare", a, b}).exit_code, 0);
@@ -128,7 +128,7 @@ TEST(CliLocal, CompareAgreesWithQemuImg) {
   std::fseek(f, 12345678, SEEK_SET);
   std::fputc('x', f);
   std::fclose(f);
-  auto differ = netblk({"compare", a, b});
+  auto differ = run_netblk({"compare", a, b});
   auto qdiffer = run({"qemu-img", "compare", a, b});
   EXPECT_EQ(differ.exit_code, 1);
   EXPECT_EQ(qdiffer.exit_code, 1);
@@ -153,14 +153,14 @@ TEST(CliLocal, CompareAgreesWithQemuImg) {
   std::fseek(f, (44 << 20) + 7, SEEK_SET);
   std::fputc('y', f);
   std::fclose(f);
-  auto tail = netblk({"compare", a, c});
+  auto tail = run_netblk({"compare", a, c});
   auto qtail = run({"qemu-img", "compare", a, c});
   EXPECT_EQ(tail.exit_code, 1);
   EXPECT_EQ(qtail.exit_code, 1);
   EXPECT_EQ(tail.out, qtail.out);
 
   // Errors exit 2, as qemu-img.
-  EXPECT_EQ(netblk({"compare", a, dir / "missing.raw"}).exit_code, 2);
+  EXPECT_EQ(run_netblk({"compare", a, dir / "missing.raw"}).exit_code, 2);
   (void)d;
 }
 
@@ -168,11 +168,11 @@ TEST(CliLocal, MapAgreesWithQemuImg) {
   TempDir dir;
   std::string a = dir / "a.raw";
   make_mixed_image(a);
-  auto ours = netblk({"map", "--output=json", a});
+  auto ours = run_netblk({"map", "--output=json", a});
   auto theirs = run({"qemu-img", "map", "--output=json", a});
   ASSERT_EQ(ours.exit_code, 0) << ours.err;
   EXPECT_EQ(json::parse(ours.out), json::parse(theirs.out));
-  auto human = netblk({"map", a});
+  auto human = run_netblk({"map", a});
   auto qhuman = run({"qemu-img", "map", a});
   EXPECT_EQ(human.out, qhuman.out);
 }
@@ -180,39 +180,39 @@ TEST(CliLocal, MapAgreesWithQemuImg) {
 TEST(CliLocal, MalformedInputIsAOneLineError) {
   TempDir dir;
   std::string img = dir / "a.raw";
-  ASSERT_EQ(netblk({"create", "-f", "raw", img, "1M"}).exit_code, 0);
-  expect_one_line_error(netblk({"create", "-f", "raw", dir / "b.raw", "12Q"}), "12Q");
-  expect_one_line_error(netblk({"create", "-f", "raw", dir / "b.raw", "-5"}), "-5");
-  expect_one_line_error(netblk({"create", "-f", "raw", dir / "b.raw", "99999999999999999999"}), "too large");
-  expect_one_line_error(netblk({"create", "-f", "raw", dir / "b.raw", "16E"}), "too large");
-  expect_one_line_error(netblk({"create", "-f", "nosuch", dir / "b.raw", "1M"}), "Unknown file format 'nosuch'");
-  expect_one_line_error(netblk({"create", "-f", "raw", "-o", "foo=1", dir / "b.raw", "1M"}), "'foo'");
-  expect_one_line_error(netblk({"info", "json:{\"driver\":\"raw\""}), "Could not parse 'json:'");
-  expect_one_line_error(netblk({"info", "json:{\"file\":{\"filename\":1}"}), "Could not parse 'json:'");
-  expect_one_line_error(netblk({"info", "--image-opts", ",driver=raw"}), "expected 'key=value'");
-  expect_one_line_error(netblk({"info", "--image-opts", "=raw"}), "empty key");
-  expect_one_line_error(netblk({"info", "--image-opts", "driver=raw,driver=raw,file.filename=" + img}), "given twice");
-  expect_one_line_error(netblk({"info", "--image-opts", "driver=nosuch,file.filename=" + img}), "Unknown driver 'nosuch'");
-  expect_one_line_error(netblk({"info", "--image-opts", "driver=raw,file.filename=" + img + ",file.foo=1"}),
+  ASSERT_EQ(run_netblk({"create", "-f", "raw", img, "1M"}).exit_code, 0);
+  expect_one_line_error(run_netblk({"create", "-f", "raw", dir / "b.raw", "12Q"}), "12Q");
+  expect_one_line_error(run_netblk({"create", "-f", "raw", dir / "b.raw", "-5"}), "-5");
+  expect_one_line_error(run_netblk({"create", "-f", "raw", dir / "b.raw", "99999999999999999999"}), "too large");
+  expect_one_line_error(run_netblk({"create", "-f", "raw", dir / "b.raw", "16E"}), "too large");
+  expect_one_line_error(run_netblk({"create", "-f", "nosuch", dir / "b.raw", "1M"}), "Unknown file format 'nosuch'");
+  expect_one_line_error(run_netblk({"create", "-f", "raw", "-o", "foo=1", dir / "b.raw", "1M"}), "'foo'");
+  expect_one_line_error(run_netblk({"info", "json:{\"driver\":\"raw\""}), "Could not parse 'json:'");
+  expect_one_line_error(run_netblk({"info", "json:{\"file\":{\"filename\":1}"}), "Could not parse 'json:'");
+  expect_one_line_error(run_netblk({"info", "--image-opts", ",driver=raw"}), "expected 'key=value'");
+  expect_one_line_error(run_netblk({"info", "--image-opts", "=raw"}), "empty key");
+  expect_one_line_error(run_netblk({"info", "--image-opts", "driver=raw,driver=raw,file.filename=" + img}), "given twice");
+  expect_one_line_error(run_netblk({"info", "--image-opts", "driver=nosuch,file.filename=" + img}), "Unknown driver 'nosuch'");
+  expect_one_line_error(run_netblk({"info", "--image-opts", "driver=raw,file.filename=" + img + ",file.foo=1"}),
                         "Block protocol 'file' doesn't support the option 'foo'");
-  expect_one_line_error(netblk({"info", "-f", "raw", "json:{\"driver\":\"raw\",\"size\":\"-1\",\"file\":\"" + img + "\"}"}),
+  expect_one_line_error(run_netblk({"info", "-f", "raw", "json:{\"driver\":\"raw\",\"size\":\"-1\",\"file\":\"" + img + "\"}"}),
                         "negative");
-  expect_one_line_error(netblk({"info", "json:{\"driver\":\"raw\",\"size\":\"1.5x\",\"file\":\"" + img + "\"}"}), "1.5x");
-  expect_one_line_error(netblk({"info", "json:{\"file.filename\":\"a\",\"file\":{\"filename\":\"b\"}}"}), "given twice");
-  expect_one_line_error(netblk({"info", "nope://x"}), "Unknown protocol 'nope'");
-  expect_one_line_error(netblk({"info", dir / "missing.raw"}), "missing.raw");
-  expect_one_line_error(netblk({"info", "--frobnicate", img}), "frobnicate");
-  expect_one_line_error(netblk({"convert", img}), "target");
-  expect_one_line_error(netblk({"info", "--drive", "file=" + img + ",cache=sometimes"}), "sometimes");
-  expect_one_line_error(netblk({"info", "--object", "secret,id=s", img}), "'data' or 'file'");
+  expect_one_line_error(run_netblk({"info", "json:{\"driver\":\"raw\",\"size\":\"1.5x\",\"file\":\"" + img + "\"}"}), "1.5x");
+  expect_one_line_error(run_netblk({"info", "json:{\"file.filename\":\"a\",\"file\":{\"filename\":\"b\"}}"}), "given twice");
+  expect_one_line_error(run_netblk({"info", "nope://x"}), "Unknown protocol 'nope'");
+  expect_one_line_error(run_netblk({"info", dir / "missing.raw"}), "missing.raw");
+  expect_one_line_error(run_netblk({"info", "--frobnicate", img}), "frobnicate");
+  expect_one_line_error(run_netblk({"convert", img}), "target");
+  expect_one_line_error(run_netblk({"info", "--drive", "file=" + img + ",cache=sometimes"}), "sometimes");
+  expect_one_line_error(run_netblk({"info", "--object", "secret,id=s", img}), "'data' or 'file'");
 }
 
 TEST(CliLocal, HelpForEveryVerb) {
   for (const char* verb : {"info", "create", "convert", "compare", "map"}) {
-    auto r = netblk({verb, "--help"});
+    auto r = run_netblk({verb, "--help"});
     EXPECT_EQ(r.exit_code, 0) << verb;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << verb;
   }
-  auto top = netblk({"--help"});
+  auto top = run_netblk({"--help"});
   EXPECT_EQ(top.exit_code, 0);
 }

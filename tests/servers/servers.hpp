@@ -58,8 +58,13 @@ struct RunResult {
 // Runs a command to completion (no shell) with a timeout; captures stdout and stderr.
 RunResult run(const std::vector<std::string>& argv, std::chrono::seconds timeout = std::chrono::seconds(120),
               const std::vector<std::string>& extra_env = {});
-// Runs the netblk CLI under test.
+// Runs the netblk CLI under test. (run_netblk: the same, and unambiguous next to
+// `using namespace netblk::test`.)
 RunResult netblk(const std::vector<std::string>& args, std::chrono::seconds timeout = std::chrono::seconds(120));
+inline RunResult run_netblk(const std::vector<std::string>& args,
+                            std::chrono::seconds timeout = std::chrono::seconds(120)) {
+  return netblk(args, timeout);
+}
 // The path of the netblk binary under test.
 std::string netblk_binary();
 
