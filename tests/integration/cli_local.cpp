@@ -78,7 +78,7 @@ TEST(CliLocal, EverySyntaxNamesTheSameImage) {
       {"info", "--output=json", "--drive", "file=" + img + ",format=raw,if=none,cache=none"},
   };
   for (const auto& f : forms) {
-    auto r = netblk(f);
+    auto r = run_netblk(f);
     ASSERT_EQ(r.exit_code, 0) << f.back() << ": " << r.err;
     json j = json::parse(r.out);
     EXPECT_EQ(j["virtual-size"], 40 << 20) << f.back();
@@ -95,7 +95,7 @@ TEST(CliLocal, ConvertMakesIdenticalBytes) {
     args.insert(args.end(), extra.begin(), extra.end());
     args.push_back(src);
     args.push_back(ours);
-    auto r = netblk(args);
+    auto r = run_netblk(args);
     ASSERT_EQ(r.exit_code, 0) << r.err;
     EXPECT_EQ(file_hash(src), file_hash(ours));
     EXPECT_EQ(run({"qemu-img", "compare", "-f", "raw", "-F", "raw", src, ours}).exit_code, 0);
@@ -142,7 +142,7 @@ TEST(CliLocal, CompareAgreesWithQemuImg) {
     if (strict) args.push_back("-s");
     args.push_back(a);
     args.push_back(c);
-    auto ours = netblk(args);
+    auto ours = run_netblk(args);
     std::vector<std::string> qargs{"qemu-img"};
     qargs.insert(qargs.end(), args.begin(), args.end());
     auto theirs = run(qargs);
