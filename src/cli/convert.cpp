@@ -128,7 +128,7 @@ const VerbRegistration kConvert{Verb{
       a->src.add_options(app);
       add_common_options(app, a->objects);
       app.add_option("-O", a->out_format, "Output format (raw, qcow2)");
-      app.add_option("-o", a->options, "Output format options, k=v,k=v; repeatable");
+      app.add_option("-o", a->options, "Output format options, k=v,k=v; repeatable")->allow_extra_args(false);
       app.add_flag("-p", a->progress, "Show progress");
       app.add_flag("-q", a->quiet, "Quiet");
       app.add_flag("-n", a->no_create, "Do not create the target; write into the existing image");

@@ -24,7 +24,7 @@ const VerbRegistration kCreate{Verb{
       };
       auto a = std::make_shared<Args>();
       app.add_option("-f,--format", a->format, "Image format (raw, qcow2)");
-      app.add_option("-o", a->options, "Format options, k=v,k=v (',,' for a comma); repeatable");
+      app.add_option("-o", a->options, "Format options, k=v,k=v (',,' for a comma); repeatable")->allow_extra_args(false);
       app.add_option("-b,--backing", a->backing, "Backing file (any drive name, json:{...} included)");
       app.add_option("-F,--backing-format", a->backing_format, "Format of the backing file");
       app.add_flag("-q,--quiet", a->quiet, "Print nothing");

@@ -48,7 +48,7 @@ DriveSpec DriveArgs::spec(bool read_only) const {
 }
 
 void add_common_options(CLI::App& app, std::vector<std::string>& objects) {
-  app.add_option("--object", objects, "Define an object: secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]");
+  app.add_option("--object", objects, "Define an object: secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]")->allow_extra_args(false);
   app.add_flag("-U,--force-share")->description("Open images without locking (accepted; netblk takes no locks)");
 }
 
