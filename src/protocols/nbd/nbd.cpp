@@ -1,0 +1,443 @@
+// The NBD client protocol driver: nbd://, nbd+tcp://, nbd+unix://, nbds*:// and the legacy
+// nbd:host:port names, or driver=nbd with QEMU's options.
+//
+// A node owns a Client shared with its background coroutines. The Client keeps one
+// connection, or several (round-robin by load) when the server advertises multi-conn.
+// When a connection drops, its requests wait for a new one and are sent again, so a
+// server restart costs no data; the wait is bounded by reconnect-delay (netblk's default
+// when not given: kDefaultReconnect), after which requests fail with EIO.
+#include <algorithm>
+#include <cstring>
+
+#include "block/driver.hpp"
+#include "core/log.hpp"
+#include "protocols/nbd/nbd_config.hpp"
+#include "protocols/nbd/nbd_connection.hpp"
+
+namespace netblk::nbd_client {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// NBD compact headers carry 32-bit lengths; zero and trim requests are cut below that
+// (QEMU's client cuts them at the max block size; servers accept far more).
+constexpr std::uint64_t kMaxZeroRequest = 1u << 30;
+
+class Client : public std::enable_shared_from_this<Client> {
+ public:
+  Client(Executor ex, NbdConfig config)
+      : ex_(std::move(ex)), config_(std::move(config)), name_(display_name(config_)), changed_(ex_), sleeper_(ex_) {}
+
+  const ExportInfo& info() const noexcept { return info_; }
+  const NbdConfig& config() const noexcept { return config_; }
+  const std::string& name() const noexcept { return name_; }
+
+  // Connects (retrying until open-timeout when given) and opens the extra multi-conn
+  // connections.
+  Task<void> open() {
+    const auto start = Clock::now();
+    auto delay = std::chrono::milliseconds(50);
+    std::shared_ptr<Connection> first;
+    while (!first) {
+      const auto deadline = config_.open_timeout.count() ? start + config_.open_timeout : start + kAttemptTimeout;
+      try {
+        first = co_await connect_one(std::min(deadline, Clock::now() + kAttemptTimeout));
+      } catch (const Error& e) {
+        if (config_.open_timeout.count() == 0 || Clock::now() + delay >= deadline) throw;
+        NETBLK_LOG(debug, "{}: {}; retrying", name_, e.what());
+      }
+      if (!first) {
+        co_await sleep_for(delay);
+        delay = std::min<std::chrono::milliseconds>(delay * 2, std::chrono::seconds(1));
+      }
+    }
+    info_ = first->info();
+    slots_.push_back(first);
+    const bool multi = (info_.flags & nbd::kFlagCanMultiConn) && config_.connections > 1;
+    if (multi) {
+      // The others in parallel; a server that refuses more connections leaves us fewer.
+      std::size_t waiting = config_.connections - 1;
+      std::vector<std::shared_ptr<Connection>> extra(waiting);
+      AsyncCondition all_done(ex_);
+      auto self = shared_from_this();
+      for (std::size_t i = 0; i < extra.size(); ++i) {
+        asio::co_spawn(
+            ex_,
+            [self, i, &extra]() -> Task<void> {
+              auto conn = co_await self->connect_one(Clock::now() + kAttemptTimeout);
+              extra[i] = std::move(conn);
+            },
+            [&](std::exception_ptr e) {
+              if (e) {
+                try {
+                  std::rethrow_exception(e);
+                } catch (const std::exception& ex) {
+                  NETBLK_LOG(debug, "{}: extra connection failed: {}", name_, ex.what());
+                }
+              }
+              --waiting;
+              all_done.notify_all();
+            });
+      }
+      while (waiting) co_await all_done.wait();
+      for (auto& c : extra)
+        if (c) slots_.push_back(std::move(c));
+    }
+    reconnecting_.assign(slots_.size(), false);
+    for (std::size_t i = 0; i < slots_.size(); ++i) watch(i);
+    NETBLK_LOG(debug, "{}: {} connection(s), size {}, flags {}, structured {}, extended {}, block status {}", name_,
+               slots_.size(), info_.size, info_.flags, info_.structured, info_.extended,
+               info_.base_allocation.has_value());
+  }
+
+  // Runs one request to completion, on a new connection after a drop.
+  Task<void> run(Pending& p, const char* what) {
+    while (true) {
+      std::shared_ptr<Connection> conn = co_await acquire();
+      conn->submit(p);
+      co_await p.done.wait();
+      if (p.lost) continue;
+      if (p.error) {
+        std::string msg = name_ + ": " + what + " failed: " + (p.message.empty() ? std::strerror(p.error) : p.message);
+        throw Error(p.error, msg);
+      }
+      co_return;
+    }
+  }
+
+  // Flush (when writable) and say goodbye on every connection; stops all coroutines.
+  Task<void> close() {
+    closing_ = true;
+    sleeper_.cancel();
+    for (auto& c : slots_)
+      if (c) co_await c->disconnect();
+    shutdown();
+  }
+
+  void shutdown() {
+    closing_ = true;
+    sleeper_.cancel();
+    for (auto& c : slots_)
+      if (c) c->shutdown("closed");
+    changed_.notify_all();
+  }
+
+ private:
+  Task<std::shared_ptr<Connection>> connect_one(Clock::time_point deadline) {
+    std::shared_ptr<Stream> stream = co_await connect_stream(config_.address, deadline, name_);
+    // The handshake shares the deadline: a server that accepts and then says nothing
+    // must not hang the open.
+    asio::steady_timer timer(ex_, deadline);
+    auto expired = std::make_shared<bool>(false);
+    timer.async_wait([stream, expired](std::error_code ec) {
+      if (ec || *expired) return;
+      *expired = true;
+      stream->close();
+    });
+    auto reader = std::make_unique<StreamReader>(stream);
+    ExportInfo info;
+    std::exception_ptr failure;
+    try {
+      info = co_await handshake(*reader, *stream, config_, name_);
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    const bool timed_out = *expired;
+    *expired = true;
+    timer.cancel();
+    if (timed_out) {
+      stream->close();
+      throw Error(ETIMEDOUT, name_ + ": the NBD handshake timed out");
+    }
+    if (failure) {
+      stream->close();
+      try {
+        std::rethrow_exception(failure);
+      } catch (const std::system_error& e) {
+        throw Error(ECONNRESET, name_ + ": NBD handshake failed: " +
+                                    (e.code() == asio::error::eof ? std::string("the server closed the connection")
+                                                                  : e.code().message()));
+      }
+    }
+    auto conn = std::make_shared<Connection>(ex_, stream, std::move(reader), info, name_, config_.io_timeout);
+    conn->start();
+    co_return conn;
+  }
+
+  void watch(std::size_t slot) {
+    std::weak_ptr<Client> weak = weak_from_this();
+    slots_[slot]->on_dead = [weak, slot](const std::string& why) {
+      if (auto self = weak.lock()) self->lost(slot, why);
+    };
+  }
+
+  void lost(std::size_t slot, const std::string& why) {
+    if (closing_) return;
+    NETBLK_LOG(warn, "{}: connection lost ({}); reconnecting", name_, why);
+    start_reconnect(slot, false);
+    changed_.notify_all();
+  }
+
+  void start_reconnect(std::size_t slot, bool single_attempt) {
+    if (reconnecting_[slot] || closing_) return;
+    reconnecting_[slot] = true;
+    auto self = shared_from_this();
+    asio::co_spawn(ex_, [self, slot, single_attempt]() { return self->reconnect(slot, single_attempt); },
+                   [self, slot](std::exception_ptr) {
+                     self->reconnecting_[slot] = false;
+                     self->changed_.notify_all();
+                   });
+  }
+
+  Task<void> reconnect(std::size_t slot, bool single_attempt) {
+    const auto budget = config_.reconnect_delay.value_or(kDefaultReconnect);
+    const auto deadline = Clock::now() + budget;
+    auto delay = std::chrono::milliseconds(50);
+    while (!closing_) {
+      try {
+        auto conn = co_await connect_one(std::min(deadline, Clock::now() + kAttemptTimeout) +
+                                         (single_attempt || budget.count() == 0 ? kAttemptTimeout : Clock::duration{}));
+        if (conn->info().size != info_.size) {
+          conn->shutdown("export size changed");
+          throw Error(EIO, name_ + ": the export's size changed from " + std::to_string(info_.size) + " to " +
+                               std::to_string(conn->info().size) + " bytes across a reconnect");
+        }
+        if (closing_) {
+          conn->shutdown("closed");
+          co_return;
+        }
+        slots_[slot] = std::move(conn);
+        watch(slot);
+        given_up_ = false;
+        NETBLK_LOG(warn, "{}: reconnected", name_);
+        co_return;
+      } catch (const Error& e) {
+        NETBLK_LOG(debug, "{}: reconnect failed: {}", name_, e.what());
+        last_error_ = e.what();
+      }
+      if (single_attempt || Clock::now() + delay >= deadline) break;
+      sleeper_.expires_after(delay);
+      std::error_code ec;
+      co_await sleeper_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      delay = std::min<std::chrono::milliseconds>(delay * 2, std::chrono::seconds(2));
+    }
+    if (std::none_of(slots_.begin(), slots_.end(), [](auto& c) { return c->alive(); })) given_up_ = true;
+  }
+
+  // A live connection, the least loaded; waits while all are reconnecting.
+  Task<std::shared_ptr<Connection>> acquire() {
+    bool kicked = false;
+    while (true) {
+      std::shared_ptr<Connection> best;
+      const std::size_t n = slots_.size();
+      for (std::size_t k = 0; k < n; ++k) {
+        auto& c = slots_[(next_ + k) % n];
+        if (c->alive() && (!best || c->in_flight() < best->in_flight())) best = c;
+      }
+      if (best) {
+        next_ = (next_ + 1) % n;
+        co_return best;
+      }
+      if (closing_) throw Error(EIO, name_ + ": the connection is closed");
+      const bool any_reconnecting = std::any_of(reconnecting_.begin(), reconnecting_.end(), [](bool b) { return b; });
+      if (given_up_ && !any_reconnecting) {
+        if (kicked) {
+          throw Error(EIO, name_ + ": the connection to the server was lost" +
+                               (last_error_.empty() ? std::string() : " (" + last_error_ + ")"));
+        }
+        // As QEMU after reconnect-delay: each new request tries once more.
+        kicked = true;
+        start_reconnect(0, true);
+      } else if (!any_reconnecting) {
+        for (std::size_t i = 0; i < n; ++i) start_reconnect(i, false);
+      }
+      co_await changed_.wait();
+    }
+  }
+
+  Executor ex_;
+  NbdConfig config_;
+  std::string name_;
+  ExportInfo info_;
+  std::vector<std::shared_ptr<Connection>> slots_;
+  std::vector<bool> reconnecting_;
+  std::size_t next_ = 0;
+  bool closing_ = false;
+  bool given_up_ = false;
+  std::string last_error_;
+  AsyncCondition changed_;
+  asio::steady_timer sleeper_;
+};
+
+class NbdNode final : public Node {
+ public:
+  NbdNode(const OpenContext& ctx, std::shared_ptr<Client> client) : Node(ctx.executor), client_(std::move(client)) {
+    const ExportInfo& info = client_->info();
+    const std::uint16_t f = info.flags;
+    size_ = info.size;
+    caps_.read_only = ctx.read_only || (f & nbd::kFlagReadOnly);
+    caps_.can_flush = f & nbd::kFlagSendFlush;
+    caps_.can_fua = f & nbd::kFlagSendFua;
+    caps_.can_zero = f & nbd::kFlagSendWriteZeroes;
+    caps_.can_discard = f & nbd::kFlagSendTrim;
+    caps_.has_block_status = info.base_allocation.has_value();
+    caps_.can_multi_conn = f & nbd::kFlagCanMultiConn;
+    // As QEMU: without a server minimum, 1 byte when the size or block status needs it.
+    std::uint32_t min = info.have_block_sizes ? info.block_sizes.minimum : 0;
+    if (!min) min = (size_ % 512 || info.base_allocation) ? 1 : 512;
+    limits_.request_alignment = min;
+    std::uint64_t max = info.have_block_sizes ? info.block_sizes.maximum : nbd::kMaxBlockSize;
+    limits_.max_transfer = std::min<std::uint64_t>(max, nbd::kMaxBlockSize);
+    limits_.max_transfer -= limits_.max_transfer % min;
+    if (info.have_block_sizes) limits_.preferred_alignment = std::max<std::uint32_t>(info.block_sizes.preferred, min);
+  }
+
+  ~NbdNode() override { client_->shutdown(); }
+
+  std::string_view driver() const override { return "nbd"; }
+  Json options() const override { return canonical_options(client_->config()); }
+  std::string plain_filename() const override { return nbd_client::plain_filename(client_->config()); }
+  bool has_zero_init() const override { return false; }
+
+ protected:
+  Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override {
+    Pending p(executor());
+    p.request.type = nbd::kCmdRead;
+    p.request.offset = offset;
+    p.request.length = buf.size();
+    p.read_buf = buf;
+    co_await client_->run(p, "read");
+  }
+
+  Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags) override {
+    forget_status();
+    Pending p(executor());
+    p.request.type = nbd::kCmdWrite;
+    p.request.flags = (flags & kWriteFua) && caps().can_fua ? nbd::kCmdFlagFua : 0;
+    p.request.offset = offset;
+    p.request.length = buf.size();
+    p.write_data = buf;
+    co_await client_->run(p, "write");
+  }
+
+  Task<void> co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags) override {
+    forget_status();
+    const std::uint16_t f = client_->info().flags;
+    if (!(f & nbd::kFlagSendWriteZeroes)) {
+      co_await Node::co_write_zeroes(offset, length, flags);
+      co_return;
+    }
+    if ((flags & kZeroFast) && !(f & nbd::kFlagSendFastZero))
+      throw Error(ENOTSUP, display_name() + ": the server has no fast zeroing");
+    std::uint16_t cmd_flags = 0;
+    if (!(flags & kZeroMayUnmap)) cmd_flags |= nbd::kCmdFlagNoHole;
+    if (flags & kZeroFast) cmd_flags |= nbd::kCmdFlagFastZero;
+    if ((flags & kWriteFua) && caps().can_fua) cmd_flags |= nbd::kCmdFlagFua;
+    co_await ranged(nbd::kCmdWriteZeroes, cmd_flags, offset, length, "write zeroes");
+  }
+
+  Task<void> co_discard(std::uint64_t offset, std::uint64_t length) override {
+    forget_status();
+    if (!caps().can_discard) co_return;
+    co_await ranged(nbd::kCmdTrim, 0, offset, length, "discard");
+  }
+
+  Task<void> co_flush() override {
+    if (!caps().can_flush) co_return;
+    Pending p(executor());
+    p.request.type = nbd::kCmdFlush;
+    co_await client_->run(p, "flush");
+  }
+
+  Task<BlockStatus> co_block_status(std::uint64_t offset, std::uint64_t length) override {
+    if (!caps().has_block_status) co_return BlockStatus{length, kStatusData | kStatusAllocated, offset};
+    // The rest of the last reply answers the next question without a round trip.
+    if (offset >= cached_start_ && offset < cached_end_) {
+      std::uint64_t pos = cached_start_;
+      for (const auto& e : cached_) {
+        if (offset < pos + e.length) co_return to_status(offset, std::min(pos + e.length - offset, length), e.flags);
+        pos += e.length;
+      }
+    }
+    const std::uint32_t align = limits().request_alignment;
+    std::uint64_t ask = length;
+    if (!client_->info().extended) ask = std::min<std::uint64_t>(ask, 0xffffffffu - 0xffffffffu % align);
+    Pending p(executor());
+    p.request.type = nbd::kCmdBlockStatus;
+    p.request.offset = offset;
+    p.request.length = ask;
+    co_await client_->run(p, "block status");
+    if (p.extents.empty() || p.extents.front().length == 0)
+      throw Error(EIO, display_name() + ": block status: the server sent no extent");
+    // Keep what the server said past the first extent, up to what was asked.
+    cached_.clear();
+    std::uint64_t pos = offset;
+    for (const auto& e : p.extents) {
+      if (e.length == 0 || pos >= offset + ask) break;
+      nbd::Extent clipped = e;
+      clipped.length = std::min<std::uint64_t>(e.length, offset + ask - pos);
+      cached_.push_back(clipped);
+      pos += clipped.length;
+    }
+    cached_start_ = offset;
+    cached_end_ = pos;
+    const auto& first = cached_.front();
+    co_return to_status(offset, std::min<std::uint64_t>(first.length, length), first.flags);
+  }
+
+  Task<void> co_close() override {
+    forget_status();
+    co_await client_->close();
+  }
+
+ private:
+  static BlockStatus to_status(std::uint64_t offset, std::uint64_t length, std::uint64_t flags) {
+    unsigned s = kStatusAllocated;
+    if (!(flags & nbd::kStateHole)) s |= kStatusData;
+    if (flags & nbd::kStateZero) s |= kStatusZero;
+    return BlockStatus{length, s, offset};
+  }
+
+  void forget_status() { cached_start_ = cached_end_ = 0; }
+
+  // Zero and trim requests, cut to what a compact header carries.
+  Task<void> ranged(std::uint16_t type, std::uint16_t flags, std::uint64_t offset, std::uint64_t length,
+                    const char* what) {
+    const std::uint32_t align = limits().request_alignment;
+    const std::uint64_t max = client_->info().extended ? length : kMaxZeroRequest - kMaxZeroRequest % align;
+    while (length) {
+      const std::uint64_t n = std::min(length, max);
+      Pending p(executor());
+      p.request.type = type;
+      p.request.flags = flags;
+      p.request.offset = offset;
+      p.request.length = n;
+      co_await client_->run(p, what);
+      offset += n;
+      length -= n;
+    }
+  }
+
+  std::shared_ptr<Client> client_;
+  std::vector<nbd::Extent> cached_;
+  std::uint64_t cached_start_ = 0, cached_end_ = 0;
+};
+
+Task<std::unique_ptr<Node>> open_nbd(const OpenContext& ctx, spec::Options& o) {
+  NbdConfig config = config_from_options(o);
+  auto client = std::make_shared<Client>(ctx.executor, std::move(config));
+  co_await client->open();
+  auto node = std::make_unique<NbdNode>(ctx, client);
+  co_return node;
+}
+
+const DriverRegistration kNbd{ProtocolDriver{
+    .name = "nbd",
+    .prefixes = {"nbd", "nbd+tcp", "nbd+unix", "nbds", "nbds+tcp", "nbds+unix"},
+    .parse_filename = parse_filename,
+    .open = open_nbd,
+    .create = {},
+}};
+
+}  // namespace
+}  // namespace netblk::nbd_client
