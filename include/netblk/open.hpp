@@ -21,6 +21,10 @@ struct DriveSpec {
   bool copy_on_read = false;
 };
 
+// Applies a QEMU cache mode (writeback, none, writethrough, directsync, unsafe) to an
+// option tree as cache.direct / cache.no-flush. Throws Error for an unknown mode.
+void apply_cache_mode(Json& options, std::string_view mode);
+
 // Parses qemu-img's --image-opts argument ("driver=qcow2,file.filename=x").
 DriveSpec drive_from_image_opts(std::string_view text);
 // Parses a QEMU -drive argument: file, format, readonly, copy-on-read, media, cache, aio,

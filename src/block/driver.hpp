@@ -23,6 +23,9 @@ struct OpenContext {
   int depth = 0;
   // QEMU's cache.direct (O_DIRECT for files), inherited by children.
   bool cache_direct = false;
+  // QEMU's cache.no-flush: flush requests succeed without reaching stable storage
+  // (cache=unsafe; qemu-img convert's default for its target). Inherited by children.
+  bool cache_no_flush = false;
 };
 
 struct ProtocolDriver {

@@ -37,7 +37,7 @@ void take_generic_options(OpenContext& ctx, Json& options) {
   if (auto it = options.find("cache"); it != options.end() && it->is_object()) {
     spec::Options cache(*it, spec::Options::Kind::object, "", "cache.");
     if (auto direct = cache.boolean("direct")) ctx.cache_direct = *direct;
-    cache.boolean("no-flush");  // flushing more than asked is always safe
+    if (auto no_flush = cache.boolean("no-flush")) ctx.cache_no_flush = *no_flush;
     cache.finish();
     options.erase("cache");
   }
@@ -185,6 +185,16 @@ std::string canonical_name(const Node& node) {
   return "json:" + opts.dump();
 }
 
+void apply_cache_mode(Json& options, std::string_view mode) {
+  bool direct, no_flush;
+  if (mode == "writeback" || mode == "writethrough") direct = false, no_flush = false;
+  else if (mode == "none" || mode == "directsync") direct = true, no_flush = false;
+  else if (mode == "unsafe") direct = false, no_flush = true;
+  else throw Error(EINVAL, "invalid cache option '" + std::string(mode) + "'");
+  options["cache"]["direct"] = direct;
+  options["cache"]["no-flush"] = no_flush;
+}
+
 DriveSpec drive_from_image_opts(std::string_view text) {
   DriveSpec spec;
   spec.options = spec::parse_keyval(text);
@@ -215,14 +225,10 @@ DriveSpec drive_from_drive_opts(std::string_view text) {
       if (v == "cdrom") spec.read_only = true;
       else if (v != "disk") throw Error(EINVAL, "'" + v + "' invalid media");
     } else if (key == "cache") {
-      bool direct, no_flush;
-      if (v == "writeback") direct = false, no_flush = false;
-      else if (v == "none" || v == "directsync") direct = true, no_flush = false;
-      else if (v == "writethrough") direct = false, no_flush = false;
-      else if (v == "unsafe") direct = false, no_flush = true;
-      else throw Error(EINVAL, "invalid cache option '" + v + "'");
-      rest.emplace_back("cache.direct", direct ? "on" : "off");
-      rest.emplace_back("cache.no-flush", no_flush ? "on" : "off");
+      Json cache = Json::object();
+      apply_cache_mode(cache, v);
+      rest.emplace_back("cache.direct", cache["cache"]["direct"]);
+      rest.emplace_back("cache.no-flush", cache["cache"]["no-flush"]);
     } else if (key == "aio") {
       rest.emplace_back("file.aio", v);
     } else if (key == "if" || key == "index" || key == "bus" || key == "unit" || key == "id" ||

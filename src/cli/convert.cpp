@@ -118,7 +118,8 @@ const VerbRegistration kConvert{Verb{
     "convert", "Copy an image to a new or existing image (qemu-img convert)", [](CLI::App& app) {
       struct Args {
         DriveArgs src;
-        std::string out_format = "raw", target, sparse = "4k", cache, src_cache;
+        // qemu-img's defaults: the target is written with cache=unsafe (no flush at the end).
+        std::string out_format = "raw", target, sparse = "4k", cache = "unsafe", src_cache = "writeback";
         std::vector<std::string> options, objects;
         bool progress = false, no_create = false, out_of_order = false, compress = false, quiet = false,
              target_image_opts = false;
@@ -136,8 +137,8 @@ const VerbRegistration kConvert{Verb{
       app.add_flag("-W", a->out_of_order, "Allow out-of-order writes");
       app.add_option("-S", a->sparse, "Minimum run of zero bytes to leave unallocated (0: allocate all)");
       app.add_flag("-c", a->compress, "Compress the output (qcow2)");
-      app.add_option("-t", a->cache, "Target cache mode (accepted)");
-      app.add_option("-T", a->src_cache, "Source cache mode (accepted)");
+      app.add_option("-t", a->cache, "Target cache mode: writeback, none, writethrough, directsync, unsafe (default)");
+      app.add_option("-T", a->src_cache, "Source cache mode (default writeback)");
       app.add_flag("--target-image-opts", a->target_image_opts, "The target is a list of blockdev options (implies -n)");
       app.add_option("source", a->src.name, "Source image")->required();
       app.add_option("target", a->target, "Target image")->required();
@@ -146,7 +147,9 @@ const VerbRegistration kConvert{Verb{
           define_objects(a->objects);
           std::uint64_t sparse = parse_size(a->sparse, "-S");
           if (sparse % 512 && sparse) throw Error(EINVAL, "-S must be a multiple of 512, not '" + a->sparse + "'");
-          auto src = co_await open_drive(a->src.spec(true));
+          DriveSpec src_spec = a->src.spec(true);
+          if (!src_spec.options.contains("cache")) apply_cache_mode(src_spec.options, a->src_cache);
+          auto src = co_await open_drive(src_spec);
           std::uint64_t size = src->size();
           DriveSpec dst_spec;
           if (a->target_image_opts) {
@@ -161,6 +164,7 @@ const VerbRegistration kConvert{Verb{
             dst_spec.filename = a->target;
             dst_spec.format = a->out_format;
           }
+          if (!dst_spec.options.contains("cache")) apply_cache_mode(dst_spec.options, a->cache);
           auto dst = co_await open_drive(dst_spec);
           if (dst->size() < size)
             throw Error(ENOSPC, a->target + ": target is smaller (" + std::to_string(dst->size()) +

@@ -18,7 +18,8 @@ namespace {
 class FileNode final : public Node {
  public:
   FileNode(const OpenContext& ctx, std::string path, std::string aio, bool direct)
-      : Node(ctx.executor), path_(std::move(path)), aio_(std::move(aio)), direct_(direct) {}
+      : Node(ctx.executor), path_(std::move(path)), aio_(std::move(aio)), direct_(direct),
+        no_flush_(ctx.cache_no_flush) {}
 
   ~FileNode() override {
     if (fd_ >= 0) ::close(fd_);
@@ -124,6 +125,7 @@ class FileNode final : public Node {
   }
 
   Task<void> co_flush() override {
+    if (no_flush_) co_return;
     int err = co_await offload([&] { return fdatasync(fd_) == 0 ? 0 : errno; });
     if (err) throw_errno(err, path_ + ": flush failed");
   }
@@ -154,6 +156,7 @@ class FileNode final : public Node {
   std::string path_;
   std::string aio_;
   bool direct_;
+  bool no_flush_;
   int fd_ = -1;
   bool block_device_ = false;
 };
