@@ -1,0 +1,453 @@
+// The http and https drivers against a real nginx on 127.0.0.1 (its own config in a
+// TempDir): plain and TLS, cookies, basic auth with a secret, no byte ranges, redirects,
+// a stalled body, a slow but moving body, and a server that drops connections (a tiny
+// python3 server). Every read is checked against the file's bytes, and qemu-img compare
+// agrees with netblk compare on the same URL.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "core/secrets.hpp"
+#include "netblk/buffer.hpp"
+#include "netblk/open.hpp"
+#include "servers.hpp"
+
+using namespace netblk;
+using namespace netblk::test;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::uint64_t kDiskSize = (6u << 20) + 12345;  // not a multiple of anything
+
+const char* kDropServer = R"PY(
+# Serves one file with HEAD and single byte ranges; cuts every third body short by
+# closing the connection halfway through it.
+import http.server, os, sys, socketserver
+path, port = sys.argv[1], int(sys.argv[2])
+data = open(path, 'rb').read()
+count = [0]
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def log_message(self, *a): pass
+    def head(self, code, start, end):
+        self.send_response(code)
+        self.send_header('Accept-Ranges', 'bytes')
+        self.send_header('Content-Length', str(end - start))
+        if code == 206:
+            self.send_header('Content-Range', 'bytes %d-%d/%d' % (start, end - 1, len(data)))
+        self.end_headers()
+    def do_HEAD(self):
+        self.head(200, 0, len(data))
+    def do_GET(self):
+        start, end, code = 0, len(data), 200
+        r = self.headers.get('Range')
+        if r:
+            a, b = r.split('=')[1].split('-')
+            start, end, code = int(a), min(int(b) + 1, len(data)), 206
+        self.head(code, start, end)
+        count[0] += 1
+        if count[0] % 3 == 1 and end - start > 2:
+            self.wfile.write(data[start:start + (end - start) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            import socket
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self.wfile.write(data[start:end])
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+S(('127.0.0.1', port), H).serve_forever()
+)PY";
+
+std::string read_all(const std::string& path) { return netblk::test::read_file(path); }
+RunResult nb(const std::vector<std::string>& args, std::chrono::seconds timeout = std::chrono::seconds(120)) {
+  return netblk::test::netblk(args, timeout);
+}
+
+class Nginx {
+ public:
+  Nginx() {
+    http_port = free_port();
+    https_port = free_port();
+    drop_port = free_port();
+    std::string www = dir / "www";
+    run({"mkdir", "-p", www, www + "/sub", dir / "tmp"});
+    write_pattern_file(www + "/disk.img", kDiskSize, 7);
+    // A second file with long zero runs, and a small one for the slow location.
+    write_pattern_file(www + "/small.img", 1536 * 1024, 9);
+    run({"chmod", "-R", "a+rX", www});
+    content = read_all(www + "/disk.img");
+
+    auto cert = run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                     "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", dir / "key.pem", "-out",
+                     dir / "cert.pem"});
+    if (cert.exit_code != 0) throw std::runtime_error("openssl req failed: " + cert.err);
+    auto hash = run({"openssl", "passwd", "-apr1", "s3cret-pw"});
+    if (hash.exit_code != 0) throw std::runtime_error("openssl passwd failed");
+    write_file(dir / "htpasswd", "alice:" + hash.out);
+    run({"chmod", "a+r", dir / "htpasswd", dir / "key.pem", dir / "cert.pem"});
+
+    std::string d = dir.path();
+    std::string conf = "daemon off;\nworker_processes 2;\npid " + d + "/nginx.pid;\nerror_log " + d +
+                       "/error.log;\nload_module /usr/lib/nginx/modules/ngx_http_echo_module.so;\n"
+                       "events { worker_connections 512; }\nhttp {\n  access_log " + d + "/access.log;\n" +
+                       "  client_body_temp_path " + d + "/tmp/body; proxy_temp_path " + d + "/tmp/proxy;\n" +
+                       "  fastcgi_temp_path " + d + "/tmp/fcgi; uwsgi_temp_path " + d + "/tmp/uwsgi; scgi_temp_path " +
+                       d + "/tmp/scgi;\n  sendfile on;\n  default_type application/octet-stream;\n";
+    std::string locations =
+        "    root " + www + ";\n"
+        "    location /cookie/ { alias " + www + "/; if ($http_cookie !~ \"(^|;\\s*)session=abc(;|$)\") { return 403; } }\n"
+        "    location /auth/ { alias " + www + "/; auth_basic \"disk\"; auth_basic_user_file " + d + "/htpasswd; }\n"
+        "    location /noranges/ { alias " + www + "/; max_ranges 0; }\n"
+        "    location /slow/ { alias " + www + "/; limit_rate 512k; limit_rate_after 0; }\n"
+        "    location = /redirect { return 302 /disk.img; }\n"
+        "    location = /redirect-file { return 302 file:///etc/passwd; }\n"
+        "    location = /stall { echo_sleep 60; echo late; }\n";
+    conf += "  server {\n    listen 127.0.0.1:" + std::to_string(http_port) + ";\n" + locations + "  }\n";
+    conf += "  server {\n    listen 127.0.0.1:" + std::to_string(https_port) + " ssl;\n    ssl_certificate " + d +
+            "/cert.pem;\n    ssl_certificate_key " + d + "/key.pem;\n" + locations + "  }\n}\n";
+    write_file(dir / "nginx.conf", conf);
+    nginx = Process({"/usr/sbin/nginx", "-p", d, "-c", d + "/nginx.conf", "-e", d + "/error.log"}, dir / "nginx.out");
+    if (!wait_tcp(http_port) || !wait_tcp(https_port))
+      throw std::runtime_error("nginx did not start: " + read_all(dir / "error.log") + read_all(dir / "nginx.out"));
+
+    write_file(dir / "drop.py", kDropServer);
+    dropper = Process({"python3", dir / "drop.py", www + "/disk.img", std::to_string(drop_port)}, dir / "drop.out");
+    if (!wait_tcp(drop_port)) throw std::runtime_error("python3 server did not start");
+  }
+
+  std::string http(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(http_port) + path; }
+  std::string https(const std::string& path) const {
+    return "https://127.0.0.1:" + std::to_string(https_port) + path;
+  }
+  std::string drop(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(drop_port) + path; }
+
+  TempDir dir;
+  std::uint16_t http_port = 0, https_port = 0, drop_port = 0;
+  Process nginx, dropper;
+  std::string content;
+};
+
+Nginx* server = nullptr;
+std::string setup_error;
+
+class CurlHttp : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+#ifdef NETBLK_BINARY
+    setenv("NETBLK_BINARY", NETBLK_BINARY, 0);  // the helper library is built without the define
+#endif
+    try {
+      server = new Nginx();
+    } catch (const std::exception& e) {
+      setup_error = e.what();
+    }
+  }
+  void SetUp() override {
+    if (!server) GTEST_FAIL() << "the servers did not start: " << setup_error;
+  }
+  static void TearDownTestSuite() {
+    delete server;
+    server = nullptr;
+  }
+};
+
+// Opens `spec` with the library and reads it in many ways: small sequential reads (the
+// readahead path), random reads, large reads, many at once; each checked against `want`.
+void check_reads(const DriveSpec& spec, const std::string& want) {
+  run_sync<void>([&]() -> Task<void> {
+    auto node = co_await open_drive(spec);
+    EXPECT_EQ(node->size(), want.size());
+    EXPECT_TRUE(node->read_only());
+    auto expect_range = [&](std::uint64_t off, const Buffer& b, std::size_t n) {
+      ASSERT_EQ(std::memcmp(b.data(), want.data() + off, n), 0) << "bytes differ at offset " << off << " length " << n;
+    };
+    // Sequential 4 KiB reads over the first 3 MiB.
+    Buffer small(4096);
+    for (std::uint64_t off = 0; off < (3u << 20); off += 4096) {
+      co_await node->read(off, small.span());
+      expect_range(off, small, 4096);
+    }
+    // Random reads, odd sizes and offsets, including the tail.
+    std::mt19937_64 rng(42);
+    Buffer big(3u << 20);
+    for (int i = 0; i < 40; ++i) {
+      std::uint64_t len = 1 + rng() % (i % 4 == 0 ? (3u << 20) : 70000);
+      std::uint64_t off = rng() % (want.size() - len + 1);
+      if (i == 5) off = want.size() - len;
+      co_await node->read(off, big.span().subspan(0, len));
+      expect_range(off, big, len);
+    }
+    // Many reads in flight at once.
+    Executor ex = co_await asio::this_coro::executor;
+    const int n = 12;
+    int left = n;
+    AsyncCondition all_done(ex);
+    std::vector<Buffer> bufs;
+    for (int i = 0; i < n; ++i) bufs.emplace_back(512 * 1024);
+    std::exception_ptr failure;
+    for (int i = 0; i < n; ++i) {
+      std::uint64_t off = (static_cast<std::uint64_t>(i) * 491 * 1024) % (want.size() - 512 * 1024);
+      asio::co_spawn(
+          ex,
+          [&, i, off]() -> Task<void> {
+            co_await node->read(off, bufs[i].span());
+            if (std::memcmp(bufs[i].data(), want.data() + off, bufs[i].size()) != 0)
+              throw std::runtime_error("parallel read differs at " + std::to_string(off));
+          },
+          [&](std::exception_ptr e) {
+            if (e && !failure) failure = e;
+            --left;
+            all_done.notify_all();
+          });
+    }
+    while (left) co_await all_done.wait();
+    if (failure) std::rethrow_exception(failure);
+    co_await node->close();
+  });
+}
+
+DriveSpec named(const std::string& name) {
+  DriveSpec s;
+  s.filename = name;
+  s.read_only = true;
+  return s;
+}
+
+// Converts `source` with netblk to a raw file and checks its bytes.
+void check_convert(const std::vector<std::string>& extra, const std::string& source, const std::string& want) {
+  TempDir out;
+  std::vector<std::string> args = {"convert", "-O", "raw"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  args.push_back(source);
+  args.push_back(out / "out.raw");
+  auto r = nb(args, 120s);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(read_all(out / "out.raw") == want) << "converted bytes differ for " << source;
+}
+
+std::string local_copy(const std::string& name) { return server->dir / ("www/" + name); }
+
+}  // namespace
+
+TEST_F(CurlHttp, PlainHttpReadsTheRightBytes) {
+  check_reads(named(server->http("/disk.img")), server->content);
+  check_convert({}, server->http("/disk.img"), server->content);
+  auto info = nb({"info", "--output=json", server->http("/disk.img")});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  json j = json::parse(info.out);
+  EXPECT_EQ(j["virtual-size"], kDiskSize);
+  EXPECT_EQ(j["format"], "raw");
+  EXPECT_EQ(j["filename"], server->http("/disk.img"));
+}
+
+TEST_F(CurlHttp, EveryNameOpensTheSameImage) {
+  std::string url = server->http("/disk.img");
+  std::vector<std::vector<std::string>> forms = {
+      {"info", "--output=json", url},
+      {"info", "--output=json", "json:{\"file.driver\":\"http\",\"file.url\":\"" + url +
+                                     "\",\"file.readahead\":\"64k\",\"file.timeout\":10}"},
+      {"info", "--output=json", "--image-opts", "driver=raw,file.driver=http,file.url=" + url + ",file.sslverify=off"},
+      {"info", "--output=json", "json:{\"driver\":\"raw\",\"file\":{\"driver\":\"http\",\"url\":\"" + url +
+                                     "\",\"force-range\":true}}"},
+  };
+  for (const auto& f : forms) {
+    auto r = nb(f);
+    ASSERT_EQ(r.exit_code, 0) << f.back() << ": " << r.err;
+    EXPECT_EQ(json::parse(r.out)["virtual-size"], kDiskSize) << f.back();
+  }
+  // A readahead that is not a multiple of 512, a too large timeout, an unknown option.
+  auto bad = nb({"info", "json:{\"file.driver\":\"http\",\"file.url\":\"" + url + "\",\"file.readahead\":1000}"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("not a multiple of 512"), std::string::npos) << bad.err;
+  bad = nb({"info", "json:{\"file.driver\":\"http\",\"file.url\":\"" + url + "\",\"file.timeout\":20000}"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("timeout"), std::string::npos) << bad.err;
+  bad = nb({"info", "json:{\"file.driver\":\"http\",\"file.url\":\"" + url + "\",\"file.bogus\":1}"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("bogus"), std::string::npos) << bad.err;
+  // The driver and the URL scheme must agree.
+  bad = nb({"info", "json:{\"file.driver\":\"ftp\",\"file.url\":\"" + url + "\"}"});
+  EXPECT_NE(bad.exit_code, 0);
+  bad = nb({"info", server->http("/no-such-file")});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("404"), std::string::npos) << bad.err;
+}
+
+TEST_F(CurlHttp, WritesAreRefused) {
+  run_sync<void>([&]() -> Task<void> {
+    DriveSpec spec = named(server->http("/disk.img"));
+    spec.read_only = false;  // as QEMU's auto-read-only: opens, read-only
+    auto node = co_await open_drive(spec);
+    EXPECT_TRUE(node->read_only());
+    Buffer b(512);
+    std::memset(b.data(), 1, 512);
+    bool refused = false;
+    try {
+      co_await node->write(0, b.span());
+    } catch (const Error& e) {
+      refused = e.code() == EPERM || e.code() == EROFS;
+    }
+    EXPECT_TRUE(refused);
+    co_await node->close();
+  });
+}
+
+TEST_F(CurlHttp, HttpsVerifiesCertificatesUnlessSslverifyOff) {
+  std::string url = server->https("/disk.img");
+  auto verified = nb({"info", url}, 60s);
+  EXPECT_NE(verified.exit_code, 0);
+  EXPECT_NE(verified.err.find("certificate"), std::string::npos) << verified.err;
+  std::string spec = "json:{\"file.driver\":\"https\",\"file.url\":\"" + url + "\",\"file.sslverify\":\"off\"}";
+  check_reads(named(spec), server->content);
+  check_convert({}, spec, server->content);
+  // qemu-img and netblk agree on the same URL.
+  auto ours = nb({"compare", spec, local_copy("disk.img")}, 60s);
+  EXPECT_EQ(ours.exit_code, 0) << ours.out << ours.err;
+  auto theirs = run({"timeout", "60", "qemu-img", "compare", spec, local_copy("disk.img")}, 90s);
+  EXPECT_EQ(theirs.exit_code, 0) << theirs.out << theirs.err;
+}
+
+TEST_F(CurlHttp, QemuImgAgrees) {
+  std::string url = server->http("/disk.img");
+  auto ours = nb({"compare", url, local_copy("disk.img")}, 60s);
+  EXPECT_EQ(ours.exit_code, 0) << ours.out << ours.err;
+  auto theirs = run({"timeout", "60", "qemu-img", "compare", url, local_copy("disk.img")}, 90s);
+  EXPECT_EQ(theirs.exit_code, 0) << theirs.out << theirs.err;
+  // Different images: both say so.
+  ours = nb({"compare", url, local_copy("small.img")}, 60s);
+  theirs = run({"timeout", "60", "qemu-img", "compare", url, local_copy("small.img")}, 90s);
+  EXPECT_EQ(ours.exit_code, 1) << ours.err;
+  EXPECT_EQ(theirs.exit_code, 1) << theirs.err;
+  // qemu-img's own copy of the URL is the same bytes as ours.
+  TempDir out;
+  auto q = run({"timeout", "60", "qemu-img", "convert", "-m", "1", "-O", "raw", url, out / "q.raw"}, 90s);
+  ASSERT_EQ(q.exit_code, 0) << q.err;
+  // qemu-img rounds the copy up to whole sectors; the padding is zeroes.
+  std::string theirs_copy = read_all(out / "q.raw");
+  ASSERT_GE(theirs_copy.size(), server->content.size());
+  EXPECT_TRUE(theirs_copy.compare(0, server->content.size(), server->content) == 0);
+  EXPECT_EQ(theirs_copy.find_first_not_of('\0', server->content.size()), std::string::npos);
+}
+
+TEST_F(CurlHttp, CookieProtectedLocation) {
+  std::string url = server->http("/cookie/disk.img");
+  auto refused = nb({"info", url});
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.err.find("403"), std::string::npos) << refused.err;
+  std::string with_cookie = "json:{\"file.driver\":\"http\",\"file.url\":\"" + url + "\",\"file.cookie\":\"a=1; session=abc\"}";
+  check_reads(named(with_cookie), server->content);
+  // The cookie never shows in info.
+  auto info = nb({"info", "--output=json", with_cookie});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_EQ(info.out.find("session=abc"), std::string::npos) << info.out;
+  // From a secret, with the CLI.
+  TempDir t;
+  write_file(t / "cookie", "session=abc");
+  check_convert({"--object", "secret,id=c0,file=" + (t / "cookie")},
+                "json:{\"file.driver\":\"http\",\"file.url\":\"" + url + "\",\"file.cookie-secret\":\"c0\"}",
+                server->content);
+  // Against qemu-img with the same cookie.
+  auto theirs = run({"timeout", "60", "qemu-img", "compare", with_cookie, local_copy("disk.img")}, 90s);
+  EXPECT_EQ(theirs.exit_code, 0) << theirs.err;
+}
+
+TEST_F(CurlHttp, BasicAuthWithPasswordSecret) {
+  std::string url = server->http("/auth/disk.img");
+  auto refused = nb({"info", url});
+  EXPECT_NE(refused.exit_code, 0);
+  EXPECT_NE(refused.err.find("401"), std::string::npos) << refused.err;
+  std::string spec = "json:{\"file.driver\":\"http\",\"file.url\":\"" + url +
+                     "\",\"file.username\":\"alice\",\"file.password-secret\":\"pw\"}";
+  check_convert({"--object", "secret,id=pw,data=s3cret-pw"}, spec, server->content);
+  auto wrong = nb({"info", "--object", "secret,id=pw,data=wrong", spec});
+  EXPECT_NE(wrong.exit_code, 0);
+  EXPECT_EQ(wrong.err.find("wrong"), std::string::npos) << wrong.err;
+  auto missing = nb({"info", spec});
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.err.find("pw"), std::string::npos) << missing.err;
+  // With the library.
+  secrets::define(Json{{"qom-type", "secret"}, {"id", "pw2"}, {"data", "s3cret-pw"}});
+  DriveSpec lib;
+  lib.read_only = true;
+  lib.options = Json{{"driver", "raw"},
+                     {"file", {{"driver", "http"}, {"url", url}, {"username", "alice"}, {"password-secret", "pw2"}}}};
+  check_reads(lib, server->content);
+  // A password in the URL works and never shows in info, human or JSON.
+  std::string with_password = "http://alice:s3cret-pw@127.0.0.1:" + std::to_string(server->http_port) + "/auth/disk.img";
+  for (const char* output : {"--output=human", "--output=json"}) {
+    auto info = nb({"info", output, with_password});
+    ASSERT_EQ(info.exit_code, 0) << info.err;
+    EXPECT_EQ(info.out.find("s3cret"), std::string::npos) << info.out;
+    EXPECT_NE(info.out.find("alice@127.0.0.1"), std::string::npos) << info.out;
+  }
+  auto bad = nb({"info", "http://alice:wrong-pw@127.0.0.1:" + std::to_string(server->http_port) + "/auth/disk.img"});
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_EQ(bad.err.find("wrong-pw"), std::string::npos) << bad.err;
+  // qemu-img with the same secret.
+  auto theirs = run({"timeout", "60", "qemu-img", "compare", "--object", "secret,id=pw,data=s3cret-pw", spec,
+                     local_copy("disk.img")},
+                    90s);
+  EXPECT_EQ(theirs.exit_code, 0) << theirs.err;
+}
+
+TEST_F(CurlHttp, ServerWithoutRangesIsStreamed) {
+  std::string url = server->http("/noranges/disk.img");
+  check_reads(named(url), server->content);
+  check_convert({}, url, server->content);
+  auto ours = nb({"compare", url, local_copy("disk.img")}, 60s);
+  EXPECT_EQ(ours.exit_code, 0) << ours.err;
+  // force-range on such a server: the one-byte probe gets the whole file, and it still works.
+  check_reads(named("json:{\"file.driver\":\"http\",\"file.url\":\"" + url + "\",\"file.force-range\":true}"),
+              server->content);
+}
+
+TEST_F(CurlHttp, RedirectsAreFollowedOnceAndOnlyToHttp) {
+  std::string url = server->http("/redirect");
+  check_reads(named(url), server->content);
+  check_convert({}, url, server->content);
+  auto file = nb({"info", server->http("/redirect-file")});
+  EXPECT_NE(file.exit_code, 0);
+  EXPECT_EQ(file.out.find("root:"), std::string::npos);
+}
+
+TEST_F(CurlHttp, StalledBodyFailsAfterTheTimeout) {
+  auto start = std::chrono::steady_clock::now();
+  auto r = nb({"info", "json:{\"file.driver\":\"http\",\"file.url\":\"" + server->http("/stall") +
+                               "\",\"file.timeout\":2}"},
+                  60s);
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.exit_code, 124) << "hung";
+  EXPECT_NE(r.err.find("progress"), std::string::npos) << r.err;
+  EXPECT_GE(took, 1900ms);
+  EXPECT_LT(took, 15s);
+}
+
+TEST_F(CurlHttp, SlowButMovingBodyIsNotKilled) {
+  // 1.5 MiB at 512 KiB/s takes about 3 s, longer than the 1 s timeout.
+  std::string spec = "json:{\"file.driver\":\"http\",\"file.url\":\"" + server->http("/slow/small.img") +
+                     "\",\"file.timeout\":1}";
+  check_convert({"-m", "1"}, spec, read_all(local_copy("small.img")));
+}
+
+TEST_F(CurlHttp, DroppedConnectionsAreRetried) {
+  std::string url = server->drop("/disk.img");
+  check_reads(named(url), server->content);
+  check_convert({}, url, server->content);
+}
+
+TEST_F(CurlHttp, NothingListeningFailsQuickly) {
+  auto start = std::chrono::steady_clock::now();
+  auto r = nb({"info", "http://127.0.0.1:" + std::to_string(free_port()) + "/disk.img"}, 60s);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
+}
