@@ -1,0 +1,209 @@
+// The qcow2 format node (QEMU's docs/interop/qcow2.txt), shared by the driver, `check` and
+// the tests.
+//
+// Metadata lives in write-back caches (L2 tables, refcount blocks, the L1 and refcount
+// tables) and is written in dependency order by flush_metadata(): refcount blocks, then the
+// refcount table (and the header when the table moved), then L2 tables, then the L1 table,
+// with a flush of the file between layers, and only then are freed clusters released. A
+// process killed at any moment therefore leaves an image whose metadata never points at a
+// cluster with refcount 0 (leaks are possible, corruptions are not); data acknowledged by
+// a flush survives. Guest data is written before the L2 entry that points at it changes.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <set>
+#include <unordered_map>
+#include <vector>
+
+#include "block/driver.hpp"
+#include "formats/qcow2/header.hpp"
+
+namespace netblk::qcow2 {
+
+// A mutex for coroutines on one executor.
+class AsyncMutex {
+ public:
+  explicit AsyncMutex(const Executor& ex) : cv_(ex) {}
+  class Lock {
+   public:
+    Lock() = default;
+    explicit Lock(AsyncMutex* m) : m_(m) {}
+    Lock(Lock&& o) noexcept : m_(std::exchange(o.m_, nullptr)) {}
+    Lock& operator=(Lock&& o) noexcept {
+      release();
+      m_ = std::exchange(o.m_, nullptr);
+      return *this;
+    }
+    ~Lock() { release(); }
+    void release() {
+      if (m_) m_->unlock();
+      m_ = nullptr;
+    }
+
+   private:
+    AsyncMutex* m_ = nullptr;
+  };
+  Task<Lock> lock() {
+    while (locked_) co_await cv_.wait();
+    locked_ = true;
+    co_return Lock(this);
+  }
+  void unlock() {
+    locked_ = false;
+    cv_.notify_all();
+  }
+  bool locked() const { return locked_; }
+
+ private:
+  AsyncCondition cv_;
+  bool locked_ = false;
+};
+
+// What `check` found (qemu-img check's ImageCheck).
+struct CheckResult {
+  std::int64_t corruptions = 0, leaks = 0, check_errors = 0;
+  std::int64_t corruptions_fixed = 0, leaks_fixed = 0;
+  std::uint64_t image_end_offset = 0, total_clusters = 0, allocated_clusters = 0;
+  std::uint64_t fragmented_clusters = 0, compressed_clusters = 0;
+  std::vector<std::string> messages;  // one line each, for stderr
+};
+inline constexpr unsigned kFixLeaks = 1;
+inline constexpr unsigned kFixErrors = 2;
+
+struct L2Table {
+  std::uint64_t offset = 0;
+  std::vector<std::uint64_t> e;  // host order; two words per entry with extended L2
+  bool dirty = false;
+  int pins = 0;
+  std::uint64_t last_use = 0;
+};
+
+struct RefBlock {
+  std::uint64_t offset = 0;
+  std::vector<std::byte> data;
+  bool dirty = false;
+  std::uint64_t last_use = 0;
+};
+
+class Qcow2Node final : public Node {
+ public:
+  Qcow2Node(const OpenContext& ctx, std::unique_ptr<Node> file, Header header);
+  // Loads the tables and opens the backing chain. `o` holds the node's open options.
+  Task<void> init(const OpenContext& ctx, spec::Options& o);
+
+  std::string_view driver() const override { return "qcow2"; }
+  Json options() const override;
+  std::string stored_backing_filename() const override { return h_.backing_file; }
+  std::string stored_backing_format() const override { return h_.backing_format; }
+  bool dirty_flag() const override { return (h_.incompatible & kIncompatDirty) != 0; }
+  std::uint64_t cluster_size() const override { return cs_; }
+  Json format_specific() const override;
+  bool has_zero_init() const override { return !backing_; }
+  const Header& header() const { return h_; }
+
+  // qemu-img check: counts references, compares with the stored refcounts, and with `fix`
+  // (kFixLeaks, kFixErrors) repairs what it may. Needs a writable node to repair.
+  Task<CheckResult> check(unsigned fix);
+
+ protected:
+  Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override;
+  Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags) override;
+  Task<void> co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags) override;
+  Task<void> co_discard(std::uint64_t offset, std::uint64_t length) override;
+  Task<void> co_flush() override;
+  Task<BlockStatus> co_block_status(std::uint64_t offset, std::uint64_t length) override;
+
+ private:
+  enum class Kind { unallocated, zero, data, compressed };
+  struct Extent {
+    Kind kind = Kind::unallocated;
+    std::uint64_t length = 0;
+    std::uint64_t host = 0;      // data: host offset of the first byte
+    std::uint64_t l2_entry = 0;  // compressed: the descriptor
+  };
+  class RangeLock;
+  class Pin;
+
+  // Mapping.
+  Task<Extent> map_range(std::uint64_t offset, std::uint64_t length);
+  Task<std::shared_ptr<L2Table>> get_l2(std::uint64_t l1_index);
+  Task<std::shared_ptr<L2Table>> load_l2_locked(std::uint64_t l2_offset);
+  Task<std::shared_ptr<L2Table>> l2_for_write(std::uint64_t l1_index);
+  void evict_l2(bool allow_dirty_flush_needed, bool& need_flush);
+
+  // Reading helpers.
+  Task<void> read_backing(std::uint64_t offset, std::span<std::byte> buf);
+  Task<void> read_host(std::uint64_t host, std::span<std::byte> buf);
+  Task<void> read_compressed(std::uint64_t l2_entry, std::uint64_t in_cluster, std::span<std::byte> buf);
+  Task<void> read_guest(std::uint64_t offset, std::span<std::byte> buf);
+
+  // Writing helpers.
+  Task<void> write_in_l2(std::uint64_t offset, std::span<const std::byte> data, unsigned flags);
+  Task<void> zero_or_discard(std::uint64_t first_cluster, std::uint64_t count, bool discard, unsigned flags);
+  Task<RangeLock> lock_clusters(std::uint64_t first, std::uint64_t end);
+  void release_entry(std::uint64_t l2_entry);  // queues the clusters an old entry used
+
+  // Refcounts (meta_ held).
+  Task<std::shared_ptr<RefBlock>> get_refblock(std::uint64_t block_index, bool create);
+  Task<std::uint64_t> refcount(std::uint64_t cluster);
+  Task<std::uint64_t> update_refcount(std::uint64_t cluster, std::int64_t delta);
+  Task<std::uint64_t> allocate_clusters(std::uint64_t n);
+  Task<std::uint64_t> allocate_compressed(std::uint64_t bytes);
+  Task<void> grow_reftable(std::uint64_t min_entries);
+  std::uint64_t bump(std::uint64_t n);
+
+  // Writing metadata back (meta_ held).
+  Task<void> flush_metadata_locked();
+  Task<void> write_header_field(std::uint64_t offset, std::span<const std::byte> bytes);
+
+  // check.
+  struct SnapshotInfo {
+    std::uint64_t l1_offset;
+    std::uint32_t l1_size;
+  };
+  Task<std::vector<SnapshotInfo>> read_snapshot_table(std::uint64_t& table_bytes);
+  std::string name() const { return file_->display_name(); }
+
+  Header h_;
+  std::uint64_t cs_;
+  std::uint32_t cb_;
+  unsigned l2_bits_;          // log2(entries per L2 table)
+  unsigned stride_;           // words per L2 entry (1 or 2)
+  std::uint64_t refblock_bits_;  // log2(refcount entries per block)
+  bool ext_l2_;
+  Json backing_option_;  // "backing" as given at open (absent: null)
+  bool backing_given_ = false;
+
+  std::vector<std::uint64_t> l1_;
+  bool l1_dirty_ = false;
+  std::vector<std::uint64_t> reftable_;
+  std::uint64_t reftable_offset_ = 0;
+  std::uint64_t reftable_clusters_ = 0;
+  bool reftable_dirty_ = false;
+  bool reftable_moved_ = false;
+
+  std::unordered_map<std::uint64_t, std::shared_ptr<L2Table>> l2_cache_;
+  std::size_t l2_cache_max_;
+  std::unordered_map<std::uint64_t, std::shared_ptr<RefBlock>> refblocks_;
+  std::size_t refblock_cache_max_;
+  std::uint64_t use_clock_ = 0;
+
+  std::uint64_t next_free_ = 0;       // bump allocator (cluster index)
+  std::set<std::uint64_t> free_;      // clusters freed and durable, reusable
+  std::vector<std::uint64_t> pending_free_;  // clusters to decrement after the next metadata flush
+  std::uint64_t comp_cluster_ = 0, comp_used_ = 0;  // compressed data packing
+
+  AsyncMutex meta_;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> locked_ranges_;
+  AsyncCondition range_changed_;
+
+  // The last decompressed cluster (sequential reads of a compressed image).
+  std::uint64_t decompressed_entry_ = 0;
+  std::vector<std::byte> decompressed_;
+};
+
+// For `netblk check`: the qcow2 node under `node` (through filters), or nullptr.
+Qcow2Node* as_qcow2(Node& node);
+
+}  // namespace netblk::qcow2
