@@ -351,38 +351,53 @@ class NbdNode final : public Node {
 
   Task<BlockStatus> co_block_status(std::uint64_t offset, std::uint64_t length) override {
     if (!caps().has_block_status) co_return BlockStatus{length, kStatusData | kStatusAllocated, offset};
-    // The rest of the last reply answers the next question without a round trip.
-    if (offset >= cached_start_ && offset < cached_end_) {
-      std::uint64_t pos = cached_start_;
-      for (const auto& e : cached_) {
-        if (offset < pos + e.length) co_return to_status(offset, std::min(pos + e.length - offset, length), e.flags);
-        pos += e.length;
+    while (true) {
+      // The rest of an earlier reply answers without a round trip.
+      if (offset >= cached_start_ && offset < cached_end_) {
+        auto it = std::upper_bound(cached_ends_.begin(), cached_ends_.end(), offset);
+        const auto i = static_cast<std::size_t>(it - cached_ends_.begin());
+        co_return to_status(offset, std::min(cached_ends_[i] - offset, length), cached_flags_[i]);
       }
+      // A request in flight that starts at or before us will most likely cover us.
+      if (!status_busy_ || offset < busy_start_ || offset >= busy_end_) break;
+      co_await status_changed_->wait();
     }
+    // Ask for as much as one request can cover: servers answer a long data or hole run
+    // with one extent, and the next calls are then answered from the cache (a scan per
+    // 2 MiB chunk costs some servers a seek over the whole file each time).
     const std::uint32_t align = limits().request_alignment;
-    std::uint64_t ask = length;
+    std::uint64_t ask = size() - offset;
     if (!client_->info().extended) ask = std::min<std::uint64_t>(ask, 0xffffffffu - 0xffffffffu % align);
+    ask = std::max(ask, length);
     Pending p(executor());
     p.request.type = nbd::kCmdBlockStatus;
     p.request.offset = offset;
     p.request.length = ask;
-    co_await client_->run(p, "block status");
+    const bool owner = !status_busy_;
+    if (owner) {
+      status_busy_ = true;
+      busy_start_ = offset;
+      busy_end_ = offset + ask;
+    }
+    const std::uint64_t generation = status_generation_;
+    std::exception_ptr failure;
+    try {
+      co_await client_->run(p, "block status");
+    } catch (...) {
+      failure = std::current_exception();
+    }
+    if (owner) {
+      status_busy_ = false;
+      status_changed_->notify_all();
+    }
+    if (failure) std::rethrow_exception(failure);
     if (p.extents.empty() || p.extents.front().length == 0)
       throw Error(EIO, display_name() + ": block status: the server sent no extent");
-    // Keep what the server said past the first extent, up to what was asked.
-    cached_.clear();
-    std::uint64_t pos = offset;
-    for (const auto& e : p.extents) {
-      if (e.length == 0 || pos >= offset + ask) break;
-      nbd::Extent clipped = e;
-      clipped.length = std::min<std::uint64_t>(e.length, offset + ask - pos);
-      cached_.push_back(clipped);
-      pos += clipped.length;
-    }
-    cached_start_ = offset;
-    cached_end_ = pos;
-    const auto& first = cached_.front();
-    co_return to_status(offset, std::min<std::uint64_t>(first.length, length), first.flags);
+    const std::uint64_t first_len = std::min<std::uint64_t>(p.extents.front().length, ask);
+    const std::uint64_t first_flags = p.extents.front().flags;
+    // A write while the request was out makes its answer stale.
+    if (generation == status_generation_) remember(offset, ask, p.extents);
+    co_return to_status(offset, std::min(first_len, length), first_flags);
   }
 
   Task<void> co_close() override {
@@ -398,7 +413,24 @@ class NbdNode final : public Node {
     return BlockStatus{length, s, offset};
   }
 
-  void forget_status() { cached_start_ = cached_end_ = 0; }
+  void forget_status() {
+    cached_start_ = cached_end_ = 0;
+    ++status_generation_;
+  }
+
+  void remember(std::uint64_t offset, std::uint64_t ask, const std::vector<nbd::Extent>& extents) {
+    cached_ends_.clear();
+    cached_flags_.clear();
+    std::uint64_t pos = offset;
+    for (const auto& e : extents) {
+      if (e.length == 0 || pos >= offset + ask) break;
+      pos += std::min<std::uint64_t>(e.length, offset + ask - pos);
+      cached_ends_.push_back(pos);
+      cached_flags_.push_back(e.flags);
+    }
+    cached_start_ = offset;
+    cached_end_ = pos;
+  }
 
   // Zero and trim requests, cut to what a compact header carries.
   Task<void> ranged(std::uint16_t type, std::uint16_t flags, std::uint64_t offset, std::uint64_t length,
@@ -419,8 +451,14 @@ class NbdNode final : public Node {
   }
 
   std::shared_ptr<Client> client_;
-  std::vector<nbd::Extent> cached_;
+  // The last block status reply: extents ending at cached_ends_[i] with cached_flags_[i].
+  std::vector<std::uint64_t> cached_ends_;
+  std::vector<std::uint64_t> cached_flags_;
   std::uint64_t cached_start_ = 0, cached_end_ = 0;
+  std::uint64_t status_generation_ = 0;
+  bool status_busy_ = false;
+  std::uint64_t busy_start_ = 0, busy_end_ = 0;
+  std::unique_ptr<AsyncCondition> status_changed_ = std::make_unique<AsyncCondition>(executor());
 };
 
 Task<std::unique_ptr<Node>> open_nbd(const OpenContext& ctx, spec::Options& o) {
