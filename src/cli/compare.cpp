@@ -6,6 +6,7 @@
 #include <iostream>
 
 #include "cli/progress.hpp"
+#include "cli/status_cache.hpp"
 #include "cli/verbs.hpp"
 #include "netblk/buffer.hpp"
 
@@ -31,12 +32,13 @@ struct Comparison {
   Progress& progress;
   std::uint64_t next = 0;
   std::uint64_t mismatch = ~std::uint64_t{0};
+  StatusCache status_a{a}, status_b{b};
 
   Task<bool> zero_in_both(std::uint64_t off, std::uint64_t len) {
     for (std::uint64_t p = off; p < off + len;) {
-      ChainStatus sa = co_await chain_block_status(a, p, off + len - p);
+      ChainStatus sa = co_await status_a.at(p, off + len - p);
       if (!(sa.status.flags & kStatusZero)) co_return false;
-      ChainStatus sb = co_await chain_block_status(b, p, sa.status.length);
+      ChainStatus sb = co_await status_b.at(p, sa.status.length);
       if (!(sb.status.flags & kStatusZero)) co_return false;
       p += sb.status.length;
     }
@@ -64,8 +66,9 @@ struct Comparison {
 // The first offset in [from, to) of `n` that does not read as zero, or `to`.
 Task<std::uint64_t> first_nonzero(Node& n, std::uint64_t from, std::uint64_t to) {
   Buffer buf(kChunk);
+  StatusCache status(n);
   for (std::uint64_t p = from; p < to;) {
-    ChainStatus s = co_await chain_block_status(n, p, to - p);
+    ChainStatus s = co_await status.at(p, to - p);
     std::uint64_t len = std::min<std::uint64_t>(s.status.length, kChunk);
     if (!(s.status.flags & kStatusZero)) {
       co_await n.read(p, buf.span().subspan(0, len));

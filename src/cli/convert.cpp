@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "cli/progress.hpp"
+#include "cli/status_cache.hpp"
 #include "cli/verbs.hpp"
 #include "core/parse.hpp"
 #include "netblk/buffer.hpp"
@@ -24,6 +25,7 @@ struct Copy {
   bool compress;
   Progress& progress;
   AsyncCondition turn_changed;
+  StatusCache status{src};
   std::uint64_t next_chunk = 0;
   std::uint64_t next_write = 0;  // in-order mode: the chunk allowed to write now
   bool failed = false;           // a worker failed: the others stop instead of waiting
@@ -90,7 +92,7 @@ struct Copy {
       };
       std::vector<Segment> segments;
       for (std::uint64_t p = off; p < off + len;) {
-        ChainStatus s = co_await chain_block_status(src, p, off + len - p);
+        ChainStatus s = co_await status.at(p, off + len - p);
         bool zero = (s.status.flags & kStatusZero) != 0;
         if (!segments.empty() && segments.back().zero == zero) segments.back().len += s.status.length;
         else segments.push_back({p, s.status.length, zero});
