@@ -251,6 +251,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
     while (true) {
       co_await fill(kOptionHeaderSize);
       OptionHeader header = decode_option_header(take(kOptionHeaderSize));
+      // A client that only connects (a readiness probe) does not count as served.
+      server_->served_any = true;
       if (header.length > kMaxOptionLength) {
         if (header.option == kOptExportName || header.length > 16 * kMaxOptionLength)
           throw Disconnect{option_name(header.option) + " of " + std::to_string(header.length) + " bytes"};
@@ -796,7 +798,6 @@ void Server::Impl::start_connection(Socket socket, bool tcp) {
     socket.set_option(asio::ip::tcp::no_delay(true), ec);
   }
   ++active;
-  served_any = true;
   auto conn = std::make_shared<Connection>(shared_from_this(), std::move(socket));
   connections.push_back(conn);
   NETBLK_LOG(debug, "nbd: client connected ({} active)", active);

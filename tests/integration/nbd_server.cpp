@@ -1,0 +1,443 @@
+// `netblk serve` used by real NBD clients on loopback: nbdinfo, nbdcopy, qemu-img, fio's nbd
+// engine and nbdkit's nbd plugin; plus a raw-socket hostile client.
+#include <gtest/gtest.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <array>
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "nbd/protocol.hpp"
+#include "netblk/error.hpp"
+#include "servers.hpp"
+
+using namespace netblk;
+using namespace netblk::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::uint64_t kImageSize = 64ull << 20;
+
+void require(const std::string& program) {
+  ASSERT_TRUE(have_program(program)) << program << " is not installed (scripts/install-deps.sh installs it)";
+}
+
+// A sparse image: 64 MiB, pattern data in [1 MiB, 3 MiB) and [40 MiB, 41 MiB), holes elsewhere.
+void make_image(const std::string& path) {
+  std::string tmp = path + ".pattern";
+  write_pattern_file(tmp, 3ull << 20, 7);
+  std::string pattern = read_file(tmp);
+  ::unlink(tmp.c_str());
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.seekp(1 << 20);
+  f.write(pattern.data(), 2 << 20);
+  f.seekp(40 << 20);
+  f.write(pattern.data() + (2 << 20), 1 << 20);
+  f.close();
+  ASSERT_EQ(::truncate(path.c_str(), kImageSize), 0);
+}
+
+// One `netblk serve` child, stopped by PID.
+struct Serve {
+  Process process;
+  std::string uri;  // nbd:// or nbd+unix:// for the export
+  std::string socket;
+  std::uint16_t port = 0;
+};
+
+Serve start_serve(const TempDir& dir, const std::vector<std::string>& flags, const std::string& image, bool unix_socket,
+                  const std::string& export_name = "disk") {
+  Serve s;
+  std::vector<std::string> argv{netblk_binary(), "serve", "-x", export_name};
+  if (unix_socket) {
+    s.socket = dir / ("serve" + std::to_string(free_port()) + ".sock");
+    argv.insert(argv.end(), {"-k", s.socket});
+    s.uri = "nbd+unix:///" + export_name + "?socket=" + s.socket;
+  } else {
+    s.port = free_port();
+    argv.insert(argv.end(), {"-b", "127.0.0.1", "-p", std::to_string(s.port)});
+    s.uri = "nbd://127.0.0.1:" + std::to_string(s.port) + "/" + export_name;
+  }
+  argv.insert(argv.end(), flags.begin(), flags.end());
+  argv.push_back(image);
+  s.process = Process(argv, dir / "serve.log");
+  bool ready = unix_socket ? wait_unix(s.socket, 20s) : wait_tcp(s.port, 20s);
+  EXPECT_TRUE(ready) << "netblk serve did not start: " << read_file(dir / "serve.log");
+  return s;
+}
+
+
+// ---- a raw client for hostile tests ---------------------------------------------------
+
+class RawClient {
+ public:
+  explicit RawClient(const std::string& path) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+    if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) throw Error(errno, "connect " + path);
+  }
+  ~RawClient() { ::close(fd_); }
+
+  void send(std::span<const std::byte> b) {
+    std::size_t done = 0;
+    while (done < b.size()) {
+      ssize_t n = ::send(fd_, b.data() + done, b.size() - done, MSG_NOSIGNAL);
+      if (n <= 0) throw Error(errno ? errno : EPIPE, "send");
+      done += static_cast<std::size_t>(n);
+    }
+  }
+  // Sends without blocking: 1 sent, 0 would block, -1 partial or failed.
+  int try_send(std::span<const std::byte> b) {
+    ssize_t n = ::send(fd_, b.data(), b.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n == static_cast<ssize_t>(b.size())) return 1;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return 0;
+    return -1;
+  }
+  // False on EOF, error or timeout.
+  bool recv(std::span<std::byte> b, std::chrono::milliseconds timeout = 10s) {
+    std::size_t done = 0;
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (done < b.size()) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return false;
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) return false;
+      ssize_t n = ::recv(fd_, b.data() + done, b.size() - done, 0);
+      if (n <= 0) return false;
+      done += static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+  // True when the server closed the connection (within `timeout`).
+  bool closed_by_peer(std::chrono::milliseconds timeout = 10s) {
+    std::array<std::byte, 4096> sink;
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) continue;
+      ssize_t n = ::recv(fd_, sink.data(), sink.size(), 0);
+      if (n <= 0) return true;
+    }
+    return false;
+  }
+
+  // Fixed newstyle handshake with NBD_OPT_GO; returns the export size.
+  std::uint64_t handshake(const std::string& name, bool structured = false) {
+    std::array<std::byte, nbd::kServerGreetingSize> g;
+    EXPECT_TRUE(recv(g));
+    nbd::decode_server_greeting(g);
+    std::array<std::byte, 4> flags;
+    nbd::encode_client_flags(flags, nbd::kClientFlagFixedNewstyle | nbd::kClientFlagNoZeroes);
+    send(flags);
+    if (structured) {
+      send(nbd::encode_option(nbd::kOptStructuredReply));
+      EXPECT_EQ(read_option_reply().type, nbd::kRepAck);
+    }
+    send(nbd::encode_option(nbd::kOptGo, nbd::encode_info_request({name, {}})));
+    std::uint64_t size = 0;
+    while (true) {
+      std::vector<std::byte> payload;
+      auto h = read_option_reply(&payload);
+      if (h.type == nbd::kRepInfo) {
+        auto info = nbd::decode_rep_info(payload);
+        if (info.type == nbd::kInfoExport) size = info.export_size;
+        continue;
+      }
+      EXPECT_EQ(h.type, nbd::kRepAck) << nbd::rep_name(h.type);
+      break;
+    }
+    return size;
+  }
+  nbd::OptionReplyHeader read_option_reply(std::vector<std::byte>* payload = nullptr) {
+    std::array<std::byte, nbd::kOptionReplyHeaderSize> h;
+    if (!recv(h)) throw Error(EIO, "no option reply");
+    auto header = nbd::decode_option_reply_header(h);
+    std::vector<std::byte> p(header.length);
+    if (!recv(p)) throw Error(EIO, "no option reply payload");
+    if (payload) *payload = std::move(p);
+    return header;
+  }
+  void request(std::uint16_t type, std::uint64_t offset, std::uint64_t length, std::uint64_t cookie,
+               std::uint16_t flags = 0) {
+    std::array<std::byte, nbd::kRequestSize> b;
+    nbd::encode_request(b, nbd::Request{flags, type, cookie, offset, length}, false);
+    send(b);
+  }
+  // Reads one simple reply; returns its NBD error (or -1 when none came).
+  long simple_reply(std::uint64_t expected_cookie, std::size_t data_bytes = 0) {
+    std::array<std::byte, nbd::kSimpleReplySize> b;
+    if (!recv(b)) return -1;
+    auto h = nbd::decode_reply_header(b);
+    EXPECT_EQ(h.cookie, expected_cookie);
+    if (h.error == 0 && data_bytes) {
+      std::vector<std::byte> data(data_bytes);
+      if (!recv(data)) return -1;
+    }
+    return h.error;
+  }
+
+ private:
+  int fd_ = -1;
+};
+
+long rss_kib(int pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+
+}  // namespace
+
+TEST(NbdServer, NbdinfoJsonMapAndList) {
+  require("nbdinfo");
+  TempDir dir;
+  make_image(dir / "disk.raw");
+  auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw", "-D", "test disk"}, dir / "disk.raw", true);
+
+  auto info = run({"nbdinfo", "--json", s.uri}, 30s);
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_NE(info.out.find("\"export-size\": 67108864"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("\"description\": \"test disk\""), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("\"structured\": true"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("\"base:allocation\""), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("\"is_read_only\": false"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("\"can_multi_conn\": true"), std::string::npos) << info.out;
+  EXPECT_NE(info.out.find("\"block_size_maximum\": 33554432"), std::string::npos) << info.out;
+
+  auto map = run({"nbdinfo", "--map", s.uri}, 30s);
+  ASSERT_EQ(map.exit_code, 0) << map.err;
+  // Holes and data exactly where the file has them.
+  EXPECT_NE(map.out.find("         0     1048576    3  hole,zero"), std::string::npos) << map.out;
+  EXPECT_NE(map.out.find("   1048576     2097152    0  data"), std::string::npos) << map.out;
+  EXPECT_NE(map.out.find("  41943040     1048576    0  data"), std::string::npos) << map.out;
+
+  auto list = run({"nbdinfo", "--list", "nbd+unix:///?socket=" + s.socket}, 30s);
+  ASSERT_EQ(list.exit_code, 0) << list.err;
+  EXPECT_NE(list.out.find("export=\"disk\""), std::string::npos) << list.out;
+  EXPECT_NE(list.out.find("description: test disk"), std::string::npos) << list.out;
+
+  // An unknown export name is refused, and the server keeps serving.
+  auto wrong = run({"nbdinfo", "nbd+unix:///nope?socket=" + s.socket}, 30s);
+  EXPECT_NE(wrong.exit_code, 0);
+  EXPECT_EQ(run({"nbdinfo", "--size", s.uri}, 30s).out, "67108864\n");
+
+  // SIGTERM: clean exit 0.
+  int status = s.process.stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+
+TEST(NbdServer, QemuImgOverTcpAndUnix) {
+  require("qemu-img");
+  TempDir dir;
+  make_image(dir / "disk.raw");
+  for (bool unix_socket : {false, true}) {
+    SCOPED_TRACE(unix_socket ? "unix" : "tcp");
+    auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw", "-r"}, dir / "disk.raw", unix_socket);
+    auto info = run({"qemu-img", "info", "--output=json", s.uri}, 60s);
+    ASSERT_EQ(info.exit_code, 0) << info.err;
+    EXPECT_NE(info.out.find("\"virtual-size\": 67108864"), std::string::npos) << info.out;
+    std::string out = dir / "copy.raw";
+    auto convert = run({"qemu-img", "convert", "-m", "1", "-f", "raw", "-O", "raw", s.uri, out}, 120s);
+    ASSERT_EQ(convert.exit_code, 0) << convert.err;
+    EXPECT_EQ(file_hash(out), file_hash(dir / "disk.raw"));
+    auto compare = run({"qemu-img", "compare", "-f", "raw", "-F", "raw", dir / "disk.raw", s.uri}, 120s);
+    EXPECT_EQ(compare.exit_code, 0) << compare.out << compare.err;
+    ::unlink(out.c_str());
+    int status = s.process.stop(SIGTERM);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  }
+}
+
+TEST(NbdServer, ExitsAfterLastClientWithoutPersistent) {
+  require("qemu-img");
+  TempDir dir;
+  make_image(dir / "disk.raw");
+  auto s = start_serve(dir, {"-f", "raw"}, dir / "disk.raw", false);
+  auto info = run({"qemu-img", "info", s.uri}, 60s);
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_EQ(s.process.wait(15s), 0) << "qemu-nbd exits once its only client has gone; so must we";
+  // (The readiness probe, which connected and sent nothing, did not end the server.)
+}
+
+TEST(NbdServer, NbdcopyBothDirections) {
+  require("nbdcopy");
+  TempDir dir;
+  make_image(dir / "disk.raw");
+  auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, dir / "disk.raw", false);
+  // Export -> file.
+  auto out = run({"nbdcopy", s.uri, dir / "out.raw"}, 120s);
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_EQ(file_hash(dir / "out.raw"), file_hash(dir / "disk.raw"));
+  s.process.stop();
+
+  // File -> export (an empty image of the same size), over a unix socket.
+  write_pattern_file(dir / "src.raw", kImageSize, 99);
+  ASSERT_EQ(run({"truncate", "-s", std::to_string(kImageSize), dir / "empty.raw"}).exit_code, 0);
+  auto t = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, dir / "empty.raw", true);
+  auto in = run({"nbdcopy", dir / "src.raw", t.uri}, 120s);
+  ASSERT_EQ(in.exit_code, 0) << in.err;
+  int status = t.process.stop(SIGTERM);  // flushes and closes the image
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_EQ(file_hash(dir / "empty.raw"), file_hash(dir / "src.raw"));
+}
+
+TEST(NbdServer, FioVerify) {
+  require("fio");
+  TempDir dir;
+  ASSERT_EQ(run({"truncate", "-s", "32M", dir / "fio.raw"}).exit_code, 0);
+  for (bool unix_socket : {false, true}) {
+    SCOPED_TRACE(unix_socket ? "unix" : "tcp");
+    auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, dir / "fio.raw", unix_socket);
+    auto r = run({"fio", "--name=verify", "--ioengine=nbd", "--uri=" + s.uri, "--rw=randwrite", "--bs=4k",
+                  "--iodepth=16", "--size=32M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1"},
+                 180s);
+    EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+    EXPECT_EQ(r.err.find("verify:"), std::string::npos) << r.err;
+    s.process.stop();
+  }
+}
+
+TEST(NbdServer, ThroughNbdkitNbdPlugin) {
+  require("nbdkit");
+  require("nbdcopy");
+  TempDir dir;
+  make_image(dir / "disk.raw");
+  auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw", "-r"}, dir / "disk.raw", false, "x");
+  std::string sock = dir / "kit.sock";
+  Process kit({"nbdkit", "-f", "-U", sock, "nbd", "uri=" + s.uri}, dir / "nbdkit.log");
+  ASSERT_TRUE(wait_unix(sock, 20s)) << read_file(dir / "nbdkit.log");
+  std::string uri = "nbd+unix:///?socket=" + sock;
+  auto size = run({"nbdinfo", "--size", uri}, 30s);
+  EXPECT_EQ(size.out, "67108864\n") << size.err;
+  auto copy = run({"nbdcopy", uri, dir / "out.raw"}, 120s);
+  ASSERT_EQ(copy.exit_code, 0) << copy.err;
+  EXPECT_EQ(file_hash(dir / "out.raw"), file_hash(dir / "disk.raw"));
+  kit.stop();
+}
+
+TEST(NbdServer, ReadOnlyExportRejectsWrites) {
+  require("nbdinfo");
+  TempDir dir;
+  make_image(dir / "disk.raw");
+  std::uint64_t before = file_hash(dir / "disk.raw");
+  auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw", "-r"}, dir / "disk.raw", true);
+  auto info = run({"nbdinfo", "--json", s.uri}, 30s);
+  EXPECT_NE(info.out.find("\"is_read_only\": true"), std::string::npos) << info.out;
+
+  RawClient c(s.socket);
+  ASSERT_EQ(c.handshake("disk"), kImageSize);
+  std::vector<std::byte> data(4096, std::byte{0x55});
+  c.request(nbd::kCmdWrite, 0, data.size(), 1);
+  c.send(data);
+  EXPECT_EQ(c.simple_reply(1), long{nbd::kEperm});
+  c.request(nbd::kCmdWriteZeroes, 0, 4096, 2);
+  EXPECT_EQ(c.simple_reply(2), long{nbd::kEperm});
+  c.request(nbd::kCmdTrim, 0, 4096, 3);
+  EXPECT_EQ(c.simple_reply(3), long{nbd::kEperm});
+  // Reads still work on the same connection.
+  c.request(nbd::kCmdRead, 1 << 20, 4096, 4);
+  EXPECT_EQ(c.simple_reply(4, 4096), 0);
+  s.process.stop();
+  EXPECT_EQ(file_hash(dir / "disk.raw"), before);
+}
+
+TEST(NbdServer, HostileClients) {
+  require("nbdinfo");
+  TempDir dir;
+  make_image(dir / "disk.raw");
+  auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, dir / "disk.raw", true);
+
+  {  // Garbage instead of client flags + option: disconnected.
+    RawClient c(s.socket);
+    std::array<std::byte, nbd::kServerGreetingSize> g;
+    ASSERT_TRUE(c.recv(g));
+    std::vector<std::byte> junk(64, std::byte{0xee});
+    c.send(junk);
+    EXPECT_TRUE(c.closed_by_peer());
+  }
+  {  // Bad option magic after valid flags.
+    RawClient c(s.socket);
+    std::array<std::byte, nbd::kServerGreetingSize> g;
+    ASSERT_TRUE(c.recv(g));
+    std::array<std::byte, 4> flags;
+    nbd::encode_client_flags(flags, nbd::kClientFlagFixedNewstyle);
+    c.send(flags);
+    std::vector<std::byte> junk(16, std::byte{0x41});
+    c.send(junk);
+    EXPECT_TRUE(c.closed_by_peer());
+  }
+  {  // Unknown option: an error reply, and the handshake goes on.
+    RawClient c(s.socket);
+    std::array<std::byte, nbd::kServerGreetingSize> g;
+    ASSERT_TRUE(c.recv(g));
+    std::array<std::byte, 4> flags;
+    nbd::encode_client_flags(flags, nbd::kClientFlagFixedNewstyle | nbd::kClientFlagNoZeroes);
+    c.send(flags);
+    c.send(nbd::encode_option(4242));
+    EXPECT_EQ(c.read_option_reply().type, nbd::kRepErrUnsup);
+    // A huge option length is refused without the server reading it all into memory.
+    std::array<std::byte, nbd::kOptionHeaderSize> big;
+    nbd::encode_option_header(big, nbd::kOptGo, 0xfffffff0u);
+    c.send(big);
+    EXPECT_TRUE(c.closed_by_peer());
+  }
+  {  // Bad requests: errors, and the connection stays usable.
+    RawClient c(s.socket);
+    ASSERT_EQ(c.handshake("disk"), kImageSize);
+    c.request(nbd::kCmdRead, kImageSize - 512, 4096, 1);  // past the end
+    EXPECT_EQ(c.simple_reply(1), long{nbd::kEinval});
+    c.request(nbd::kCmdRead, 0, 64u << 20, 2);  // over the 32 MiB maximum
+    EXPECT_EQ(c.simple_reply(2), long{nbd::kEoverflow});
+    c.request(99, 0, 4096, 3);  // unknown command
+    EXPECT_EQ(c.simple_reply(3), long{nbd::kEinval});
+    c.request(nbd::kCmdRead, 0, 4096, 4, 0x4000);  // unknown flag
+    EXPECT_EQ(c.simple_reply(4), long{nbd::kEinval});
+    std::vector<std::byte> data(4096);
+    c.request(nbd::kCmdWrite, kImageSize, data.size(), 5);  // write past the end: payload skipped
+    c.send(data);
+    EXPECT_EQ(c.simple_reply(5), long{nbd::kEnospc});
+    c.request(nbd::kCmdBlockStatus, 0, 4096, 6);  // no meta context negotiated
+    EXPECT_EQ(c.simple_reply(6), long{nbd::kEinval});
+    c.request(nbd::kCmdRead, 1 << 20, 4096, 7);
+    EXPECT_EQ(c.simple_reply(7, 4096), 0);
+    // A bad request magic is a hard disconnect.
+    std::vector<std::byte> junk(nbd::kRequestSize, std::byte{0x13});
+    c.send(junk);
+    EXPECT_TRUE(c.closed_by_peer());
+  }
+  {  // A client that sends many large reads and never reads the replies: memory stays bounded.
+    RawClient c(s.socket);
+    ASSERT_EQ(c.handshake("disk"), kImageSize);
+    // The server stops reading at its in-flight bound, so our sends stop going through.
+    int sent = 0;
+    auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (sent < 100000 && std::chrono::steady_clock::now() < deadline) {
+      std::array<std::byte, nbd::kRequestSize> b;
+      nbd::encode_request(b, nbd::Request{0, nbd::kCmdRead, static_cast<std::uint64_t>(sent), 0, 32u << 20}, false);
+      int r = c.try_send(b);
+      if (r < 0) break;  // partial send: the stream is out of step; stop here
+      if (r == 1) ++sent;
+      else std::this_thread::sleep_for(10ms);
+    }
+    EXPECT_LT(sent, 100000) << "the server kept reading requests without bound";
+    std::this_thread::sleep_for(2s);
+    long rss = rss_kib(s.process.pid());
+    EXPECT_GT(rss, 0);
+    EXPECT_LT(rss, 1024 * 1024) << "server RSS " << rss << " KiB";
+  }
+  // The server survived all that and serves the next client.
+  auto size = run({"nbdinfo", "--size", s.uri}, 30s);
+  EXPECT_EQ(size.exit_code, 0) << size.err;
+  EXPECT_EQ(size.out, "67108864\n");
+  EXPECT_TRUE(s.process.running());
+}
