@@ -37,6 +37,9 @@ constexpr std::uint64_t kMaxTimeout = 10000;  // QEMU's CURL_TIMEOUT_MAX
 constexpr std::uint64_t kMaxWindow = 4u << 20;  // the largest a growing readahead gets
 constexpr std::uint64_t kLargeRead = 1u << 20;  // reads this large get no readahead
 constexpr std::size_t kCacheEntries = 8;
+// FTP: reads up to this far ahead of the stream's head wait for it rather than opening a
+// data connection of their own.
+constexpr std::uint64_t kStreamLookahead = 32u << 20;
 constexpr long kConnections = 8;
 constexpr int kMaxRetries = 5;
 constexpr long kTftpBlockSize = 65464;  // RFC 2348's maximum
@@ -262,6 +265,7 @@ struct Stream {
 
   static Task<void> run(std::shared_ptr<Stream> self) {
     Session& s = *self->session;
+    bool tftp_plain = false;
     for (int attempt = 0;; ++attempt) {
       Exchange ex;
       std::uint64_t position = 0;  // of this attempt's body
@@ -298,8 +302,17 @@ struct Stream {
         }
       };
       Easy e = s.easy(ex);
+      if (tftp_plain) curl_easy_setopt(e.get(), CURLOPT_TFTP_NO_OPTIONS, 1L);
       CURLcode rc = co_await s.loop.perform(e.get());
       long status = response_code(e.get());
+      if (rc == CURLE_TFTP_ILLEGAL && s.config.family == Family::tftp && self->streamed == 0 && !tftp_plain) {
+        // libcurl rejects a tsize of 0 in the server's option answer (an empty file):
+        // ask again without options (512-byte blocks, no tsize).
+        tftp_plain = true;
+        self->size.reset();
+        --attempt;
+        continue;
+      }
       if (self->closing) {
         self->failure = Error(ECANCELED, s.name() + ": closed");
         break;
@@ -427,6 +440,25 @@ class CurlNode final : public Node {
         co_await stream_read(offset, buf);
         co_return;
       }
+      if (stream_first_ && !(stream_ && stream_->failure)) {
+        // FTP: one sequential stream serves every read near or behind its head; a read
+        // far ahead of it is a range request of its own.
+        if (!stream_) {
+          stream_ = make_stream();
+          stream_->size = size_;
+        }
+        stream_->start();
+        if (offset <= stream_->streamed + kStreamLookahead) {
+          bool streamed = true;
+          try {
+            co_await stream_read(offset, buf);
+          } catch (const Error& e) {
+            NETBLK_LOG(info, "{}; reading with range requests instead", e.what());
+            streamed = false;
+          }
+          if (streamed) co_return;
+        }
+      }
       std::size_t hit = copy_from_cache(offset, buf);
       if (hit) {
         offset += hit;
@@ -492,6 +524,11 @@ class CurlNode final : public Node {
         if (length < 0) throw Error(EIO, s.name() + ": the server did not tell the file's size");
         size_ = static_cast<std::uint64_t>(length);
         ranges_ = true;
+        // A range transfer ends by abandoning its data connection, which leaves some servers'
+        // control connections out of step (vsftpd over TLS answers the next PASV wrongly).
+        // So sequential reads come from one whole-file stream and other ranges each get a
+        // fresh connection.
+        stream_first_ = true;
         co_return true;
       }
       adopt_effective_url(e.get());
@@ -667,6 +704,10 @@ class CurlNode final : public Node {
       Easy e = s.easy(ex);
       std::string range = std::to_string(start) + "-" + std::to_string(offset + total - 1);
       curl_easy_setopt(e.get(), CURLOPT_RANGE, range.c_str());
+      if (s.config.family == Family::ftp) {
+        curl_easy_setopt(e.get(), CURLOPT_FRESH_CONNECT, 1L);
+        curl_easy_setopt(e.get(), CURLOPT_FORBID_REUSE, 1L);
+      }
       CURLcode rc = co_await s.loop.perform(e.get());
       if (got == total && (rc == CURLE_OK || rc == CURLE_WRITE_ERROR)) co_return true;
       long status = response_code(e.get());
@@ -721,6 +762,7 @@ class CurlNode final : public Node {
 
   std::shared_ptr<Session> session_;
   bool ranges_ = true;
+  bool stream_first_ = false;  // FTP: read from a sequential stream while it is near
   std::shared_ptr<Stream> stream_;
   std::uint64_t window_;
   std::uint64_t next_sequential_ = ~std::uint64_t{0};

@@ -1,0 +1,104 @@
+// The tftp driver against a real in.tftpd (tftpd-hpa) on 127.0.0.1: TFTP has no ranges,
+// so one transfer (blksize 65464, tsize for the size) fills the stream cache and reads
+// wait for it. QEMU has no TFTP, so the oracle is the file itself.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "curl_checks.hpp"
+#include "servers.hpp"
+
+using namespace curltest;
+using nlohmann::json;
+
+namespace {
+
+constexpr std::uint64_t kDiskSize = (6u << 20) + 4321;
+
+class Tftpd {
+ public:
+  Tftpd() {
+    root = dir / "root";
+    run({"mkdir", "-p", root});
+    run({"chmod", "755", root});
+    write_pattern_file(root + "/disk.img", kDiskSize, 21);
+    write_file(root + "/empty.img", "");
+    run({"chmod", "a+r", root + "/disk.img", root + "/empty.img"});
+    content = read_all(root + "/disk.img");
+    port = free_port();
+    tftpd = Process({"/usr/sbin/in.tftpd", "-L", "-a", "127.0.0.1:" + std::to_string(port), "-s", "-u", "nobody",
+                     "-B", "65464", root},
+                    dir / "tftpd.out");
+    if (!wait_udp(port)) throw std::runtime_error("in.tftpd did not start: " + read_all(dir / "tftpd.out"));
+  }
+  std::string url(const std::string& name) const { return "tftp://127.0.0.1:" + std::to_string(port) + "/" + name; }
+
+  TempDir dir;
+  std::string root, content;
+  std::uint16_t port = 0;
+  Process tftpd;
+};
+
+Tftpd* server = nullptr;
+std::string setup_error;
+
+class CurlTftp : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    use_this_build();
+    try {
+      server = new Tftpd();
+    } catch (const std::exception& e) {
+      setup_error = e.what();
+    }
+  }
+  static void TearDownTestSuite() {
+    delete server;
+    server = nullptr;
+  }
+  void SetUp() override {
+    if (!server) GTEST_FAIL() << "in.tftpd did not start: " << setup_error;
+  }
+};
+
+}  // namespace
+
+TEST_F(CurlTftp, ReadsTheRightBytes) {
+  std::string url = server->url("disk.img");
+  check_reads(named(url), server->content);
+  check_convert({}, url, server->content);
+  auto info = nb({"info", "--output=json", url});
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_EQ(json::parse(info.out)["virtual-size"], kDiskSize);
+  EXPECT_EQ(json::parse(info.out)["filename"], url);
+  auto ours = nb({"compare", url, server->root + "/disk.img"}, 60s);
+  EXPECT_EQ(ours.exit_code, 0) << ours.out << ours.err;
+  auto json_form = nb({"info", "--output=json", "json:{\"file.driver\":\"tftp\",\"file.url\":\"" + url +
+                                                    "\",\"file.timeout\":3}"});
+  ASSERT_EQ(json_form.exit_code, 0) << json_form.err;
+  EXPECT_EQ(json::parse(json_form.out)["virtual-size"], kDiskSize);
+}
+
+TEST_F(CurlTftp, EmptyFile) {
+  auto info = nb({"info", "--output=json", server->url("empty.img")}, 60s);
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_EQ(json::parse(info.out)["virtual-size"], 0);
+}
+
+TEST_F(CurlTftp, MissingFileIsAnError) {
+  auto start = std::chrono::steady_clock::now();
+  auto r = nb({"info", server->url("no-such.img")}, 60s);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.exit_code, 124);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
+}
+
+TEST_F(CurlTftp, NothingListeningFailsWithinTheTimeout) {
+  auto start = std::chrono::steady_clock::now();
+  auto r = nb({"info", "json:{\"file.driver\":\"tftp\",\"file.url\":\"tftp://127.0.0.1:" +
+                           std::to_string(free_port()) + "/x.img\",\"file.timeout\":2}"},
+              60s);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.exit_code, 124);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 30s);
+}
