@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds netblk. Usage: scripts/build.sh [release|sanitize]
+# Builds netblk. Usage: scripts/build.sh [release|sanitize|fuzz]
 #   release  (default) build/ : optimised, -Werror, CLI at build/netblk, all tests
-#   sanitize build-sanitize/ : clang Debug with ASan+UBSan, unit tests and libFuzzer targets
+#   sanitize build-sanitize/  : GCC Debug with ASan + UBSan, the unit tests
+#   fuzz     build-fuzz/      : clang with ASan + libFuzzer, every tests/fuzz target
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind=${1:-release}
@@ -12,11 +13,15 @@ case "$kind" in
     ninja -C build -j"$jobs"
     ;;
   sanitize)
-    CC=clang CXX=clang++ cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug \
-      -DNETBLK_SANITIZE=ON -DNETBLK_FUZZ=ON -DNETBLK_WERROR=ON >/dev/null
-    targets=(unit_tests)
-    for f in tests/fuzz/*.cpp; do [ -e "$f" ] && targets+=("fuzz_$(basename "$f" .cpp)"); done
-    ninja -C build-sanitize -j"$jobs" "${targets[@]}"
+    cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug -DNETBLK_SANITIZE=ON -DNETBLK_WERROR=ON >/dev/null
+    ninja -C build-sanitize -j"$jobs" unit_tests
     ;;
-  *) echo "usage: $0 [release|sanitize]" >&2; exit 2 ;;
+  fuzz)
+    CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DNETBLK_FUZZ=ON -DNETBLK_WERROR=ON >/dev/null
+    targets=()
+    for f in tests/fuzz/*.cpp; do [ -e "$f" ] && targets+=("fuzz_$(basename "$f" .cpp)"); done
+    ninja -C build-fuzz -j"$jobs" "${targets[@]}"
+    ;;
+  *) echo "usage: $0 [release|sanitize|fuzz]" >&2; exit 2 ;;
 esac

@@ -11,11 +11,14 @@ scripts/build.sh release
 echo "== unit and integration tests"
 ctest --test-dir build --output-on-failure --timeout 900
 
-echo "== sanitizer build (ASan + UBSan): unit tests and fuzz targets"
+echo "== sanitizer build (GCC Debug, ASan + UBSan): unit tests"
 scripts/build.sh sanitize
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   build-sanitize/tests/unit_tests --gtest_brief=1
-for fuzzer in build-sanitize/tests/fuzz/fuzz_*; do
+
+echo "== fuzz build (clang, ASan + libFuzzer): every target for ${FUZZ_SECONDS}s"
+scripts/build.sh fuzz
+for fuzzer in build-fuzz/tests/fuzz/fuzz_*; do
   [ -x "$fuzzer" ] || continue
   name=$(basename "$fuzzer")
   corpus=$(mktemp -d)
