@@ -919,6 +919,8 @@ void Server::listen_unix(const std::string& path) {
 
 std::uint16_t Server::tcp_port() const { return impl_->bound_port; }
 
+void Server::adopt(asio::generic::stream_protocol::socket socket) { impl_->start_connection(std::move(socket), false); }
+
 Task<void> Server::run() {
   auto impl = impl_;
   for (auto& a : impl->tcp_acceptors) {
@@ -929,7 +931,7 @@ Task<void> Server::run() {
     ++impl->accept_loops;
     asio::co_spawn(impl->executor, impl->accept_unix(*impl->unix_acceptor), asio::detached);
   }
-  if (impl->accept_loops == 0) throw Error(EINVAL, "nbd server: nothing to listen on");
+  if (impl->accept_loops == 0 && impl->active == 0) throw Error(EINVAL, "nbd server: nothing to listen on");
   while (!(impl->stopping && impl->active == 0 && impl->accept_loops == 0)) co_await impl->changed.wait();
   if (impl->grace_timer) impl->grace_timer->cancel();
 }

@@ -4,6 +4,7 @@
 // connection, replies written in batches). All connections share the node and run on the
 // server's executor; the node must outlive the server.
 #pragma once
+#include <asio/generic/stream_protocol.hpp>
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -40,6 +41,9 @@ class Server {
   void listen_tcp(const std::string& host, std::uint16_t port);
   // Replaces a stale socket file at `path`; removes it again when the server stops.
   void listen_unix(const std::string& path);
+  // Serves an already-connected stream socket (a socketpair in fuzzers and tests, an
+  // inherited socket); it counts against max_clients like an accepted one.
+  void adopt(asio::generic::stream_protocol::socket socket);
   // The TCP port bound by listen_tcp (useful with port 0), or 0.
   std::uint16_t tcp_port() const;
 
