@@ -168,11 +168,12 @@ Json parse_json_name(std::string_view text) {
   Json parsed;
   try {
     parsed = Json::parse(text.substr(5));
-  } catch (const nlohmann::json::parse_error& e) {
-    // nlohmann's message says where: "parse error at line 1, column 12: ..."
+  } catch (const nlohmann::json::exception& e) {
+    // parse_error says where ("parse error at line 1, column 12: ..."); out_of_range
+    // reports a number too large. Drop nlohmann's "[json.exception...]" prefix.
     std::string what = e.what();
-    auto pos = what.find("parse error");
-    fail("Could not parse 'json:' name: " + (pos == std::string::npos ? what : what.substr(pos)));
+    auto pos = what.find("] ");
+    fail("Could not parse 'json:' name: " + (pos == std::string::npos ? what : what.substr(pos + 2)));
   }
   if (!parsed.is_object()) fail("Could not parse 'json:' name: expected a JSON object");
   for (const auto& [k, v] : flatten(parsed))

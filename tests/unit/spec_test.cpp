@@ -132,3 +132,10 @@ TEST(Options, BadValues) {
   EXPECT_NE(error_of([&] { o.size("e"); }).find("12Q"), std::string::npos);
   EXPECT_NE(error_of([&] { o.required_str("missing"); }).find("'missing' is required"), std::string::npos);
 }
+
+TEST(JsonName, NumberOverflowIsAnError) {
+  // Found by fuzz_spec_json: nlohmann reports this as out_of_range, not parse_error.
+  EXPECT_NE(error_of([] { parse_json_name("json:{\"a\":4440e444444444444}"); }).find("Could not parse 'json:'"),
+            std::string::npos);
+  EXPECT_NE(error_of([] { parse_json_name("json:8e888"); }).find("Could not parse 'json:'"), std::string::npos);
+}
