@@ -92,11 +92,21 @@ class Client : public std::enable_shared_from_this<Client> {
 
   // Runs one request to completion, on a new connection after a drop.
   Task<void> run(Pending& p, const char* what) {
+    // A request is sent again after a drop until reconnect-delay has passed since the
+    // first drop (0: fail at once, as QEMU's default).
+    const auto budget = config_.reconnect_delay.value_or(kDefaultReconnect);
+    std::optional<Clock::time_point> lost_since;
     while (true) {
       std::shared_ptr<Connection> conn = co_await acquire();
       conn->submit(p);
       co_await p.done.wait();
-      if (p.lost) continue;
+      if (p.lost) {
+        const auto now = Clock::now();
+        if (!lost_since) lost_since = now;
+        if (now - *lost_since >= budget)
+          throw Error(EIO, name_ + ": " + what + " failed: the connection to the server was lost (" + p.message + ")");
+        continue;
+      }
       if (p.error) {
         std::string msg = name_ + ": " + what + " failed: " + (p.message.empty() ? std::strerror(p.error) : p.message);
         throw Error(p.error, msg);

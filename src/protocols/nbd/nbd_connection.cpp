@@ -395,6 +395,7 @@ void Connection::submit(Pending& p) {
   p.reset();
   if (!alive_) {
     p.lost = true;
+    p.message = "the connection was closed";
     p.done.set();
     return;
   }
@@ -429,6 +430,7 @@ void Connection::fail_all(const std::string& why, bool fatal) {
       p->message = why;
     } else {
       p->lost = true;
+      p->message = why;
     }
     p->done.set();
   }

@@ -1,0 +1,429 @@
+// netblk's NBD client against real servers on loopback: qemu-nbd (TCP and unix), nbdkit
+// (file and memory plugins, delay/error/rate filters) and nbd-server (simple replies only).
+// Every QEMU name form, bytes checked against the served file, writes through convert -n,
+// faults that must end in an error (never a hang), and a server restarted in the middle
+// of a convert.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <thread>
+
+#include "servers.hpp"
+
+using namespace netblk::test;
+using namespace std::chrono_literals;
+using nlohmann::json;
+
+namespace {
+
+// A sparse image: pattern data, holes, an allocated all-zero range and an odd tail.
+void make_mixed(const std::string& path, std::uint64_t size) {
+  ASSERT_EQ(run({"truncate", "-s", std::to_string(size), path}).exit_code, 0);
+  std::mt19937_64 rng(42);
+  std::string block(1 << 20, '\0');
+  FILE* f = std::fopen(path.c_str(), "r+b");
+  ASSERT_TRUE(f);
+  for (std::uint64_t off = 0; off + block.size() <= size; off += 3 * block.size()) {
+    for (auto& c : block) c = static_cast<char>(rng());
+    std::fseek(f, static_cast<long>(off), SEEK_SET);
+    std::fwrite(block.data(), 1, block.size(), f);
+  }
+  std::string zeros(1 << 20, '\0');
+  std::fseek(f, static_cast<long>(size / 2), SEEK_SET);
+  std::fwrite(zeros.data(), 1, zeros.size(), f);
+  std::fseek(f, static_cast<long>(size - 777), SEEK_SET);
+  std::fwrite(block.data(), 1, 777, f);
+  std::fclose(f);
+  chmod(path.c_str(), 0644);
+}
+
+RunResult run_nb(const std::vector<std::string>& args, std::chrono::seconds timeout) {
+  return netblk::test::netblk(args, timeout);
+}
+
+std::string port_text(std::uint16_t p) { return std::to_string(p); }
+
+Process start_qemu_nbd_tcp(const std::string& file, std::uint16_t port, const std::string& name,
+                           const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> argv{"qemu-nbd", "-t", "-f", "raw", "-x", name, "-b", "127.0.0.1", "-p", port_text(port)};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  argv.push_back(file);
+  Process p(argv);
+  EXPECT_TRUE(wait_tcp(port)) << "qemu-nbd did not start";
+  return p;
+}
+
+Process start_qemu_nbd_unix(const std::string& file, const std::string& socket, const std::string& name) {
+  Process p({"qemu-nbd", "-t", "-f", "raw", "-x", name, "-k", socket, file});
+  EXPECT_TRUE(wait_unix(socket)) << "qemu-nbd did not start";
+  return p;
+}
+
+Process start_nbdkit_tcp(std::uint16_t port, const std::vector<std::string>& plugin_args,
+                         const std::string& log = {}) {
+  std::vector<std::string> argv{"nbdkit", "-f", "-i", "127.0.0.1", "-p", port_text(port)};
+  argv.insert(argv.end(), plugin_args.begin(), plugin_args.end());
+  Process p(argv, log);
+  EXPECT_TRUE(wait_tcp(port)) << "nbdkit did not start";
+  return p;
+}
+
+Process start_nbdkit_unix(const std::string& socket, const std::vector<std::string>& plugin_args) {
+  std::vector<std::string> argv{"nbdkit", "-f", "-U", socket};
+  argv.insert(argv.end(), plugin_args.begin(), plugin_args.end());
+  Process p(argv);
+  EXPECT_TRUE(wait_unix(socket)) << "nbdkit did not start";
+  return p;
+}
+
+// nbd-server daemonizes itself; it is stopped by the PID in its pid file.
+class NbdServer {
+ public:
+  NbdServer(const TempDir& dir, std::uint16_t port, const std::string& export_name, const std::string& file,
+            bool read_only = false)
+      : pidfile_(dir / "nbd-server.pid") {
+    const std::string conf = dir / "nbd-server.conf";
+    write_file(conf, "[generic]\n    listenaddr = 127.0.0.1\n    port = " + port_text(port) +
+                         "\n    allowlist = true\n[" + export_name + "]\n    exportname = " + file +
+                         "\n    readonly = " + (read_only ? "true" : "false") + "\n");
+    RunResult r = run({"nbd-server", "-C", conf, "-p", pidfile_}, 20s);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(wait_tcp(port)) << "nbd-server did not start";
+    for (int i = 0; i < 100 && pid_ <= 0; ++i) {
+      pid_ = std::atoi(read_file(pidfile_).c_str());
+      if (pid_ <= 0) std::this_thread::sleep_for(20ms);
+    }
+    EXPECT_GT(pid_, 0) << "no pid in " << pidfile_;
+  }
+  ~NbdServer() {
+    if (pid_ <= 0) return;
+    kill(pid_, SIGTERM);
+    for (int i = 0; i < 250 && kill(pid_, 0) == 0; ++i) std::this_thread::sleep_for(20ms);
+    if (kill(pid_, 0) == 0) kill(pid_, SIGKILL);
+  }
+
+ private:
+  std::string pidfile_;
+  int pid_ = 0;
+};
+
+void expect_ok(const RunResult& r, const std::string& what) {
+  EXPECT_EQ(r.exit_code, 0) << what << "\nstdout: " << r.out << "\nstderr: " << r.err;
+}
+
+void expect_error(const RunResult& r, const std::string& must_contain) {
+  EXPECT_NE(r.exit_code, 0) << r.out;
+  EXPECT_LT(r.exit_code, 124) << "crashed or timed out: " << r.err;
+  EXPECT_NE(r.err.find(must_contain), std::string::npos) << r.err;
+  EXPECT_EQ(r.err.find("terminate called"), std::string::npos) << r.err;
+}
+
+// `netblk convert` of the drive to a raw file equals `expected`, and compare agrees.
+void expect_same_bytes(const TempDir& dir, const std::vector<std::string>& source, const std::string& expected) {
+  const std::string out = dir / "copy.raw";
+  std::filesystem::remove(out);
+  std::vector<std::string> args{"convert", "-O", "raw"};
+  args.insert(args.end(), source.begin(), source.end());
+  args.push_back(out);
+  RunResult r = run_nb(args, 120s);
+  expect_ok(r, "convert " + source.back());
+  EXPECT_EQ(file_hash(out), file_hash(expected)) << "bytes differ for " << source.back();
+  std::vector<std::string> cmp{"compare"};
+  cmp.insert(cmp.end(), source.begin(), source.end());
+  // With --image-opts both names are option lists (as in qemu-img compare).
+  const bool opts = std::find(source.begin(), source.end(), "--image-opts") != source.end();
+  cmp.push_back(opts ? "driver=raw,file.driver=file,file.filename=" + expected : expected);
+  expect_ok(run_nb(cmp, 60s), "compare " + source.back());
+}
+
+json info_json(const std::vector<std::string>& source) {
+  std::vector<std::string> args{"info", "--output=json"};
+  args.insert(args.end(), source.begin(), source.end());
+  RunResult r = run_nb(args, 60s);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  try {
+    return json::parse(r.out);
+  } catch (...) {
+    ADD_FAILURE() << "not json: " << r.out;
+    return json::object();
+  }
+}
+
+// Data/zero runs of a `map --output=json` answer, adjacent equal runs merged.
+std::vector<std::tuple<std::uint64_t, std::uint64_t, bool, bool>> runs_of(const std::string& text) {
+  std::vector<std::tuple<std::uint64_t, std::uint64_t, bool, bool>> runs;
+  json j = json::parse(text);
+  for (const auto& e : j) {
+    std::uint64_t start = e["start"], length = e["length"];
+    bool data = e["data"], zero = e["zero"];
+    if (!runs.empty()) {
+      auto& [s, l, d, z] = runs.back();
+      if (s + l == start && d == data && z == zero) {
+        l += length;
+        continue;
+      }
+    }
+    runs.emplace_back(start, length, data, zero);
+  }
+  return runs;
+}
+
+}  // namespace
+
+TEST(NbdClient, QemuNbdTcpEveryNameForm) {
+  TempDir dir;
+  const std::string img = dir / "disk.raw";
+  make_mixed(img, 24 << 20);
+  const std::uint16_t port = free_port();
+  Process server = start_qemu_nbd_tcp(img, port, "disk");
+  const std::string p = port_text(port);
+  const std::string url = "nbd://127.0.0.1:" + p + "/disk";
+  std::vector<std::vector<std::string>> forms = {
+      {url},
+      {"nbd+tcp://127.0.0.1:" + p + "/disk"},
+      {"nbd:127.0.0.1:" + p + ":exportname=disk"},
+      {"-f", "raw", url},
+      {"json:{\"driver\":\"nbd\",\"server\":{\"type\":\"inet\",\"host\":\"127.0.0.1\",\"port\":\"" + p +
+       "\"},\"export\":\"disk\"}"},
+      {"json:{\"driver\":\"nbd\",\"host\":\"127.0.0.1\",\"port\":" + p + ",\"export\":\"disk\"}"},
+      {"json:{\"driver\":\"raw\",\"file\":{\"driver\":\"nbd\",\"server.type\":\"inet\",\"server.host\":\"127.0.0.1\","
+       "\"server.port\":\"" + p + "\",\"export\":\"disk\"}}"},
+      {"--image-opts", "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=" + p + ",export=disk"},
+      {"--image-opts", "driver=raw,file.driver=nbd,file.host=127.0.0.1,file.port=" + p + ",file.export=disk"},
+  };
+  for (const auto& f : forms) {
+    SCOPED_TRACE(f.back());
+    json info = info_json(f);
+    EXPECT_EQ(info["virtual-size"], 24 << 20);
+    expect_same_bytes(dir, f, img);
+  }
+  // The node names itself as QEMU does.
+  json info = info_json({"nbd:127.0.0.1:" + p + ":exportname=disk"});
+  EXPECT_EQ(info["filename"], url);
+  RunResult q = run({"qemu-img", "info", "--output=json", url});
+  EXPECT_EQ(json::parse(q.out)["filename"], info["filename"]);
+}
+
+TEST(NbdClient, QemuNbdUnixEveryNameForm) {
+  TempDir dir;
+  const std::string img = dir / "disk.raw";
+  make_mixed(img, 8 << 20);
+  const std::string sock = dir / "nbd.sock";
+  Process server = start_qemu_nbd_unix(img, sock, "disk");
+  const std::string url = "nbd+unix:///disk?socket=" + sock;
+  std::vector<std::vector<std::string>> forms = {
+      {url},
+      {"nbd:unix:" + sock + ":exportname=disk"},
+      {"json:{\"driver\":\"nbd\",\"server\":{\"type\":\"unix\",\"path\":\"" + sock + "\"},\"export\":\"disk\"}"},
+      {"--image-opts", "driver=nbd,path=" + sock + ",export=disk"},
+      {"--image-opts", "driver=nbd,server.type=unix,server.path=" + sock + ",export=disk"},
+  };
+  for (const auto& f : forms) {
+    SCOPED_TRACE(f.back());
+    expect_same_bytes(dir, f, img);
+  }
+  EXPECT_EQ(info_json({"nbd:unix:" + sock + ":exportname=disk"})["filename"], url);
+}
+
+TEST(NbdClient, MapAgreesWithQemuImg) {
+  TempDir dir;
+  const std::string img = dir / "disk.raw";
+  make_mixed(img, 16 << 20);
+  const std::uint16_t port = free_port();
+  Process server = start_qemu_nbd_tcp(img, port, "disk", {"-r"});
+  const std::string url = "nbd://127.0.0.1:" + port_text(port) + "/disk";
+  RunResult ours = run_nb({"map", "--output=json", url}, 60s);
+  ASSERT_EQ(ours.exit_code, 0) << ours.err;
+  RunResult theirs = run({"qemu-img", "map", "--output=json", url}, 60s);
+  ASSERT_EQ(theirs.exit_code, 0) << theirs.err;
+  auto a = runs_of(ours.out), b = runs_of(theirs.out);
+  EXPECT_EQ(a, b) << "netblk:\n" << ours.out << "\nqemu-img:\n" << theirs.out;
+  EXPECT_GT(a.size(), 4u);  // holes and data were both seen
+}
+
+TEST(NbdClient, WritesThroughConvertToQemuNbd) {
+  TempDir dir;
+  const std::string src = dir / "src.raw";
+  make_mixed(src, 12 << 20);
+  const std::string target = dir / "target.raw";
+  write_pattern_file(target, 12 << 20, 7);  // old bytes that must all be replaced
+  const std::uint16_t port = free_port();
+  Process server = start_qemu_nbd_tcp(target, port, "t");
+  const std::string url = "nbd://127.0.0.1:" + port_text(port) + "/t";
+  expect_ok(run_nb({"convert", "-n", "-O", "raw", src, url}, 120s), "convert -n");
+  EXPECT_EQ(file_hash(target), file_hash(src));
+  // A writable export without multi-conn: one connection.
+  RunResult r = run({netblk_binary(), "info", url}, 30s, {"NETBLK_LOG=debug"});
+  EXPECT_NE(r.err.find("1 connection(s)"), std::string::npos) << r.err;
+  // Read-only exports refuse writes with EPERM.
+  const std::uint16_t ro_port = free_port();
+  Process ro = start_qemu_nbd_tcp(target, ro_port, "t", {"-r"});
+  expect_error(run_nb({"convert", "-n", "-O", "raw", src, "nbd://127.0.0.1:" + port_text(ro_port) + "/t"}, 60s),
+               "read-only");
+}
+
+TEST(NbdClient, NbdkitFileTcpAndUnixWithMultiConn) {
+  TempDir dir;
+  const std::string img = dir / "disk.raw";
+  make_mixed(img, 32 << 20);
+  const std::uint16_t port = free_port();
+  Process tcp = start_nbdkit_tcp(port, {"file", img});
+  const std::string url = "nbd://127.0.0.1:" + port_text(port);
+  expect_same_bytes(dir, {url}, img);
+  RunResult r = run({netblk_binary(), "info", url}, 30s, {"NETBLK_LOG=debug"});
+  EXPECT_NE(r.err.find("4 connection(s)"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("structured true"), std::string::npos) << r.err;
+  const std::string sock = dir / "kit.sock";
+  Process unix_server = start_nbdkit_unix(sock, {"file", img});
+  expect_same_bytes(dir, {"nbd+unix://?socket=" + sock}, img);
+  expect_same_bytes(dir, {"nbd+unix:///anyname?socket=" + sock}, img);
+  // Map from nbdkit's extents agrees with the file's own map.
+  RunResult ours = run_nb({"map", "--output=json", url}, 60s);
+  RunResult local = run_nb({"map", "--output=json", img}, 60s);
+  ASSERT_EQ(ours.exit_code, 0) << ours.err;
+  ASSERT_EQ(local.exit_code, 0) << local.err;
+  EXPECT_EQ(runs_of(ours.out), runs_of(local.out));
+}
+
+TEST(NbdClient, NbdkitMemoryWriteAndReadBack) {
+  TempDir dir;
+  const std::string src = dir / "src.raw";
+  make_mixed(src, 16 << 20);
+  const std::uint16_t port = free_port();
+  Process server = start_nbdkit_tcp(port, {"memory", "16M"});
+  const std::string url = "nbd://127.0.0.1:" + port_text(port);
+  expect_ok(run_nb({"convert", "-n", "-O", "raw", src, url}, 120s), "convert -n into memory");
+  expect_same_bytes(dir, {url}, src);
+}
+
+TEST(NbdClient, NbdServerSimpleReplies) {
+  TempDir dir;
+  const std::string img = dir / "disk.raw";
+  make_mixed(img, 8 << 20);
+  const std::uint16_t port = free_port();
+  NbdServer server(dir, port, "disk", img);
+  const std::string url = "nbd://127.0.0.1:" + port_text(port) + "/disk";
+  RunResult r = run({netblk_binary(), "info", url}, 30s, {"NETBLK_LOG=debug"});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.err.find("structured false"), std::string::npos) << r.err;
+  EXPECT_NE(r.out.find("8 MiB"), std::string::npos) << r.out;
+  expect_same_bytes(dir, {url}, img);
+  expect_same_bytes(dir, {"nbd:127.0.0.1:" + port_text(port) + ":exportname=disk"}, img);
+  // Writes go through too.
+  const std::string src = dir / "src.raw";
+  write_pattern_file(src, 8 << 20, 9);
+  expect_ok(run_nb({"convert", "-n", "-O", "raw", src, url}, 120s), "convert -n to nbd-server");
+  EXPECT_EQ(file_hash(img), file_hash(src));
+}
+
+TEST(NbdClient, ErrorsAreOneLineAndQuick) {
+  TempDir dir;
+  const std::string img = dir / "disk.raw";
+  make_mixed(img, 4 << 20);
+  const std::uint16_t port = free_port();
+  Process server = start_qemu_nbd_tcp(img, port, "disk");
+  const std::string p = port_text(port);
+  expect_error(run_nb({"info", "nbd://127.0.0.1:" + p + "/nope"}, 30s), "server refused export 'nope'");
+  const std::uint16_t closed = free_port();
+  expect_error(run_nb({"info", "nbd://127.0.0.1:" + port_text(closed) + "/x"}, 30s), "Failed to connect");
+  expect_error(run_nb({"info", "nbd+unix:///x"}, 30s), "No valid URL specified");
+  expect_error(run_nb({"info", "nbd://127.0.0.1:" + p + "/disk?socket=/x"}, 30s), "No valid URL specified");
+  expect_error(run_nb({"info", "nbd+unix://127.0.0.1/disk?socket=/x"}, 30s), "No valid URL specified");
+  expect_error(run_nb({"info", "--image-opts", "driver=nbd,filename=nbd://127.0.0.1:" + p + "/disk,export=y"}, 30s),
+               "Option 'export' cannot be used with a file name");
+  expect_error(run_nb({"info", "--image-opts", "driver=nbd,host=127.0.0.1,server.type=inet"}, 30s),
+               "Cannot use 'server' and path/host/port at the same time");
+  expect_error(run_nb({"info", "--image-opts", "driver=nbd,host=127.0.0.1,port=" + p + ",export=disk,queue-size=3"},
+                      30s),
+               "doesn't support the option 'queue-size'");
+  // Nothing listening: one attempt by default, retries until open-timeout when given.
+  auto t0 = std::chrono::steady_clock::now();
+  expect_error(run_nb({"info", "--image-opts", "driver=nbd,host=127.0.0.1,port=" + port_text(closed) + ",open-timeout=2"},
+                      30s),
+               "Failed to connect");
+  auto waited = std::chrono::steady_clock::now() - t0;
+  EXPECT_GE(waited, 1500ms);
+  EXPECT_LT(waited, 15s);
+}
+
+TEST(NbdClient, SilentServerTimesOut) {
+  // A listener that never speaks: the handshake is bounded by open-timeout.
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(listen(fd, 8), 0);
+  socklen_t len = sizeof a;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  const std::string p = std::to_string(ntohs(a.sin_port));
+  auto t0 = std::chrono::steady_clock::now();
+  expect_error(run_nb({"info", "--image-opts", "driver=nbd,host=127.0.0.1,port=" + p + ",open-timeout=2"}, 60s),
+               "timed out");
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 20s);
+  close(fd);
+}
+
+TEST(NbdClient, ServerErrorsFailTheCopy) {
+  TempDir dir;
+  const std::string img = dir / "disk.raw";
+  write_pattern_file(img, 8 << 20);
+  const std::uint16_t port = free_port();
+  Process server = start_nbdkit_tcp(port, {"--filter=error", "file", img, "error-pread=EIO", "error-pread-rate=100%"});
+  RunResult r = run_nb({"convert", "-O", "raw", "nbd://127.0.0.1:" + port_text(port), dir / "out.raw"}, 60s);
+  expect_error(r, "read failed");
+  EXPECT_NE(r.err.find("Input/output error"), std::string::npos) << r.err;
+}
+
+TEST(NbdClient, StalledServerIsDetected) {
+  TempDir dir;
+  const std::string img = dir / "disk.raw";
+  write_pattern_file(img, 4 << 20);
+  const std::uint16_t port = free_port();
+  Process server = start_nbdkit_tcp(port, {"--filter=delay", "file", img, "delay-read=30"});
+  auto t0 = std::chrono::steady_clock::now();
+  RunResult r = run_nb({"convert", "-O", "raw", "--image-opts",
+                        "driver=nbd,host=127.0.0.1,port=" + port_text(port) + ",x-io-timeout=1,reconnect-delay=2",
+                        dir / "out.raw"},
+                       60s);
+  expect_error(r, "nbd://127.0.0.1:" + port_text(port));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 30s);
+  // A slow but answering server is fine.
+  const std::uint16_t slow_port = free_port();
+  Process slow = start_nbdkit_tcp(slow_port, {"--filter=delay", "file", img, "delay-read=50ms"});
+  expect_same_bytes(dir, {"nbd://127.0.0.1:" + port_text(slow_port)}, img);
+}
+
+TEST(NbdClient, ServerRestartDuringConvertLosesNothing) {
+  TempDir dir;
+  const std::string img = dir / "big.raw";
+  write_pattern_file(img, 256 << 20, 3);
+  const std::uint16_t port = free_port();
+  const std::string out = dir / "out.raw";
+  // Throttled so that the kill lands in the middle of the copy.
+  auto server = std::make_unique<Process>(start_nbdkit_tcp(port, {"--filter=rate", "file", img, "rate=64M"}));
+  Process convert({netblk_binary(), "convert", "-O", "raw", "nbd://127.0.0.1:" + port_text(port), out},
+                  dir / "convert.log");
+  std::this_thread::sleep_for(1500ms);
+  ASSERT_TRUE(convert.running()) << read_file(dir / "convert.log");
+  server->stop(SIGKILL);
+  server.reset();
+  std::this_thread::sleep_for(700ms);  // down for a while: the client must wait, not fail
+  Process restarted = start_nbdkit_tcp(port, {"file", img});
+  const int code = convert.wait(180s);
+  const std::string log = read_file(dir / "convert.log");
+  ASSERT_EQ(code, 0) << log;
+  EXPECT_NE(log.find("reconnected"), std::string::npos) << log;
+  EXPECT_EQ(file_hash(out), file_hash(img));
+}
