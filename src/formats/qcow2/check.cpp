@@ -206,12 +206,21 @@ Task<CheckResult> Qcow2Node::check(unsigned fix) {
     }
   }
 
-  // COPIED flags of the active tables must say "refcount is exactly 1".
+  if (!repairs.empty()) {
+    for (const auto& [c, want] : repairs) {
+      const std::uint64_t stored = co_await refcount(c);
+      co_await update_refcount(c, static_cast<std::int64_t>(want) - static_cast<std::int64_t>(stored));
+      if (want == 0) free_.insert(c);
+    }
+  }
+
+  // COPIED flags of the active tables must say "refcount is exactly 1" (a refcount of 0
+  // was reported above already).
   for (std::size_t i = 0; i < l1_.size(); ++i) {
     const std::uint64_t l2_off = l1_[i] & kOffsetMask;
     if (!l2_off || (l2_off & (cs_ - 1)) || (l2_off >> cb_) >= nb) continue;
     const std::uint64_t rc = co_await refcount(l2_off >> cb_);
-    if ((rc == 1) != ((l1_[i] & kOflagCopied) != 0)) {
+    if (rc && (rc == 1) != ((l1_[i] & kOflagCopied) != 0)) {
       const bool fixing = fix & kFixErrors;
       r.messages.push_back(std::string(fixing ? "Repairing" : "ERROR") + " OFLAG_COPIED L2 cluster: l1_index=" +
                            std::to_string(i) + " l1_entry=" + hex(l1_[i]) + " refcount=" + std::to_string(rc));
@@ -229,7 +238,7 @@ Task<CheckResult> Qcow2Node::check(unsigned fix) {
       const std::uint64_t host = e & kOffsetMask;
       if ((e & kOflagCompressed) || !host || (host & (cs_ - 1)) || (host >> cb_) >= nb) continue;
       const std::uint64_t hrc = co_await refcount(host >> cb_);
-      if ((hrc == 1) == ((e & kOflagCopied) != 0)) continue;
+      if (!hrc || (hrc == 1) == ((e & kOflagCopied) != 0)) continue;
       const bool fixing = fix & kFixErrors;
       r.messages.push_back(std::string(fixing ? "Repairing" : "ERROR") + " OFLAG_COPIED data cluster: l2_entry=" +
                            hex(e) + " refcount=" + std::to_string(hrc));
@@ -243,13 +252,6 @@ Task<CheckResult> Qcow2Node::check(unsigned fix) {
     }
   }
 
-  if (!repairs.empty()) {
-    for (const auto& [c, want] : repairs) {
-      const std::uint64_t stored = co_await refcount(c);
-      co_await update_refcount(c, static_cast<std::int64_t>(want) - static_cast<std::int64_t>(stored));
-      if (want == 0) free_.insert(c);
-    }
-  }
   if (fix) {
     co_await flush_metadata_locked();
     co_await file_->flush();

@@ -82,7 +82,7 @@ Task<void> create_qcow2(const OpenContext& ctx, const CreateRequest& req) {
     bctx.read_only = true;
     bctx.base_dir = filename_prefix(fname).empty() ? dirname_of(fname) : std::string();
     Json bopts = Json::object();
-    bopts["driver"] = backing_fmt;
+    if (auto d = backing_driver(backing, backing_fmt); !d.empty()) bopts["driver"] = d;
     std::unique_ptr<Node> b;
     try {
       b = co_await open_node(bctx, bopts, backing);

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "netblk/error.hpp"
+#include "spec/tree.hpp"
 
 namespace netblk::qcow2 {
 namespace {
@@ -41,6 +42,19 @@ void check_table(const std::string& name, const char* what, std::uint64_t offset
 }
 
 }  // namespace
+
+std::string backing_driver(const std::string& backing_file, const std::string& backing_format) {
+  if (backing_format.empty()) return {};
+  if (spec::is_json_name(backing_file)) {
+    try {
+      Json tree = spec::parse_json_name(backing_file);
+      if (tree.contains("driver")) return {};
+    } catch (const Error&) {
+      // A malformed name fails again, with its own message, when it is opened.
+    }
+  }
+  return backing_format;
+}
 
 std::vector<FeatureName> standard_feature_names() {
   return {

@@ -103,6 +103,10 @@ std::vector<std::byte> build_header(Header& h);
 // The feature names QEMU writes into its feature name table.
 std::vector<FeatureName> standard_feature_names();
 
+// The options that open a stored backing file name with its stored format: the format is
+// the "driver", unless a json: name names its own driver (QEMU lets that one stand).
+std::string backing_driver(const std::string& backing_file, const std::string& backing_format);
+
 // Big-endian helpers.
 inline std::uint64_t load_be64(const std::byte* p) {
   std::uint64_t v = 0;

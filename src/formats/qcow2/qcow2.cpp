@@ -157,7 +157,9 @@ Task<void> Qcow2Node::init(const OpenContext& ctx, spec::Options& o) {
     if (backing_opt) {
       backing_given_ = true;
       backing_option_ = *backing_opt;
-      if (backing_opt->is_string()) {
+      if (backing_opt->is_string() && backing_opt->get<std::string>().empty()) {
+        // QEMU's "backing=" (empty): no backing file, as null.
+      } else if (backing_opt->is_string()) {
         backing_ = co_await open_node(bctx, Json::object(), backing_opt->get<std::string>());
       } else if (backing_opt->is_object()) {
         backing_ = co_await open_node(bctx, *backing_opt, std::string());
@@ -166,7 +168,7 @@ Task<void> Qcow2Node::init(const OpenContext& ctx, spec::Options& o) {
       }
     } else if (!h_.backing_file.empty()) {
       Json bopts = Json::object();
-      if (!h_.backing_format.empty()) bopts["driver"] = h_.backing_format;
+      if (auto d = backing_driver(h_.backing_file, h_.backing_format); !d.empty()) bopts["driver"] = d;
       backing_ = co_await open_node(bctx, bopts, h_.backing_file);
     }
   } catch (const Error& e) {
