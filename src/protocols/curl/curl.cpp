@@ -802,8 +802,8 @@ Task<std::unique_ptr<Node>> open_curl(const OpenContext& ctx, spec::Options& o, 
   c.timeout = o.uint("timeout", kDefaultTimeout, UINT64_MAX);
   if (c.timeout > kMaxTimeout) throw Error(EINVAL, "timeout parameter is too large or negative");
   auto cookie = o.str("cookie");
+  if (cookie && o.has("cookie-secret")) throw Error(EINVAL, "curl driver cannot handle both cookie and cookie secret");
   c.cookie_secret = secret_option(o, "cookie-secret", c.cookie);
-  if (cookie && c.cookie_secret) throw Error(EINVAL, "curl driver cannot handle both cookie and cookie secret");
   if (cookie) c.cookie = *cookie, c.has_cookie = true;
   c.username = o.str("username");
   c.password_secret = secret_option(o, "password-secret", c.password);
