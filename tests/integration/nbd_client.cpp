@@ -427,3 +427,27 @@ TEST(NbdClient, ServerRestartDuringConvertLosesNothing) {
   EXPECT_NE(log.find("reconnected"), std::string::npos) << log;
   EXPECT_EQ(file_hash(out), file_hash(img));
 }
+
+TEST(NbdClient, NetblkServeWithExtendedHeaders) {
+  // qemu-nbd 7.2 and nbdkit 1.32 predate extended headers; netblk's own server has them.
+  TempDir dir;
+  const std::string img = dir / "disk.raw";
+  make_mixed(img, 16 << 20);
+  const std::uint16_t port = free_port();
+  Process server({netblk_binary(), "serve", "-t", "-f", "raw", "-x", "disk", "-b", "127.0.0.1", "-p", port_text(port),
+                  img},
+                 dir / "serve.log");
+  ASSERT_TRUE(wait_tcp(port)) << read_file(dir / "serve.log");
+  const std::string url = "nbd://127.0.0.1:" + port_text(port) + "/disk";
+  RunResult r = run({netblk_binary(), "info", url}, 30s, {"NETBLK_LOG=debug"});
+  EXPECT_NE(r.err.find("extended true"), std::string::npos) << r.err;
+  expect_same_bytes(dir, {url}, img);
+  RunResult ours = run_nb({"map", "--output=json", url}, 60s);
+  RunResult local = run_nb({"map", "--output=json", img}, 60s);
+  ASSERT_EQ(ours.exit_code, 0) << ours.err;
+  EXPECT_EQ(runs_of(ours.out), runs_of(local.out));
+  const std::string src = dir / "src.raw";
+  write_pattern_file(src, 16 << 20, 5);
+  expect_ok(run_nb({"convert", "-n", "-O", "raw", src, url}, 120s), "convert -n to netblk serve");
+  expect_same_bytes(dir, {url}, src);
+}

@@ -1,0 +1,66 @@
+#!/bin/bash
+# netblk convert nbd://... out.raw vs nbdcopy and qemu-img convert, all reading the same
+# nbdkit file server (a 1 GiB random file in /dev/shm) and writing a raw file in
+# /dev/shm, over TCP and over a unix socket. Runs are interleaved; medians of REPS
+# repetitions and the ratios netblk/other are printed (> 1 means netblk is faster).
+#
+#   bench/nbd_convert.sh [REPS=3]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+
+REPS=${1:-3}
+NETBLK=${NETBLK:-$here/../build/netblk}
+[ -x "$NETBLK" ] || { echo "no netblk binary at $NETBLK (set NETBLK=)"; exit 1; }
+for p in nbdkit nbdcopy qemu-img python3; do command -v $p >/dev/null || { echo "$p is not installed"; exit 1; }; done
+
+work=$(mktemp -d /dev/shm/netblk-bench-nbdconvert.XXXXXX)
+server_pid=
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+image=$work/src.raw
+out=$work/out.raw
+dd if=/dev/urandom of="$image" bs=1M count=1024 status=none
+bytes=$(stat -c %s "$image")
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_ready() {  # wait_ready tcp PORT | unix PATH
+  for _ in $(seq 1 200); do
+    if [ "$1" = tcp ]; then (exec 3<>/dev/tcp/127.0.0.1/"$2") 2>/dev/null && return 0
+    else [ -S "$2" ] && return 0; fi
+    sleep 0.05
+  done
+  echo "nbdkit did not start"; return 1
+}
+
+for transport in tcp unix; do
+  if [ "$transport" = tcp ]; then
+    port=$(free_port)
+    nbdkit -f -i 127.0.0.1 -p "$port" file "$image" &
+    server_pid=$!
+    wait_ready tcp "$port"
+    uri="nbd://127.0.0.1:$port/"
+  else
+    sock=$work/nbdkit.sock
+    nbdkit -f -U "$sock" file "$image" &
+    server_pid=$!
+    wait_ready unix "$sock"
+    sleep 0.2
+    uri="nbd+unix:///?socket=$sock"
+  fi
+  # The copy must be right before it is timed.
+  rm -f "$out"
+  "$NETBLK" convert -O raw "$uri" "$out"
+  cmp "$image" "$out" || { echo "netblk convert over $transport produced different bytes"; exit 1; }
+  # Every tool writes a fresh raw file of the same size.
+  BENCH_PREPARE="rm -f '$out'"
+  bench_run "convert 1 GiB from nbdkit over $transport" "$REPS" "$bytes" \
+    "'$NETBLK' convert -O raw '$uri' '$out'" \
+    "nbdcopy '$uri' '$out'" \
+    "timeout 300 qemu-img convert -O raw '$uri' '$out'"
+  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
+done
