@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# HTTP, HTTPS, FTP, FTPS and TFTP: netblk convert vs qemu-img convert -m 1 vs curl -o,
+# each copying one 256 MiB file (served from the page cache by nginx, vsftpd and in.tftpd
+# on 127.0.0.1) to a raw file in /dev/shm that is removed before every run.
+# QEMU has no TFTP, and its ftps:// stalls on every read, so those rows are curl only.
+#   NETBLK=path/to/netblk REPS=3 bench/curl.sh
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+NETBLK=${NETBLK:-$here/../build/netblk}
+REPS=${REPS:-3}
+SIZE=$((256 << 20))
+
+dir=$(mktemp -d)
+chmod 755 "$dir"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$dir"
+  rm -f /dev/shm/netblk-bench-out.raw
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() {  # tcp|udp PORT
+  for _ in $(seq 200); do
+    if [ "$1" = tcp ]; then ss -ltnH "sport = :$2" | grep -q . && return 0
+    else ss -lunH "sport = :$2" | grep -q . && return 0; fi
+    sleep 0.05
+  done
+  echo "server on $1 port $2 did not start" >&2; exit 1
+}
+
+mkdir -p "$dir/www" "$dir/empty" "$dir/tmp"
+head -c $SIZE /dev/urandom > "$dir/www/disk.img"
+chmod 755 "$dir/www" "$dir/empty"; chmod 644 "$dir/www/disk.img"
+cat "$dir/www/disk.img" > /dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 \
+  -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
+chmod 644 "$dir/key.pem" "$dir/cert.pem"
+
+http=$(port); https=$(port); ftp=$(port); ftps=$(port); tftp=$(port)
+cat > "$dir/nginx.conf" <<CONF
+daemon off;
+worker_processes 2;
+pid $dir/nginx.pid;
+error_log $dir/error.log;
+events { worker_connections 512; }
+http {
+  access_log off;
+  client_body_temp_path $dir/tmp/b; proxy_temp_path $dir/tmp/p; fastcgi_temp_path $dir/tmp/f;
+  uwsgi_temp_path $dir/tmp/u; scgi_temp_path $dir/tmp/s;
+  sendfile on;
+  server { listen 127.0.0.1:$http; root $dir/www; }
+  server { listen 127.0.0.1:$https ssl; root $dir/www;
+           ssl_certificate $dir/cert.pem; ssl_certificate_key $dir/key.pem; }
+}
+CONF
+/usr/sbin/nginx -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" & pids+=($!)
+
+common="listen=YES
+listen_ipv6=NO
+background=NO
+listen_address=127.0.0.1
+anonymous_enable=YES
+no_anon_password=YES
+anon_root=$dir/www
+local_enable=NO
+write_enable=NO
+pasv_enable=YES
+pasv_address=127.0.0.1
+secure_chroot_dir=$dir/empty
+xferlog_enable=NO
+seccomp_sandbox=NO
+max_clients=200
+max_per_ip=100"
+pasv=$((31000 + RANDOM % 2000 * 10))
+printf '%s\nlisten_port=%s\npasv_min_port=%s\npasv_max_port=%s\n' "$common" $ftp $pasv $((pasv + 4)) > "$dir/ftp.conf"
+printf '%s\nlisten_port=%s\npasv_min_port=%s\npasv_max_port=%s\nssl_enable=YES\nimplicit_ssl=YES\nallow_anon_ssl=YES\nforce_anon_logins_ssl=YES\nforce_anon_data_ssl=YES\nrequire_ssl_reuse=NO\nrsa_cert_file=%s\nrsa_private_key_file=%s\n' \
+  "$common" $ftps $((pasv + 5)) $((pasv + 9)) "$dir/cert.pem" "$dir/key.pem" > "$dir/ftps.conf"
+/usr/sbin/vsftpd "$dir/ftp.conf" & pids+=($!)
+/usr/sbin/vsftpd "$dir/ftps.conf" & pids+=($!)
+/usr/sbin/in.tftpd -L -a 127.0.0.1:$tftp -s -u nobody -B 65464 "$dir/www" & pids+=($!)
+wait_port tcp $http; wait_port tcp $https; wait_port tcp $ftp; wait_port tcp $ftps; wait_port udp $tftp
+
+out=/dev/shm/netblk-bench-out.raw
+BENCH_PREPARE="rm -f $out"
+q="timeout 300 qemu-img convert -m 1 -O raw"
+nb="timeout 300 $NETBLK convert -O raw"
+c="timeout 300 curl -sS -o $out"
+
+u=http://127.0.0.1:$http/disk.img
+bench_run "HTTP 256 MiB" $REPS $SIZE "$nb $u $out" "$q $u $out" "$c $u"
+
+u=https://127.0.0.1:$https/disk.img
+j="'json:{\"file.driver\":\"https\",\"file.url\":\"$u\",\"file.sslverify\":\"off\"}'"
+bench_run "HTTPS 256 MiB" $REPS $SIZE "$nb $j $out" "$q $j $out" "$c -k $u"
+
+u=ftp://127.0.0.1:$ftp/disk.img
+bench_run "FTP 256 MiB" $REPS $SIZE "$nb $u $out" "$q $u $out" "$c $u"
+
+u=ftps://127.0.0.1:$ftps/disk.img
+j="'json:{\"file.driver\":\"ftps\",\"file.url\":\"$u\",\"file.sslverify\":\"off\"}'"
+bench_run "FTPS 256 MiB" $REPS $SIZE "$nb $j $out" "$c -k $u"
+
+u=tftp://127.0.0.1:$tftp/disk.img
+bench_run "TFTP 256 MiB" $REPS $SIZE "$nb $u $out" "$c --tftp-blksize 65464 $u"
