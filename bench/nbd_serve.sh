@@ -25,6 +25,12 @@ trap cleanup EXIT
 image=$work/disk.raw
 dd if=/dev/urandom of="$image" bs=1M count=1024 status=none
 
+# fio's nbd engine prints a line on stdout before the JSON: read the JSON from a file.
+fio_iops() {
+  fio --output-format=json --output="$work/fio.json" "$@" >/dev/null
+  python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))' "$work/fio.json"
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 wait_ready() {  # wait_ready tcp PORT | unix PATH
@@ -68,7 +74,7 @@ for transport in tcp unix; do
     for ((rep = 1; rep <= REPS; rep++)); do
       for s in "${servers[@]}"; do
         start_server "$s" "$transport"
-        iops=$(bench_fio_iops --name=bench --ioengine=nbd --uri="$uri" "${fio_args[@]}" --size=1G \
+        iops=$(fio_iops --name=bench --ioengine=nbd --uri="$uri" "${fio_args[@]}" --size=1G \
                  --runtime="$SECS" --time_based --ramp_time=1)
         stop_server
         results[$transport.$workload.$s]+="$iops "

@@ -1,9 +1,13 @@
 // The NBD export server. One connection = a reader coroutine that parses requests as they
-// arrive (bounded in-flight count and bytes), one coroutine per request, and one writer
-// coroutine that gathers finished replies into a single scatter-gather write.
+// arrive (bounded in-flight count and bytes), one coroutine per request, and replies sent
+// as soon as they are ready: a finished reply goes out at once with a non-blocking sendmsg
+// when no write is pending; otherwise it waits in a queue that one writer coroutine sends
+// in a single scatter-gather write.
 #include "exports/nbd/server.hpp"
 
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -14,6 +18,7 @@
 #include <asio/local/stream_protocol.hpp>
 #include <asio/read.hpp>
 #include <asio/write.hpp>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <list>
@@ -697,7 +702,52 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     queue_.push_back(r);
-    queue_changed_.notify_all();
+    if (!writing_) send_now();
+    if (!queue_.empty()) queue_changed_.notify_all();
+  }
+
+  static std::size_t reply_bytes(const Reply* r) { return r->head_len + r->data_len + r->tail.size(); }
+
+  // Sends what is queued right away without blocking (lower latency than waiting for the
+  // writer's next batch); what does not fit in the socket is left to the writer.
+  void send_now() {
+    std::array<iovec, 3 * 32> iov;
+    std::size_t n = 0;
+    std::size_t skip = partial_;
+    for (Reply* q : queue_) {
+      if (n + 3 > iov.size()) break;
+      auto add = [&](const std::byte* p, std::size_t len) {
+        if (len == 0) return;
+        if (skip >= len) {
+          skip -= len;
+          return;
+        }
+        iov[n++] = iovec{const_cast<std::byte*>(p) + skip, len - skip};
+        skip = 0;
+      };
+      add(q->head.data(), q->head_len);
+      add(q->data.data(), q->data_len);
+      add(q->tail.data(), q->tail.size());
+    }
+    if (n == 0) return;
+    msghdr msg{};
+    msg.msg_iov = iov.data();
+    msg.msg_iovlen = n;
+    ssize_t sent = ::sendmsg(socket_.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (sent < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) close_socket();
+      return;
+    }
+    std::size_t done = partial_ + static_cast<std::size_t>(sent);
+    std::size_t finished = 0;
+    while (finished < queue_.size() && done >= reply_bytes(queue_[finished])) {
+      done -= reply_bytes(queue_[finished]);
+      release_reply(queue_[finished]);
+      ++finished;
+    }
+    queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(finished));
+    partial_ = done;
+    if (finished) slots_.notify_all();
   }
 
   Task<void> writer() {
@@ -709,14 +759,27 @@ class Connection : public std::enable_shared_from_this<Connection> {
       if (queue_.empty()) break;
       batch.swap(queue_);
       buffers.clear();
+      std::size_t skip = partial_;  // bytes of the first reply that send_now() already sent
+      partial_ = 0;
+      auto add = [&](const std::byte* p, std::size_t len) {
+        if (len == 0) return;
+        if (skip >= len) {
+          skip -= len;
+          return;
+        }
+        buffers.emplace_back(p + skip, len - skip);
+        skip = 0;
+      };
       for (Reply* r : batch) {
-        buffers.emplace_back(r->head.data(), r->head_len);
-        if (r->data_len) buffers.emplace_back(r->data.data(), r->data_len);
-        if (!r->tail.empty()) buffers.emplace_back(r->tail.data(), r->tail.size());
+        add(r->head.data(), r->head_len);
+        add(r->data.data(), r->data_len);
+        add(r->tail.data(), r->tail.size());
       }
       if (!dead_) {
         std::error_code ec;
+        writing_ = true;
         co_await asio::async_write(socket_, buffers, asio::redirect_error(asio::use_awaitable, ec));
+        writing_ = false;
         if (ec) {
           NETBLK_LOG(debug, "nbd: writing replies failed: {}", ec.message());
           close_socket();
@@ -729,14 +792,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
     writer_done_.set();
   }
 
-  // Waits until every request has been answered (or dropped) and the writer has ended.
+  // Waits until every request has been answered (or, on a dead socket, dropped) and the
+  // writer has ended: no request may still be using the node when the server returns.
   Task<void> drain() {
     reading_done_ = true;
     if (!writer_started()) co_return;
-    while (in_flight_ > 0 && !dead_) co_await slots_.wait();
+    while (in_flight_ > 0) co_await slots_.wait();
     queue_changed_.notify_all();
     co_await writer_done_.wait();
-    // Requests still running after a dead socket finish on their own and release themselves.
   }
   bool writer_started() const { return transmission_started_; }
 
@@ -760,6 +823,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool dead_ = false;
   bool reading_done_ = false;
   bool transmission_started_ = false;
+  bool writing_ = false;     // the writer is inside async_write: send_now() must not interleave
+  std::size_t partial_ = 0;  // bytes of queue_.front() already sent by send_now()
   AsyncCondition slots_;          // in-flight count went down
   AsyncCondition queue_changed_;  // replies queued, or the connection is ending
   AsyncEvent writer_done_;
