@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# netblk serve vs qemu-nbd exporting the same qcow2 overlay over a 1 GiB raw base, driven
+# by fio's nbd engine (libnbd) over TCP, 4 KiB requests at iodepth 32:
+#   1. randread on a fresh overlay (every read goes through to the base),
+#   2. randwrite on it (allocating: copy-on-write of 64 KiB clusters from the base),
+#   3. randread after the writes (a mix of overlay and base clusters).
+# Each repetition starts from a fresh overlay; the servers alternate. Prints every run's
+# IOPS, the medians and the ratio netblk / qemu-nbd (> 1: netblk is faster).
+#
+#   bench/qcow2_serve.sh [REPS] [SECONDS]      (NETBLK=path/to/netblk, default build/netblk)
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+NETBLK=${NETBLK:-$here/../build/netblk}
+REPS=${1:-3}
+SECS=${2:-10}
+work=$(mktemp -d)
+server_pid=
+cleanup() {
+  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+echo "base: 1 GiB of random data; overlay: qcow2, 64 KiB clusters; fio 4k iodepth 32, ${SECS}s per phase"
+head -c 1G /dev/urandom >"$work/base.raw"
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.05
+  done
+  echo "server did not start" >&2
+  return 1
+}
+
+start_server() {  # $1 = netblk | qemu-nbd
+  rm -f "$work/ov.qcow2"
+  qemu-img create -q -f qcow2 -b "$work/base.raw" -F raw "$work/ov.qcow2"
+  if [ "$1" = netblk ]; then
+    "$NETBLK" serve -f qcow2 -b 127.0.0.1 -p "$port" -x disk -t "$work/ov.qcow2" >"$work/server.log" 2>&1 &
+  else
+    qemu-nbd -t -f qcow2 -x disk -b 127.0.0.1 -p "$port" "$work/ov.qcow2" >"$work/server.log" 2>&1 &
+  fi
+  server_pid=$!
+  wait_port
+}
+
+stop_server() {
+  kill "$server_pid"
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=
+  qemu-img check -q "$work/ov.qcow2" || { echo "overlay does not check clean after $1" >&2; exit 1; }
+}
+
+fio_phase() {  # $1 = rw
+  bench_fio_iops --name=p --ioengine=nbd --uri="nbd://127.0.0.1:$port/disk" --rw="$1" --bs=4k --iodepth=32 \
+    --runtime="$SECS" --time_based --norandommap --randrepeat=0
+}
+
+declare -A results
+phases=(randread-fresh randwrite-alloc randread-after)
+for ((rep = 1; rep <= REPS; rep++)); do
+  for tool in netblk qemu-nbd; do
+    start_server "$tool"
+    r1=$(fio_phase randread)
+    r2=$(fio_phase randwrite)
+    r3=$(fio_phase randread)
+    stop_server "$tool"
+    results[$tool.randread-fresh]+="$r1 "
+    results[$tool.randwrite-alloc]+="$r2 "
+    results[$tool.randread-after]+="$r3 "
+    printf 'rep %d %-8s  randread-fresh %7d  randwrite-alloc %7d  randread-after %7d IOPS\n' "$rep" "$tool" "$r1" "$r2" "$r3"
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | bench_median; }
+echo "== medians (IOPS) and ratio netblk / qemu-nbd"
+for p in "${phases[@]}"; do
+  n=$(echo "${results[netblk.$p]}" | median)
+  q=$(echo "${results[qemu-nbd.$p]}" | median)
+  printf '  %-16s netblk %8.0f   qemu-nbd %8.0f   ratio %.2fx\n' "$p" "$n" "$q" "$(echo "$n / $q" | bc -l)"
+done
