@@ -415,6 +415,9 @@ void Connection::finish(Pending& p) {
 }
 
 void Connection::fail_all(const std::string& why, bool fatal) {
+  // First what is being written: after this no pointer to a request is kept that its
+  // owner could free once it is told.
+  release_written();
   if (!alive_ && pending_.empty()) return;
   alive_ = false;
   stream_->close();
@@ -465,7 +468,6 @@ Task<void> Connection::disconnect() {
 Task<void> Connection::writer_loop() {
   auto self = shared_from_this();
   std::vector<asio::const_buffer> buffers;
-  std::vector<Pending*> batch;
   try {
     while (alive_) {
       if (send_queue_.empty()) {
@@ -474,7 +476,7 @@ Task<void> Connection::writer_loop() {
       }
       // Gather what is queued into one write: headers and payloads, bounded.
       buffers.clear();
-      batch.clear();
+      writing_.clear();
       std::size_t bytes = 0;
       std::size_t n = 0;
       for (; n < send_queue_.size() && n < 64 && bytes < (8u << 20); ++n) {
@@ -485,20 +487,25 @@ Task<void> Connection::writer_loop() {
           buffers.emplace_back(p->write_data.data(), p->write_data.size());
           bytes += p->write_data.size();
         }
-        batch.push_back(p);
+        writing_.push_back(p);
       }
       send_queue_.erase(send_queue_.begin(), send_queue_.begin() + static_cast<std::ptrdiff_t>(n));
       co_await stream_->write(buffers);
-      if (!alive_) break;
       last_activity_ = Clock::now();
-      for (Pending* p : batch) {
-        p->queued = false;
-        if (p->replied) p->done.set();
-      }
+      release_written();
     }
   } catch (const std::exception& e) {
     fail_all(std::string("sending failed: ") + e.what(), false);
   }
+}
+
+void Connection::release_written() {
+  // Requests answered while their payload was still going out may complete now.
+  for (Pending* p : writing_) {
+    p->queued = false;
+    if (p->replied) p->done.set();
+  }
+  writing_.clear();
 }
 
 Task<void> Connection::watchdog_loop() {

@@ -122,6 +122,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Task<void> watchdog_loop();
   Task<void> read_chunk(Pending& p, const nbd::ReplyHeader& h);
   void finish(Pending& p);
+  void release_written();
   void fail_all(const std::string& why, bool fatal);
   [[noreturn]] void protocol_error(const std::string& what) const;
 
@@ -136,6 +137,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::uint64_t next_cookie_ = 1;
   std::unordered_map<std::uint64_t, Pending*> pending_;
   std::vector<Pending*> send_queue_;
+  std::vector<Pending*> writing_;  // taken from send_queue_, being written now
   AsyncCondition send_ready_;
   asio::steady_timer watchdog_;
   std::chrono::steady_clock::time_point last_activity_;
