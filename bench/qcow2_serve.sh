@@ -54,9 +54,10 @@ stop_server() {
   qemu-img check -q "$work/ov.qcow2" || { echo "overlay does not check clean after $1" >&2; exit 1; }
 }
 
-fio_phase() {  # $1 = rw
-  bench_fio_iops --name=p --ioengine=nbd --uri="nbd://127.0.0.1:$port/disk" --rw="$1" --bs=4k --iodepth=32 \
-    --runtime="$SECS" --time_based --norandommap --randrepeat=0
+fio_phase() {  # $1 = rw; fio's nbd engine prints a line before the JSON
+  fio --output-format=json --name=p --ioengine=nbd --uri="nbd://127.0.0.1:$port/disk" --rw="$1" --bs=4k --iodepth=32 \
+    --runtime="$SECS" --time_based --norandommap --randrepeat=0 |
+    sed -n '/^{/,$p' | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))'
 }
 
 declare -A results

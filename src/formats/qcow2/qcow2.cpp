@@ -257,6 +257,14 @@ void Qcow2Node::evict_l2(bool, bool& need_flush) {
 }
 
 Task<std::shared_ptr<L2Table>> Qcow2Node::l2_for_write(std::uint64_t l1_index) {
+  // Fast path: the table exists and is cached; pinning it needs no lock.
+  if (std::uint64_t off = l1_[l1_index] & kOffsetMask) {
+    if (auto it = l2_cache_.find(off); it != l2_cache_.end()) {
+      it->second->last_use = ++use_clock_;
+      ++it->second->pins;
+      co_return it->second;
+    }
+  }
   auto lock = co_await meta_.lock();
   std::uint64_t off = l1_[l1_index] & kOffsetMask;
   std::shared_ptr<L2Table> t;

@@ -10,6 +10,7 @@
 // a flush survives. Guest data is written before the L2 entry that points at it changes.
 #pragma once
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <set>
@@ -21,10 +22,11 @@
 
 namespace netblk::qcow2 {
 
-// A mutex for coroutines on one executor.
+// A mutex for coroutines on one executor. Waiters are served first come, first served,
+// and unlock() wakes exactly one of them (no thundering herd with many requests in flight).
 class AsyncMutex {
  public:
-  explicit AsyncMutex(const Executor& ex) : cv_(ex) {}
+  explicit AsyncMutex(const Executor& ex) : ex_(ex) {}
   class Lock {
    public:
     Lock() = default;
@@ -45,18 +47,29 @@ class AsyncMutex {
     AsyncMutex* m_ = nullptr;
   };
   Task<Lock> lock() {
-    while (locked_) co_await cv_.wait();
-    locked_ = true;
+    if (!locked_) {
+      locked_ = true;
+      co_return Lock(this);
+    }
+    auto turn = std::make_shared<AsyncEvent>(ex_);
+    waiters_.push_back(turn);
+    co_await turn->wait();  // the lock was handed over to us by unlock()
     co_return Lock(this);
   }
   void unlock() {
-    locked_ = false;
-    cv_.notify_all();
+    if (waiters_.empty()) {
+      locked_ = false;
+      return;
+    }
+    auto next = std::move(waiters_.front());
+    waiters_.pop_front();
+    next->set();
   }
   bool locked() const { return locked_; }
 
  private:
-  AsyncCondition cv_;
+  Executor ex_;
+  std::deque<std::shared_ptr<AsyncEvent>> waiters_;
   bool locked_ = false;
 };
 
