@@ -321,4 +321,19 @@ std::uint64_t file_hash(const std::string& path) {
   return h;
 }
 
+Nginx::Nginx(const std::string& dir, const std::string& root) : port_(free_port()) {
+  std::filesystem::create_directories(dir + "/nginx-tmp");
+  std::string conf = "daemon off;\nworker_processes 1;\npid " + dir + "/nginx.pid;\nerror_log " + dir +
+                     "/nginx-error.log;\nevents { worker_connections 256; }\nhttp {\n  access_log off;\n"
+                     "  client_body_temp_path " + dir + "/nginx-tmp/body; proxy_temp_path " + dir +
+                     "/nginx-tmp/proxy;\n  fastcgi_temp_path " + dir + "/nginx-tmp/fcgi; uwsgi_temp_path " + dir +
+                     "/nginx-tmp/uwsgi; scgi_temp_path " + dir + "/nginx-tmp/scgi;\n  sendfile on;\n"
+                     "  default_type application/octet-stream;\n  server {\n    listen 127.0.0.1:" +
+                     std::to_string(port_) + ";\n    root " + root + ";\n  }\n}\n";
+  write_file(dir + "/nginx.conf", conf);
+  process_ = Process({"/usr/sbin/nginx", "-p", dir, "-c", dir + "/nginx.conf", "-e", dir + "/nginx-error.log"},
+                     dir + "/nginx.out");
+  if (!wait_tcp(port_)) throw std::runtime_error("nginx did not start: " + read_file(dir + "/nginx-error.log"));
+}
+
 }  // namespace netblk::test

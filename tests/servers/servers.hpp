@@ -77,6 +77,20 @@ bool wait_unix(const std::string& path, std::chrono::milliseconds timeout = std:
 // Waits until a UDP port on 127.0.0.1 is bound (via /proc/net/udp).
 bool wait_udp(std::uint16_t port, std::chrono::milliseconds timeout = std::chrono::milliseconds(20000));
 
+// nginx serving `root` (files must be world-readable) over plain HTTP on 127.0.0.1:port(),
+// with its config, pid file, logs and temp paths in `dir`. Byte ranges on. Stopped by PID.
+class Nginx {
+ public:
+  Nginx(const std::string& dir, const std::string& root);
+  std::uint16_t port() const { return port_; }
+  std::string url(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(port_) + path; }
+  void stop() { process_.stop(); }
+
+ private:
+  std::uint16_t port_;
+  Process process_;
+};
+
 // True when `program` is on PATH (or an absolute path that exists).
 bool have_program(const std::string& program);
 
