@@ -33,12 +33,31 @@ std::string base64_decode(const std::string& in, const std::string& id) {
   }
   return out;
 }
+std::map<std::string, std::function<void(const Json&)>>& object_types() {
+  static std::map<std::string, std::function<void(const Json&)>> m;
+  return m;
+}
 }  // namespace
+
+void register_object_type(const std::string& qom_type, std::function<void(const Json&)> handler) {
+  std::lock_guard lock(g_mutex);
+  object_types()[qom_type] = std::move(handler);
+}
 
 void define(const Json& object_options) {
   spec::Options o(object_options, spec::Options::Kind::object, "secret");
   std::string qom_type = o.str("qom-type", "secret");
-  if (qom_type != "secret") throw Error(EINVAL, "Unsupported object type '" + qom_type + "'");
+  if (qom_type != "secret") {
+    std::function<void(const Json&)> handler;
+    {
+      std::lock_guard lock(g_mutex);
+      auto it = object_types().find(qom_type);
+      if (it != object_types().end()) handler = it->second;
+    }
+    if (!handler) throw Error(EINVAL, "Unsupported object type '" + qom_type + "'");
+    handler(object_options);
+    return;
+  }
   std::string id = o.required_str("id");
   auto data = o.str("data");
   auto file = o.str("file");

@@ -42,13 +42,13 @@ class MemoryStream final : public Stream {
 
 Task<void> session(const std::uint8_t* data, std::size_t size) {
   Executor ex = co_await asio::this_coro::executor;
-  auto stream = std::make_shared<MemoryStream>(data, size);
+  std::shared_ptr<Stream> stream = std::make_shared<MemoryStream>(data, size);
   auto reader = std::make_unique<StreamReader>(stream);
   NbdConfig config;
   config.export_name = "x";
   ExportInfo info;
   try {
-    info = co_await handshake(*reader, *stream, config, "fuzz");
+    info = co_await handshake(*reader, stream, config, "fuzz");
   } catch (const Error&) {
     co_return;
   } catch (const std::system_error&) {

@@ -451,3 +451,89 @@ TEST(NbdClient, NetblkServeWithExtendedHeaders) {
   expect_ok(run_nb({"convert", "-n", "-O", "raw", src, url}, 120s), "convert -n to netblk serve");
   expect_same_bytes(dir, {url}, src);
 }
+
+namespace {
+
+// A CA, a server certificate for 127.0.0.1 and a client certificate, made with certtool:
+// the server's directory gets ca-cert.pem + server-*.pem, the client's ca-cert.pem +
+// client-*.pem (QEMU's tls-creds-x509 layout).
+void make_certs(const TempDir& dir, const std::string& server_dir, const std::string& client_dir,
+                const std::string& tag) {
+  std::filesystem::create_directories(server_dir);
+  std::filesystem::create_directories(client_dir);
+  const std::string ca_key = dir / (tag + "ca-key.pem"), ca_cert = dir / (tag + "ca-cert.pem");
+  auto ok = [](const RunResult& r) { ASSERT_EQ(r.exit_code, 0) << r.err; };
+  write_file(dir / (tag + "ca.info"), "cn = netblk test CA " + tag + "\nca\ncert_signing_key\nexpiration_days = 3\n");
+  write_file(dir / (tag + "server.info"),
+             "cn = 127.0.0.1\nip_address = 127.0.0.1\ndns_name = localhost\ntls_www_server\nencryption_key\n"
+             "signing_key\nexpiration_days = 3\n");
+  write_file(dir / (tag + "client.info"),
+             "cn = netblk client\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 3\n");
+  ok(run({"certtool", "--generate-privkey", "--outfile", ca_key}));
+  ok(run({"certtool", "--generate-self-signed", "--load-privkey", ca_key, "--template", dir / (tag + "ca.info"),
+          "--outfile", ca_cert}));
+  for (const std::string side : {"server", "client"}) {
+    const std::string d = side == "server" ? server_dir : client_dir;
+    ok(run({"certtool", "--generate-privkey", "--outfile", d + "/" + side + "-key.pem"}));
+    ok(run({"certtool", "--generate-certificate", "--load-privkey", d + "/" + side + "-key.pem",
+            "--load-ca-certificate", ca_cert, "--load-ca-privkey", ca_key, "--template",
+            dir / (tag + side + ".info"), "--outfile", d + "/" + side + "-cert.pem"}));
+    std::filesystem::copy_file(ca_cert, d + "/ca-cert.pem", std::filesystem::copy_options::overwrite_existing);
+  }
+}
+
+}  // namespace
+
+TEST(NbdClient, TlsX509WithQemuNbd) {
+  TempDir dir;
+  const std::string img = dir / "disk.raw";
+  make_mixed(img, 8 << 20);
+  const std::string sdir = dir / "server", cdir = dir / "client";
+  make_certs(dir, sdir, cdir, "a");
+  const std::uint16_t port = free_port();
+  Process server = start_qemu_nbd_tcp(
+      img, port, "disk", {"--object", "tls-creds-x509,id=tls0,endpoint=server,dir=" + sdir, "--tls-creds", "tls0"});
+  const std::string p = port_text(port);
+  const std::string creds = "tls-creds-x509,id=tls0,endpoint=client,dir=" + cdir;
+  expect_same_bytes(dir, {"--object", creds, "--image-opts",
+                          "driver=nbd,host=127.0.0.1,port=" + p + ",export=disk,tls-creds=tls0"},
+                    img);
+  expect_same_bytes(dir, {"--object", creds, "json:{\"driver\":\"nbd\",\"server\":{\"type\":\"inet\",\"host\":\"127.0.0.1\","
+                          "\"port\":\"" + p + "\"},\"export\":\"disk\",\"tls-creds\":\"tls0\"}"},
+                    img);
+  // The canonical name keeps tls-creds (by id), so it is json:, not a URL.
+  json info = info_json({"--object", creds, "--image-opts",
+                         "driver=nbd,host=127.0.0.1,port=" + p + ",export=disk,tls-creds=tls0"});
+  EXPECT_NE(info["filename"].get<std::string>().find("\"tls-creds\":\"tls0\""), std::string::npos) << info.dump();
+  // Without TLS the server says no; with another CA or the wrong host name, we say no.
+  expect_error(run_nb({"info", "nbd://127.0.0.1:" + p + "/disk"}, 30s), "TLS");
+  const std::string other_s = dir / "other-server", other_c = dir / "other-client";
+  make_certs(dir, other_s, other_c, "b");
+  expect_error(run_nb({"info", "--object", "tls-creds-x509,id=tls0,endpoint=client,dir=" + other_c, "--image-opts",
+                       "driver=nbd,host=127.0.0.1,port=" + p + ",export=disk,tls-creds=tls0"},
+                      30s),
+               "TLS handshake failed");
+  expect_error(run_nb({"info", "--object", creds, "--image-opts",
+                       "driver=nbd,host=127.0.0.1,port=" + p + ",export=disk,tls-creds=tls0,tls-hostname=wrong.example"},
+                      30s),
+               "TLS handshake failed");
+  expect_error(run_nb({"info", "--image-opts", "driver=nbd,host=127.0.0.1,port=" + p + ",export=disk,tls-creds=nope"},
+                      30s),
+               "No TLS credentials with id 'nope'");
+}
+
+TEST(NbdClient, TlsPskOverUnixWithQemuNbd) {
+  TempDir dir;
+  const std::string img = dir / "disk.raw";
+  make_mixed(img, 8 << 20);
+  const std::string kdir = dir / "psk";
+  std::filesystem::create_directories(kdir);
+  write_file(kdir + "/keys.psk", "qemu:9a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9\n");
+  const std::string sock = dir / "tls.sock";
+  Process server({"qemu-nbd", "-t", "-f", "raw", "-x", "disk", "-k", sock, "--object",
+                  "tls-creds-psk,id=tls0,endpoint=server,dir=" + kdir, "--tls-creds", "tls0", img});
+  ASSERT_TRUE(wait_unix(sock));
+  expect_same_bytes(dir, {"--object", "tls-creds-psk,id=tls0,endpoint=client,dir=" + kdir + ",username=qemu",
+                          "--image-opts", "driver=nbd,path=" + sock + ",export=disk,tls-creds=tls0"},
+                    img);
+}

@@ -13,6 +13,7 @@
 #include "core/log.hpp"
 #include "protocols/nbd/nbd_config.hpp"
 #include "protocols/nbd/nbd_connection.hpp"
+#include "protocols/nbd/nbd_tls.hpp"
 
 namespace netblk::nbd_client {
 namespace {
@@ -148,7 +149,7 @@ class Client : public std::enable_shared_from_this<Client> {
     ExportInfo info;
     std::exception_ptr failure;
     try {
-      info = co_await handshake(*reader, *stream, config_, name_);
+      info = co_await handshake(*reader, stream, config_, name_);
     } catch (...) {
       failure = std::current_exception();
     }
@@ -473,6 +474,7 @@ class NbdNode final : public Node {
 
 Task<std::unique_ptr<Node>> open_nbd(const OpenContext& ctx, spec::Options& o) {
   NbdConfig config = config_from_options(o);
+  check_tls_config(config);
   auto client = std::make_shared<Client>(ctx.executor, std::move(config));
   co_await client->open();
   auto node = std::make_unique<NbdNode>(ctx, client);

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "core/log.hpp"
+#include "protocols/nbd/nbd_tls.hpp"
 
 namespace netblk::nbd_client {
 namespace {
@@ -44,6 +45,10 @@ class SocketStream final : public Stream {
     std::error_code ec;
     socket_.shutdown(asio::socket_base::shutdown_both, ec);
     socket_.close(ec);
+  }
+  int native_handle() override { return socket_.is_open() ? socket_.native_handle() : -1; }
+  Task<void> wait_ready(bool write) override {
+    co_await socket_.async_wait(write ? GenericSocket::wait_write : GenericSocket::wait_read, asio::use_awaitable);
   }
 
  private:
@@ -313,7 +318,14 @@ Task<void> StreamReader::skip(std::uint64_t n) {
   }
 }
 
-Task<ExportInfo> handshake(StreamReader& reader, Stream& stream, const NbdConfig& config, const std::string& name) {
+bool StreamReader::reset_stream(std::shared_ptr<Stream> stream) {
+  if (pos_ != end_) return false;
+  stream_ = std::move(stream);
+  return true;
+}
+
+Task<ExportInfo> handshake(StreamReader& reader, std::shared_ptr<Stream>& stream_ptr, const NbdConfig& config,
+                           const std::string& name) {
   ExportInfo info;
   const std::string export_name = config.export_name.value_or("");
   std::array<std::byte, nbd::kOldstyleGreetingSize> greeting;
@@ -342,8 +354,22 @@ Task<ExportInfo> handshake(StreamReader& reader, Stream& stream, const NbdConfig
     std::array<std::byte, nbd::kClientFlagsSize> flags_bytes;
     nbd::encode_client_flags(flags_bytes, client_flags);
     std::vector<asio::const_buffer> buffers{asio::buffer(flags_bytes.data(), flags_bytes.size())};
-    co_await stream.write(buffers);
-    if (config.tls) throw Error(ENOTSUP, name + ": TLS is not supported by this netblk build");
+    co_await stream_ptr->write(buffers);
+    if (config.tls) {
+      if (!fixed) throw Error(ENOTSUP, name + ": the server does not support TLS (no fixed newstyle handshake)");
+      const std::span<const std::byte> no_payload;
+      co_await send_option(*stream_ptr, nbd::kOptStartTls, no_payload);
+      OptionReply r = co_await read_option_reply(reader, nbd::kOptStartTls, name);
+      if (r.header.type != nbd::kRepAck) {
+        if (nbd::is_rep_error(r.header.type))
+          throw Error(ENOTSUP, name + ": the server does not support TLS: " + error_text(r));
+        handshake_protocol_error(name, "unexpected " + nbd::rep_name(r.header.type) + " to NBD_OPT_STARTTLS");
+      }
+      std::shared_ptr<Stream> tls = co_await start_tls(stream_ptr, config, name);
+      if (!reader.reset_stream(tls)) handshake_protocol_error(name, "bytes after the NBD_OPT_STARTTLS reply");
+      stream_ptr = tls;
+    }
+    Stream& stream = *stream_ptr;
     bool went = false;
     if (fixed) {
       info.extended = co_await simple_option(reader, stream, nbd::kOptExtendedHeaders, name);

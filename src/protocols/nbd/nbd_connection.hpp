@@ -33,6 +33,10 @@ class Stream {
   virtual Task<void> write(const std::vector<asio::const_buffer>& buffers) = 0;
   // Idempotent; pending reads and writes fail.
   virtual void close() = 0;
+  // The socket under the stream (-1 if none), and a wait until it can be read or written
+  // (for TLS, which does its own non-blocking I/O on the socket).
+  virtual int native_handle() { return -1; }
+  virtual Task<void> wait_ready(bool /*write*/) { co_return; }
 };
 
 // Opens a socket to `address` (TCP with TCP_NODELAY, or unix), closed if `deadline` passes.
@@ -46,6 +50,8 @@ class StreamReader {
   explicit StreamReader(std::shared_ptr<Stream> stream) : stream_(std::move(stream)), buf_(64 * 1024) {}
   Task<void> read_exact(std::span<std::byte> out);
   Task<void> skip(std::uint64_t n);
+  // Continues on another stream (after STARTTLS); false if bytes were still buffered.
+  bool reset_stream(std::shared_ptr<Stream> stream);
 
  private:
   std::shared_ptr<Stream> stream_;
@@ -67,7 +73,9 @@ struct ExportInfo {
 // Runs the client side of the handshake on a fresh stream (fixed newstyle with
 // NBD_OPT_GO, falling back to NBD_OPT_EXPORT_NAME; plain newstyle; oldstyle).
 // Throws Error naming `name`: ENOENT for an unknown export, EPROTO for broken replies.
-Task<ExportInfo> handshake(StreamReader& reader, Stream& stream, const NbdConfig& config, const std::string& name);
+// With TLS, `stream` is replaced by the encrypted stream.
+Task<ExportInfo> handshake(StreamReader& reader, std::shared_ptr<Stream>& stream, const NbdConfig& config,
+                           const std::string& name);
 
 // One request from submission to reply. Lives in the requesting coroutine's frame.
 struct Pending {
