@@ -22,6 +22,7 @@ const Json* Options::find(const std::string& key) {
   auto it = tree_.find(key);
   if (it == tree_.end()) return nullptr;
   if (it->is_object() || it->is_array()) invalid(key, "expects a value, not a group of options");
+  if (it->is_null()) invalid(key, "expects a value, not null");
   return &*it;
 }
 

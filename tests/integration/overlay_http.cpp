@@ -71,7 +71,7 @@ TEST(OverlayHttp, CreateServeReadEverythingThenTheWebServerMayGo) {
   // The overlay itself now holds every byte, and is a sound qcow2 image.
   auto alone = run_netblk({"compare", "-F", "raw", overlay_alone(f.overlay), f.base});
   EXPECT_EQ(alone.exit_code, 0) << alone.out << alone.err;
-  auto check = run({"qemu-img", "check", "-U", f.overlay});
+  auto check = run({"qemu-img", "check", overlay_alone(f.overlay)});
   EXPECT_EQ(check.exit_code, 0) << check.out << check.err;
 }
 
@@ -111,5 +111,5 @@ TEST(OverlayHttp, GuestBootsFromTheOverlayAndPullsItIn) {
   std::fclose(e);
   auto alone = run_netblk({"compare", "-F", "raw", overlay_alone(f.overlay), expected});
   EXPECT_EQ(alone.exit_code, 0) << alone.out << alone.err;
-  EXPECT_EQ(run({"qemu-img", "check", "-U", f.overlay}).exit_code, 0);
+  EXPECT_EQ(run({"qemu-img", "check", overlay_alone(f.overlay)}).exit_code, 0);
 }
