@@ -441,3 +441,105 @@ TEST(NbdServer, HostileClients) {
   EXPECT_EQ(size.out, "67108864\n");
   EXPECT_TRUE(s.process.running());
 }
+
+// No peer installed here speaks extended headers yet (QEMU 8.2+, libnbd 1.18+): check them,
+// with base:allocation and structured replies, using a raw client built on the codec.
+TEST(NbdServer, ExtendedHeadersAndBlockStatus) {
+  TempDir dir;
+  make_image(dir / "disk.raw");
+  auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, dir / "disk.raw", true);
+  RawClient c(s.socket);
+  std::array<std::byte, nbd::kServerGreetingSize> g;
+  ASSERT_TRUE(c.recv(g));
+  std::array<std::byte, 4> flags;
+  nbd::encode_client_flags(flags, nbd::kClientFlagFixedNewstyle | nbd::kClientFlagNoZeroes);
+  c.send(flags);
+  c.send(nbd::encode_option(nbd::kOptExtendedHeaders));
+  ASSERT_EQ(c.read_option_reply().type, nbd::kRepAck);
+  c.send(nbd::encode_option(nbd::kOptSetMetaContext,
+                            nbd::encode_meta_context_request({"disk", {"base:allocation", "qemu:nope"}})));
+  std::vector<std::byte> payload;
+  auto h = c.read_option_reply(&payload);
+  ASSERT_EQ(h.type, nbd::kRepMetaContext);
+  auto ctx = nbd::decode_rep_meta_context(payload);
+  EXPECT_EQ(ctx.name, "base:allocation");
+  ASSERT_EQ(c.read_option_reply().type, nbd::kRepAck);
+  c.send(nbd::encode_option(nbd::kOptGo, nbd::encode_info_request({"disk", {nbd::kInfoBlockSize}})));
+  bool saw_block_size = false;
+  while (true) {
+    auto r = c.read_option_reply(&payload);
+    if (r.type == nbd::kRepAck) break;
+    ASSERT_EQ(r.type, nbd::kRepInfo);
+    auto info = nbd::decode_rep_info(payload);
+    if (info.type == nbd::kInfoBlockSize) {
+      saw_block_size = true;
+      EXPECT_EQ(info.block_sizes.maximum, nbd::kMaxBlockSize);
+    }
+  }
+  EXPECT_TRUE(saw_block_size);
+
+  auto send_ext = [&](std::uint16_t type, std::uint64_t offset, std::uint64_t length, std::uint64_t cookie) {
+    std::array<std::byte, nbd::kExtendedRequestSize> b;
+    nbd::encode_request(b, nbd::Request{0, type, cookie, offset, length}, true);
+    c.send(b);
+  };
+  auto read_chunk = [&](std::vector<std::byte>& body) {
+    std::array<std::byte, nbd::kExtendedReplySize> hb;
+    EXPECT_TRUE(c.recv(hb));
+    auto rh = nbd::decode_reply_header(hb);
+    EXPECT_EQ(rh.kind, nbd::ReplyKind::extended);
+    body.resize(rh.length);
+    EXPECT_TRUE(c.recv(body));
+    return rh;
+  };
+
+  // Block status over the whole image: hole, data, hole, data, hole.
+  send_ext(nbd::kCmdBlockStatus, 0, kImageSize, 1);
+  std::vector<std::byte> body;
+  auto rh = read_chunk(body);
+  EXPECT_EQ(rh.cookie, 1u);
+  EXPECT_EQ(rh.type, nbd::kReplyTypeBlockStatusExt);
+  EXPECT_TRUE(rh.flags & nbd::kReplyFlagDone);
+  auto bs = nbd::decode_block_status(body, rh.type);
+  EXPECT_EQ(bs.context_id, ctx.id);
+  ASSERT_EQ(bs.extents.size(), 5u);
+  EXPECT_EQ(bs.extents[0].length, 1u << 20);
+  EXPECT_EQ(bs.extents[0].flags, nbd::kStateHole | nbd::kStateZero);
+  EXPECT_EQ(bs.extents[1].length, 2u << 20);
+  EXPECT_EQ(bs.extents[1].flags, 0u);
+
+  // A read of data, then a read of a hole.
+  send_ext(nbd::kCmdRead, 1 << 20, 4096, 2);
+  rh = read_chunk(body);
+  EXPECT_EQ(rh.type, nbd::kReplyTypeOffsetData);
+  auto d = nbd::decode_offset_data(body);
+  EXPECT_EQ(d.offset, 1u << 20);
+  EXPECT_EQ(d.data.size(), 4096u);
+  send_ext(nbd::kCmdRead, 8 << 20, 1 << 20, 3);
+  rh = read_chunk(body);
+  EXPECT_EQ(rh.type, nbd::kReplyTypeOffsetHole);
+  EXPECT_EQ(nbd::decode_offset_hole(body).length, 1u << 20);
+
+  // Errors come as error chunks with a message.
+  send_ext(nbd::kCmdRead, kImageSize, 4096, 4);
+  rh = read_chunk(body);
+  EXPECT_EQ(rh.type, nbd::kReplyTypeError);
+  auto err = nbd::decode_error_chunk(body, rh.type);
+  EXPECT_EQ(err.error, nbd::kEinval);
+  EXPECT_NE(err.message.find("past the end"), std::string::npos) << err.message;
+
+  // Write then flush: plain NONE chunks.
+  std::vector<std::byte> data(4096, std::byte{0x5a});
+  send_ext(nbd::kCmdWrite, 0, data.size(), 5);
+  c.send(data);
+  rh = read_chunk(body);
+  EXPECT_EQ(rh.type, nbd::kReplyTypeNone);
+  EXPECT_EQ(rh.cookie, 5u);
+  send_ext(nbd::kCmdFlush, 0, 0, 6);
+  rh = read_chunk(body);
+  EXPECT_EQ(rh.type, nbd::kReplyTypeNone);
+  send_ext(nbd::kCmdDisc, 0, 0, 7);
+  EXPECT_TRUE(c.closed_by_peer());
+  s.process.stop();
+  EXPECT_EQ(read_file(dir / "disk.raw").substr(0, 4096), std::string(4096, '\x5a'));
+}

@@ -36,8 +36,6 @@ using Socket = asio::generic::stream_protocol::socket;
 constexpr std::uint32_t kBaseAllocationId = 1;
 constexpr std::size_t kInputCapacity = 256u << 10;
 constexpr std::size_t kMaxExtents = 2048;
-// Reads at least this long first ask block_status whether the range is a hole.
-constexpr std::uint64_t kHoleProbeMinimum = 64u << 10;
 
 // A hard disconnect: the peer broke the protocol and the stream cannot be trusted.
 struct Disconnect {
@@ -581,13 +579,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
       co_return;
     }
     const std::size_t len = static_cast<std::size_t>(r.length);
-    if (structured_ && len >= kHoleProbeMinimum && node_.caps().has_block_status) {
-      ChainStatus cs = co_await chain_block_status(node_, r.offset, len);
-      if (cs.status.length >= len && (cs.status.flags & kStatusZero)) {
-        finish_hole(reply, r);
-        co_return;
-      }
-    }
+    // No block_status probe before reading: on some file systems (tmpfs) SEEK_HOLE scans
+    // to the end of the file and costs far more than the read. A read that returns only
+    // zeroes is still sent as a hole.
     Buffer buf = pool_.get(len);
     try {
       co_await node_.read(r.offset, buf.span().first(len));
