@@ -34,11 +34,29 @@ if "$N" serve --help >/dev/null 2>&1; then
   step qemu-img compare -f raw "nbd+unix:///disk?socket=$work/nbd.sock" "$work/disk.raw"
 fi
 
-if "$N" info --help >/dev/null 2>&1 && "$N" create -f qcow2 "$work/probe.qcow2" 1M >/dev/null 2>&1; then
-  echo; echo "== a qcow2 overlay on the raw image"
-  step "$N" create -f qcow2 -b "$work/disk.raw" -F raw "$work/overlay.qcow2"
-  step "$N" info --backing-chain "$work/overlay.qcow2"
-  step "$N" compare "$work/overlay.qcow2" "$work/disk.raw"
-  step qemu-img check "$work/overlay.qcow2"
-fi
+echo; echo "== the documented remote-image setup: a qcow2 overlay on an http image, exported with copy-on-read"
+mkdir -p "$work/www" "$work/nginx-tmp"
+cp "$work/disk.raw" "$work/www/disk.img"
+chmod -R a+rX "$work"
+port=18080
+while ss -ltn | grep -q ":$port "; do port=$((port + 1)); done
+cat >"$work/nginx.conf" <<CONF
+daemon off; worker_processes 1; pid $work/nginx.pid; error_log $work/nginx-error.log;
+events { worker_connections 64; }
+http { access_log off; client_body_temp_path $work/nginx-tmp/b; proxy_temp_path $work/nginx-tmp/p;
+  fastcgi_temp_path $work/nginx-tmp/f; uwsgi_temp_path $work/nginx-tmp/u; scgi_temp_path $work/nginx-tmp/s;
+  server { listen 127.0.0.1:$port; root $work/www; } }
+CONF
+/usr/sbin/nginx -p "$work" -c "$work/nginx.conf" -e "$work/nginx-error.log" & nginx_pid=$!; pids+=($nginx_pid)
+for _ in $(seq 200); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+step "$N" info "http://127.0.0.1:$port/disk.img"
+step "$N" create -f qcow2 -o "backing_file=json:{\"file.driver\":\"http\",, \"file.url\":\"http://127.0.0.1:$port/disk.img\",, \"file.readahead\":\"64k\"}" -F raw "$work/ov.qcow2"
+step "$N" info --backing-chain "$work/ov.qcow2"
+"$N" serve -t -e 0 -k "$work/ov.sock" -x disk --drive "file=$work/ov.qcow2,format=qcow2,copy-on-read=on" & pids+=($!)
+for _ in $(seq 200); do [ -S "$work/ov.sock" ] && break; sleep 0.05; done
+step "$N" compare -f raw "nbd+unix:///disk?socket=$work/ov.sock" "$work/disk.raw"
+echo "(stopping the web server: the overlay now holds everything that was read)"
+kill "$nginx_pid"; wait "$nginx_pid" 2>/dev/null || true
+step "$N" compare -f raw "nbd+unix:///disk?socket=$work/ov.sock" "$work/disk.raw"
+step qemu-img compare -f raw "nbd+unix:///disk?socket=$work/ov.sock" "$work/disk.raw"
 echo; echo "== demo finished"
