@@ -121,8 +121,11 @@ namespace {
 
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  Connection(std::shared_ptr<Server::Impl> server, Socket socket)
-      : server_(std::move(server)),
+  // `eager_sends`: send each finished reply at once (unix sockets); otherwise replies are
+  // gathered into one write per batch, which costs much less over TCP.
+  Connection(std::shared_ptr<Server::Impl> server, Socket socket, bool eager_sends)
+      : eager_sends_(eager_sends),
+        server_(std::move(server)),
         node_(server_->node),
         config_(server_->config),
         socket_(std::move(socket)),
@@ -696,7 +699,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     queue_.push_back(r);
-    if (!writing_) send_now();
+    if (eager_sends_ && !writing_) send_now();
     if (!queue_.empty()) queue_changed_.notify_all();
   }
 
@@ -797,6 +800,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
   bool writer_started() const { return transmission_started_; }
 
+  const bool eager_sends_;
   std::shared_ptr<Server::Impl> server_;
   Node& node_;
   const ExportConfig& config_;
@@ -857,7 +861,7 @@ void Server::Impl::start_connection(Socket socket, bool tcp) {
     socket.set_option(asio::ip::tcp::no_delay(true), ec);
   }
   ++active;
-  auto conn = std::make_shared<Connection>(shared_from_this(), std::move(socket));
+  auto conn = std::make_shared<Connection>(shared_from_this(), std::move(socket), !tcp);
   connections.push_back(conn);
   NETBLK_LOG(debug, "nbd: client connected ({} active)", active);
   asio::co_spawn(executor, [conn]() { return conn->run(); },
