@@ -53,5 +53,6 @@ bench_run() {
 
 # Runs `fio` and prints its IOPS (read+write) as the only output line.
 bench_fio_iops() {
-  fio --output-format=json "$@" | python3 -c 'import json,sys; j=json.load(sys.stdin)["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))'
+  # The nbd engine prints lines such as "connected" before the JSON: parse from the first '{'.
+  fio --output-format=json "$@" | python3 -c 'import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index("{"):])["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))'
 }
