@@ -3,6 +3,7 @@
 # each copying one 256 MiB file (served from the page cache by nginx, vsftpd and in.tftpd
 # on 127.0.0.1) to a raw file in /dev/shm that is removed before every run.
 # QEMU has no TFTP, and its ftps:// stalls on every read, so those rows are curl only.
+# FTPS runs last: netblk's ftps reads are not yet reliable (see the curl driver's notes).
 #   NETBLK=path/to/netblk REPS=3 bench/curl.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -100,9 +101,9 @@ bench_run "HTTPS 256 MiB" $REPS $SIZE "$nb $j $out" "$q $j $out" "$c -k $u"
 u=ftp://127.0.0.1:$ftp/disk.img
 bench_run "FTP 256 MiB" $REPS $SIZE "$nb $u $out" "$q $u $out" "$c $u"
 
+u=tftp://127.0.0.1:$tftp/disk.img
+bench_run "TFTP 256 MiB" $REPS $SIZE "$nb $u $out" "$c --tftp-blksize 65464 $u"
+
 u=ftps://127.0.0.1:$ftps/disk.img
 j="'json:{\"file.driver\":\"ftps\",\"file.url\":\"$u\",\"file.sslverify\":\"off\"}'"
 bench_run "FTPS 256 MiB" $REPS $SIZE "$nb $j $out" "$c -k $u"
-
-u=tftp://127.0.0.1:$tftp/disk.img
-bench_run "TFTP 256 MiB" $REPS $SIZE "$nb $u $out" "$c --tftp-blksize 65464 $u"

@@ -18,6 +18,7 @@
 #include <deque>
 #include <functional>
 #include <list>
+#include <map>
 #include <set>
 
 #include "block/driver.hpp"
@@ -40,6 +41,8 @@ constexpr std::size_t kCacheEntries = 8;
 // FTP: reads up to this far ahead of the stream's head wait for it rather than opening a
 // data connection of their own.
 constexpr std::uint64_t kStreamLookahead = 32u << 20;
+// FTP: how many bytes the stream keeps that no read has asked for yet.
+constexpr std::uint64_t kStreamBuffer = 32u << 20;
 constexpr long kConnections = 8;
 constexpr int kMaxRetries = 5;
 constexpr long kTftpBlockSize = 65464;  // RFC 2348's maximum
@@ -117,7 +120,6 @@ struct Session {
     share = curl_share_init();
     if (share) {
       curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
-      curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
     }
     url = config.url;
   }
@@ -164,6 +166,9 @@ struct Session {
     }
     if (config.proxy_username) curl_easy_setopt(h, CURLOPT_PROXYUSERNAME, config.proxy_username->c_str());
     if (config.proxy_password_secret) curl_easy_setopt(h, CURLOPT_PROXYPASSWORD, config.proxy_password.c_str());
+    // NETBLK_CURL_VERBOSE=1 shows libcurl's protocol trace on stderr, for debugging servers.
+    static const bool verbose = std::getenv("NETBLK_CURL_VERBOSE") != nullptr;
+    if (verbose) curl_easy_setopt(h, CURLOPT_VERBOSE, 1L);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, ex.error);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, header_cb);
     curl_easy_setopt(h, CURLOPT_HEADERDATA, &ex);
@@ -367,6 +372,182 @@ struct Stream {
   }
 };
 
+// FTP's sequential stream: one whole-file transfer whose bytes go straight into the
+// buffers of the reads waiting for them. Bytes nobody waits for yet are kept in memory
+// (up to kStreamBuffer) for the reads that come for them soon; past that, the stream
+// pauses until a read wants more. A byte that has left the buffer is fetched again with a
+// range request of its own.
+struct DirectStream {
+  explicit DirectStream(std::shared_ptr<Session> s) : session(std::move(s)), done(session->executor) {}
+
+  struct Waiter {
+    Waiter(const Executor& ex, std::uint64_t o, std::span<std::byte> b) : offset(o), buf(b), ready(ex) {}
+    std::uint64_t offset;
+    std::span<std::byte> buf;
+    std::uint64_t filled = 0;
+    bool ok = false;
+    AsyncEvent ready;
+  };
+  struct Piece {
+    std::uint64_t offset;
+    std::vector<char> bytes;
+    std::uint64_t taken = 0;  // bytes copied out to reads; all taken: the first to go
+  };
+
+  std::shared_ptr<Session> session;
+  std::uint64_t start = 0, head = 0;  // the stream began at `start` and has passed `head`
+  bool started = false, ended = false, paused = false, closing = false;
+  CURL* easy = nullptr;
+  std::multimap<std::uint64_t, Waiter*> waiters;
+  std::deque<Piece> pieces;     // recent bytes, in order, below `head`
+  std::uint64_t buffered = 0;   // bytes in `pieces`
+  AsyncEvent done;
+
+  // True when a waiter wants bytes at or after `pos`.
+  bool wanted_from(std::uint64_t pos) const {
+    for (const auto& [off, w] : waiters)
+      if (off + w->buf.size() > pos) return true;
+    return false;
+  }
+
+  std::size_t deliver(const char* data, std::size_t n) {
+    if (closing) return 0;
+    const bool wanted = wanted_from(head);
+    if (!wanted && buffered + n > kStreamBuffer) {
+      paused = true;
+      NETBLK_LOG(trace, "{}: stream paused at byte {}", session->name(), head);
+      return CURL_WRITEFUNC_PAUSE;  // libcurl keeps these bytes and gives them again
+    }
+    const std::uint64_t end = head + n;
+    std::uint64_t to_waiters = 0;
+    for (auto it = waiters.begin(); it != waiters.end();) {
+      Waiter* w = it->second;
+      std::uint64_t wend = w->offset + w->buf.size();
+      std::uint64_t from = w->offset + w->filled, to = std::min(wend, end);
+      if (from >= head && from < to) {
+        std::memcpy(w->buf.data() + (from - w->offset), data + (from - head), to - from);
+        w->filled += to - from;
+        to_waiters += to - from;
+      }
+      if (w->filled == w->buf.size()) {
+        w->ok = true;
+        w->ready.set();
+        it = waiters.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (to_waiters < n) {
+      // Someone may want these soon; keep the piece (a few waiters may overlap, so keep it
+      // whole) and forget the oldest beyond the budget.
+      pieces.push_back(Piece{head, std::vector<char>(data, data + n), to_waiters});
+      buffered += n;
+      if (buffered > kStreamBuffer) {
+        // Forget what reads already took, then (a reader far ahead waits) the oldest.
+        for (auto it = pieces.begin(); it != pieces.end() && buffered > kStreamBuffer;) {
+          if (it->taken >= it->bytes.size()) {
+            buffered -= it->bytes.size();
+            it = pieces.erase(it);
+          } else {
+            ++it;
+          }
+        }
+        while (buffered > kStreamBuffer && pieces.size() > 1) {
+          buffered -= pieces.front().bytes.size();
+          pieces.pop_front();
+        }
+      }
+    }
+    head = end;
+    return n;
+  }
+
+  // Copies from the kept pieces into buf from `offset` on; returns how many bytes it could.
+  std::uint64_t copy_kept(std::uint64_t offset, std::span<std::byte> buf) {
+    std::uint64_t done = 0;
+    for (auto& p : pieces) {
+      std::uint64_t pos = offset + done;
+      if (done == buf.size()) break;
+      if (pos < p.offset) break;  // a hole
+      std::uint64_t pend = p.offset + p.bytes.size();
+      if (pos >= pend) continue;
+      std::uint64_t m = std::min<std::uint64_t>(buf.size() - done, pend - pos);
+      std::memcpy(buf.data() + done, p.bytes.data() + (pos - p.offset), m);
+      p.taken += m;
+      done += m;
+    }
+    return done;
+  }
+
+  void fail_waiters() {
+    for (auto& [off, w] : waiters) w->ready.set();
+    waiters.clear();
+  }
+
+  static Task<void> run(std::shared_ptr<DirectStream> self) {
+    Session& s = *self->session;
+    Exchange ex;
+    ex.sink = [raw = self.get()](const char* data, std::size_t n) { return raw->deliver(data, n); };
+    Easy e = s.easy(ex);
+    if (self->start) curl_easy_setopt(e.get(), CURLOPT_RESUME_FROM_LARGE, static_cast<curl_off_t>(self->start));
+    self->easy = e.get();
+    CURLcode rc = co_await s.loop.perform(e.get());
+    self->easy = nullptr;
+    self->ended = true;
+    if (rc != CURLE_OK && !self->closing)
+      NETBLK_LOG(info, "{}: the stream ended at byte {} ({}); reading with range requests", s.name(), self->head,
+                 curl_easy_strerror(rc));
+    self->fail_waiters();
+    self->done.set();
+  }
+
+  // True when the stream can bring [offset, offset + size): kept, or not passed yet.
+  bool can_serve(std::uint64_t offset) const {
+    if (!started) return true;
+    if (offset >= head) return !ended && offset - head <= kStreamLookahead;
+    return !pieces.empty() && offset >= pieces.front().offset;
+  }
+
+  // Reads [offset, offset + buf.size()) from the stream. False when the stream cannot
+  // bring it (passed and forgotten, ended, failed): use a range request.
+  Task<bool> read(std::uint64_t offset, std::span<std::byte> buf, const std::shared_ptr<DirectStream>& self) {
+    if (!started) {
+      started = true;
+      start = head = offset;
+      asio::co_spawn(session->executor, run(self), asio::detached);
+    }
+    std::uint64_t have = 0;
+    if (offset < head) {
+      have = copy_kept(offset, buf);
+      if (have == buf.size()) co_return true;
+      if (offset + have < head) {  // a hole in what was kept
+        NETBLK_LOG(trace, "{}: stream passed {} ({} kept bytes from {}, head {})", session->name(), offset, have,
+                   pieces.empty() ? 0 : pieces.front().offset, head);
+        co_return false;
+      }
+    }
+    if (ended) co_return false;
+    Waiter w(session->executor, offset, buf);
+    w.filled = have;
+    auto it = waiters.emplace(offset, &w);
+    if (paused && easy) {
+      paused = false;
+      NETBLK_LOG(trace, "{}: stream resumed at byte {} for a read at {}", session->name(), head, offset);
+      curl_easy_pause(easy, CURLPAUSE_CONT);  // may deliver at once
+    }
+    struct Unregister {
+      DirectStream* s;
+      Waiter* w;
+      std::multimap<std::uint64_t, Waiter*>::iterator it;
+      ~Unregister() {
+        if (!w->ready.is_set()) s->waiters.erase(it);
+      }
+    } unregister{this, &w, it};
+    co_await w.ready.wait();
+    co_return w.ok;
+  }
+};
+
 struct CachedRange {
   std::uint64_t offset = 0;
   Buffer data;
@@ -389,6 +570,7 @@ class CurlNode final : public Node {
   }
   ~CurlNode() override {
     if (stream_) stream_->closing = true;
+    if (direct_) direct_->closing = true;
     session_->loop.abort_all();
   }
 
@@ -440,9 +622,10 @@ class CurlNode final : public Node {
         co_await stream_read(offset, buf);
         co_return;
       }
-      if (stream_first_ && !(stream_ && stream_->failure)) {
-        // FTP: one sequential stream serves every read near or behind its head; a read
-        // far ahead of it is a range request of its own.
+      if (stream_first_ && session_->config.driver == "ftps" && !(stream_ && stream_->failure)) {
+        // FTPS: new connections to the same server fail in ways not yet understood (vsftpd
+        // answers EPSV with an earlier reply), so everything up to far ahead of the head
+        // comes from one stream kept whole in the cache file.
         if (!stream_) {
           stream_ = make_stream();
           stream_->size = size_;
@@ -457,6 +640,18 @@ class CurlNode final : public Node {
             streamed = false;
           }
           if (streamed) co_return;
+        }
+      }
+      if (stream_first_ && session_->config.driver == "ftp" && !(direct_ && direct_->ended)) {
+        // FTP: a sequential stream serves the reads at or a little ahead of its head; a read
+        // behind it or far ahead is a range request of its own.
+        if (!direct_) direct_ = std::make_shared<DirectStream>(session_);
+        if (!direct_->can_serve(offset))
+          NETBLK_LOG(trace, "{}: not from the stream: {} (head {}, ended {}, kept from {})", display_name(), offset,
+                     direct_->head, direct_->ended, direct_->pieces.empty() ? 0 : direct_->pieces.front().offset);
+        if (direct_->can_serve(offset)) {
+          auto keep = direct_;
+          if (co_await keep->read(offset, buf, keep)) co_return;
         }
       }
       std::size_t hit = copy_from_cache(offset, buf);
@@ -487,6 +682,11 @@ class CurlNode final : public Node {
       stream_->closing = true;
       session_->loop.abort_all();
       co_await stream_->done.wait();
+    }
+    if (direct_ && direct_->started && !direct_->done.is_set()) {
+      direct_->closing = true;
+      session_->loop.abort_all();
+      co_await direct_->done.wait();
     }
     session_->loop.abort_all();
   }
@@ -703,6 +903,7 @@ class CurlNode final : public Node {
       };
       Easy e = s.easy(ex);
       std::string range = std::to_string(start) + "-" + std::to_string(offset + total - 1);
+      NETBLK_LOG(trace, "{}: range {}", s.name(), range);
       curl_easy_setopt(e.get(), CURLOPT_RANGE, range.c_str());
       if (s.config.family == Family::ftp) {
         curl_easy_setopt(e.get(), CURLOPT_FRESH_CONNECT, 1L);
@@ -764,6 +965,7 @@ class CurlNode final : public Node {
   bool ranges_ = true;
   bool stream_first_ = false;  // FTP: read from a sequential stream while it is near
   std::shared_ptr<Stream> stream_;
+  std::shared_ptr<DirectStream> direct_;
   std::uint64_t window_;
   std::uint64_t next_sequential_ = ~std::uint64_t{0};
   std::deque<CachedRange> cache_;

@@ -141,9 +141,10 @@ void CurlLoop::arm(const std::shared_ptr<Watch>& w) {
   struct pollfd p{w->fd, static_cast<short>((want_in ? POLLIN : 0) | (want_out ? POLLOUT : 0)), 0};
   if (::poll(&p, 1, 0) > 0) {
     int events = 0;
-    if (p.revents & (POLLIN | POLLHUP)) events |= CURL_CSELECT_IN;
-    if (p.revents & POLLOUT) events |= CURL_CSELECT_OUT;
-    if (p.revents & POLLERR) events |= CURL_CSELECT_ERR;
+    // Only the directions libcurl asked for: it reads an unasked-for event on a socket
+    // that is still connecting (an FTP data connection) as a failed connect.
+    if ((p.revents & (POLLIN | POLLHUP | POLLERR)) && want_in) events |= CURL_CSELECT_IN;
+    if ((p.revents & (POLLOUT | POLLHUP | POLLERR)) && want_out) events |= CURL_CSELECT_OUT;
     if (events) {
       if (events & CURL_CSELECT_IN) want_in = false, w->reading = true;
       if (events & CURL_CSELECT_OUT) want_out = false, w->writing = true;
