@@ -40,31 +40,7 @@ std::string hex(std::uint64_t v) {
 }  // namespace
 
 // ---------------------------------------------------------------------------------------
-// Byte order
-
-void put_u16(std::byte* p, std::uint16_t v) noexcept {
-  p[0] = std::byte(v >> 8);
-  p[1] = std::byte(v);
-}
-void put_u32(std::byte* p, std::uint32_t v) noexcept {
-  for (int i = 3; i >= 0; --i, v >>= 8) p[i] = std::byte(v & 0xff);
-}
-void put_u64(std::byte* p, std::uint64_t v) noexcept {
-  for (int i = 7; i >= 0; --i, v >>= 8) p[i] = std::byte(v & 0xff);
-}
-std::uint16_t get_u16(const std::byte* p) noexcept {
-  return static_cast<std::uint16_t>((std::to_integer<unsigned>(p[0]) << 8) | std::to_integer<unsigned>(p[1]));
-}
-std::uint32_t get_u32(const std::byte* p) noexcept {
-  std::uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v = (v << 8) | std::to_integer<std::uint32_t>(p[i]);
-  return v;
-}
-std::uint64_t get_u64(const std::byte* p) noexcept {
-  std::uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | std::to_integer<std::uint64_t>(p[i]);
-  return v;
-}
+// Reader and Writer (big-endian fields: core/endian.hpp)
 
 void Reader::need(std::size_t n) const {
   if (remaining() < n) malformed(what_, "truncated");
@@ -75,19 +51,19 @@ std::uint8_t Reader::u8() {
 }
 std::uint16_t Reader::u16() {
   need(2);
-  auto v = get_u16(data_.data() + pos_);
+  auto v = load_be16(data_.data() + pos_);
   pos_ += 2;
   return v;
 }
 std::uint32_t Reader::u32() {
   need(4);
-  auto v = get_u32(data_.data() + pos_);
+  auto v = load_be32(data_.data() + pos_);
   pos_ += 4;
   return v;
 }
 std::uint64_t Reader::u64() {
   need(8);
-  auto v = get_u64(data_.data() + pos_);
+  auto v = load_be64(data_.data() + pos_);
   pos_ += 8;
   return v;
 }
@@ -121,19 +97,19 @@ void append(std::vector<std::byte>& out, const void* p, std::size_t n) {
 
 Writer& Writer::u16(std::uint16_t v) {
   std::byte b[2];
-  put_u16(b, v);
+  store_be16(b, v);
   append(out_, b, 2);
   return *this;
 }
 Writer& Writer::u32(std::uint32_t v) {
   std::byte b[4];
-  put_u32(b, v);
+  store_be32(b, v);
   append(out_, b, 4);
   return *this;
 }
 Writer& Writer::u64(std::uint64_t v) {
   std::byte b[8];
-  put_u64(b, v);
+  store_be64(b, v);
   append(out_, b, 8);
   return *this;
 }
@@ -151,16 +127,16 @@ Writer& Writer::string(std::string_view s) {
 
 std::size_t encode_server_greeting(std::span<std::byte> out, std::uint16_t handshake_flags) {
   need_out(out, kServerGreetingSize);
-  put_u64(out.data(), kInitMagic);
-  put_u64(out.data() + 8, kOptMagic);
-  put_u16(out.data() + 16, handshake_flags);
+  store_be64(out.data(), kInitMagic);
+  store_be64(out.data() + 8, kOptMagic);
+  store_be16(out.data() + 16, handshake_flags);
   return kServerGreetingSize;
 }
 
 bool greeting_is_oldstyle(std::span<const std::byte> first16) {
   if (first16.size() < 16) malformed("server greeting", "truncated");
-  if (get_u64(first16.data()) != kInitMagic) malformed("server greeting", "not an NBD server (bad magic)");
-  std::uint64_t second = get_u64(first16.data() + 8);
+  if (load_be64(first16.data()) != kInitMagic) malformed("server greeting", "not an NBD server (bad magic)");
+  std::uint64_t second = load_be64(first16.data() + 8);
   if (second == kOldstyleMagic) return true;
   if (second == kOptMagic) return false;
   malformed("server greeting", "unknown magic " + hex(second));
@@ -171,24 +147,24 @@ ServerGreeting decode_server_greeting(std::span<const std::byte> in) {
   g.oldstyle = greeting_is_oldstyle(in);
   if (g.oldstyle) {
     need_in(in, kOldstyleGreetingSize, "oldstyle greeting");
-    g.export_size = get_u64(in.data() + 16);
-    std::uint32_t flags = get_u32(in.data() + 24);
+    g.export_size = load_be64(in.data() + 16);
+    std::uint32_t flags = load_be32(in.data() + 24);
     g.transmission_flags = static_cast<std::uint16_t>(flags & 0xffff);
   } else {
     need_in(in, kServerGreetingSize, "server greeting");
-    g.handshake_flags = get_u16(in.data() + 16);
+    g.handshake_flags = load_be16(in.data() + 16);
   }
   return g;
 }
 
 std::size_t encode_client_flags(std::span<std::byte> out, std::uint32_t flags) {
   need_out(out, kClientFlagsSize);
-  put_u32(out.data(), flags);
+  store_be32(out.data(), flags);
   return kClientFlagsSize;
 }
 std::uint32_t decode_client_flags(std::span<const std::byte> in) {
   need_in(in, kClientFlagsSize, "client flags");
-  return get_u32(in.data());
+  return load_be32(in.data());
 }
 
 // ---------------------------------------------------------------------------------------
@@ -196,16 +172,16 @@ std::uint32_t decode_client_flags(std::span<const std::byte> in) {
 
 std::size_t encode_option_header(std::span<std::byte> out, std::uint32_t option, std::uint32_t length) {
   need_out(out, kOptionHeaderSize);
-  put_u64(out.data(), kOptMagic);
-  put_u32(out.data() + 8, option);
-  put_u32(out.data() + 12, length);
+  store_be64(out.data(), kOptMagic);
+  store_be32(out.data() + 8, option);
+  store_be32(out.data() + 12, length);
   return kOptionHeaderSize;
 }
 
 OptionHeader decode_option_header(std::span<const std::byte> in) {
   need_in(in, kOptionHeaderSize, "option header");
-  if (get_u64(in.data()) != kOptMagic) malformed("option header", "bad magic " + hex(get_u64(in.data())));
-  return {get_u32(in.data() + 8), get_u32(in.data() + 12)};
+  if (load_be64(in.data()) != kOptMagic) malformed("option header", "bad magic " + hex(load_be64(in.data())));
+  return {load_be32(in.data() + 8), load_be32(in.data() + 12)};
 }
 
 std::vector<std::byte> encode_option(std::uint32_t option, std::span<const std::byte> payload) {
@@ -276,17 +252,17 @@ std::string decode_export_name(std::span<const std::byte> payload) {
 std::size_t encode_option_reply_header(std::span<std::byte> out, std::uint32_t option, std::uint32_t type,
                                        std::uint32_t length) {
   need_out(out, kOptionReplyHeaderSize);
-  put_u64(out.data(), kRepMagic);
-  put_u32(out.data() + 8, option);
-  put_u32(out.data() + 12, type);
-  put_u32(out.data() + 16, length);
+  store_be64(out.data(), kRepMagic);
+  store_be32(out.data() + 8, option);
+  store_be32(out.data() + 12, type);
+  store_be32(out.data() + 16, length);
   return kOptionReplyHeaderSize;
 }
 
 OptionReplyHeader decode_option_reply_header(std::span<const std::byte> in) {
   need_in(in, kOptionReplyHeaderSize, "option reply header");
-  if (get_u64(in.data()) != kRepMagic) malformed("option reply header", "bad magic " + hex(get_u64(in.data())));
-  return {get_u32(in.data() + 8), get_u32(in.data() + 12), get_u32(in.data() + 16)};
+  if (load_be64(in.data()) != kRepMagic) malformed("option reply header", "bad magic " + hex(load_be64(in.data())));
+  return {load_be32(in.data() + 8), load_be32(in.data() + 12), load_be32(in.data() + 16)};
 }
 
 std::vector<std::byte> encode_option_reply(std::uint32_t option, std::uint32_t type,
@@ -388,15 +364,15 @@ std::size_t encode_export_name_reply(std::span<std::byte> out, std::uint64_t siz
                                      bool no_zeroes) {
   std::size_t n = kExportNameReplySize + (no_zeroes ? 0 : kExportNameReplyZeroes);
   need_out(out, n);
-  put_u64(out.data(), size);
-  put_u16(out.data() + 8, flags);
+  store_be64(out.data(), size);
+  store_be16(out.data() + 8, flags);
   if (!no_zeroes) std::memset(out.data() + kExportNameReplySize, 0, kExportNameReplyZeroes);
   return n;
 }
 
 ExportNameReply decode_export_name_reply(std::span<const std::byte> in) {
   need_in(in, kExportNameReplySize, "NBD_OPT_EXPORT_NAME reply");
-  return {get_u64(in.data()), get_u16(in.data() + 8)};
+  return {load_be64(in.data()), load_be16(in.data() + 8)};
 }
 
 // ---------------------------------------------------------------------------------------
@@ -407,21 +383,21 @@ std::size_t encode_request(std::span<std::byte> out, const Request& request, boo
   need_out(out, n);
   if (!extended && request.length > UINT32_MAX)
     throw Error(EINVAL, "NBD: request length needs extended headers");
-  put_u32(out.data(), extended ? kExtendedRequestMagic : kRequestMagic);
-  put_u16(out.data() + 4, request.flags);
-  put_u16(out.data() + 6, request.type);
-  put_u64(out.data() + 8, request.cookie);
-  put_u64(out.data() + 16, request.offset);
+  store_be32(out.data(), extended ? kExtendedRequestMagic : kRequestMagic);
+  store_be16(out.data() + 4, request.flags);
+  store_be16(out.data() + 6, request.type);
+  store_be64(out.data() + 8, request.cookie);
+  store_be64(out.data() + 16, request.offset);
   if (extended)
-    put_u64(out.data() + 24, request.length);
+    store_be64(out.data() + 24, request.length);
   else
-    put_u32(out.data() + 24, static_cast<std::uint32_t>(request.length));
+    store_be32(out.data() + 24, static_cast<std::uint32_t>(request.length));
   return n;
 }
 
 Request decode_request(std::span<const std::byte> in, bool extended) {
   need_in(in, request_size(extended), "request header");
-  std::uint32_t magic = get_u32(in.data());
+  std::uint32_t magic = load_be32(in.data());
   if (magic != (extended ? kExtendedRequestMagic : kRequestMagic)) {
     if (magic == kRequestMagic || magic == kExtendedRequestMagic)
       malformed("request header", extended ? "compact header after extended headers were negotiated"
@@ -429,11 +405,11 @@ Request decode_request(std::span<const std::byte> in, bool extended) {
     malformed("request header", "bad magic " + hex(magic));
   }
   Request r;
-  r.flags = get_u16(in.data() + 4);
-  r.type = get_u16(in.data() + 6);
-  r.cookie = get_u64(in.data() + 8);
-  r.offset = get_u64(in.data() + 16);
-  r.length = extended ? get_u64(in.data() + 24) : get_u32(in.data() + 24);
+  r.flags = load_be16(in.data() + 4);
+  r.type = load_be16(in.data() + 6);
+  r.cookie = load_be64(in.data() + 8);
+  r.offset = load_be64(in.data() + 16);
+  r.length = extended ? load_be64(in.data() + 24) : load_be32(in.data() + 24);
   return r;
 }
 
@@ -455,7 +431,7 @@ std::size_t reply_header_size(std::uint32_t magic) noexcept {
 
 ReplyHeader decode_reply_header(std::span<const std::byte> in) {
   if (in.size() < 4) malformed("reply header", "truncated");
-  std::uint32_t magic = get_u32(in.data());
+  std::uint32_t magic = load_be32(in.data());
   std::size_t n = reply_header_size(magic);
   if (n == 0) malformed("reply header", "bad magic " + hex(magic));
   need_in(in, n, "reply header");
@@ -463,23 +439,23 @@ ReplyHeader decode_reply_header(std::span<const std::byte> in) {
   switch (magic) {
     case kSimpleReplyMagic:
       h.kind = ReplyKind::simple;
-      h.error = get_u32(in.data() + 4);
-      h.cookie = get_u64(in.data() + 8);
+      h.error = load_be32(in.data() + 4);
+      h.cookie = load_be64(in.data() + 8);
       break;
     case kStructuredReplyMagic:
       h.kind = ReplyKind::structured;
-      h.flags = get_u16(in.data() + 4);
-      h.type = get_u16(in.data() + 6);
-      h.cookie = get_u64(in.data() + 8);
-      h.length = get_u32(in.data() + 16);
+      h.flags = load_be16(in.data() + 4);
+      h.type = load_be16(in.data() + 6);
+      h.cookie = load_be64(in.data() + 8);
+      h.length = load_be32(in.data() + 16);
       break;
     default:
       h.kind = ReplyKind::extended;
-      h.flags = get_u16(in.data() + 4);
-      h.type = get_u16(in.data() + 6);
-      h.cookie = get_u64(in.data() + 8);
-      h.offset = get_u64(in.data() + 16);
-      h.length = get_u64(in.data() + 24);
+      h.flags = load_be16(in.data() + 4);
+      h.type = load_be16(in.data() + 6);
+      h.cookie = load_be64(in.data() + 8);
+      h.offset = load_be64(in.data() + 16);
+      h.length = load_be64(in.data() + 24);
       break;
   }
   return h;
@@ -487,9 +463,9 @@ ReplyHeader decode_reply_header(std::span<const std::byte> in) {
 
 std::size_t encode_simple_reply(std::span<std::byte> out, std::uint64_t cookie, std::uint32_t nbd_error) {
   need_out(out, kSimpleReplySize);
-  put_u32(out.data(), kSimpleReplyMagic);
-  put_u32(out.data() + 4, nbd_error);
-  put_u64(out.data() + 8, cookie);
+  store_be32(out.data(), kSimpleReplyMagic);
+  store_be32(out.data() + 4, nbd_error);
+  store_be64(out.data() + 8, cookie);
   return kSimpleReplySize;
 }
 
@@ -497,45 +473,45 @@ std::size_t encode_chunk_header(std::span<std::byte> out, bool extended, std::ui
                                 std::uint64_t cookie, std::uint64_t offset, std::uint64_t payload_length) {
   if (extended) {
     need_out(out, kExtendedReplySize);
-    put_u32(out.data(), kExtendedReplyMagic);
-    put_u16(out.data() + 4, flags);
-    put_u16(out.data() + 6, type);
-    put_u64(out.data() + 8, cookie);
-    put_u64(out.data() + 16, offset);
-    put_u64(out.data() + 24, payload_length);
+    store_be32(out.data(), kExtendedReplyMagic);
+    store_be16(out.data() + 4, flags);
+    store_be16(out.data() + 6, type);
+    store_be64(out.data() + 8, cookie);
+    store_be64(out.data() + 16, offset);
+    store_be64(out.data() + 24, payload_length);
     return kExtendedReplySize;
   }
   need_out(out, kStructuredReplySize);
   if (payload_length > UINT32_MAX) throw Error(EINVAL, "NBD: chunk payload needs extended headers");
-  put_u32(out.data(), kStructuredReplyMagic);
-  put_u16(out.data() + 4, flags);
-  put_u16(out.data() + 6, type);
-  put_u64(out.data() + 8, cookie);
-  put_u32(out.data() + 16, static_cast<std::uint32_t>(payload_length));
+  store_be32(out.data(), kStructuredReplyMagic);
+  store_be16(out.data() + 4, flags);
+  store_be16(out.data() + 6, type);
+  store_be64(out.data() + 8, cookie);
+  store_be32(out.data() + 16, static_cast<std::uint32_t>(payload_length));
   return kStructuredReplySize;
 }
 
 std::size_t encode_offset_data_prefix(std::span<std::byte> out, std::uint64_t offset) {
   need_out(out, kOffsetDataPrefixSize);
-  put_u64(out.data(), offset);
+  store_be64(out.data(), offset);
   return kOffsetDataPrefixSize;
 }
 
 std::size_t encode_offset_hole(std::span<std::byte> out, std::uint64_t offset, std::uint32_t length) {
   need_out(out, kOffsetHoleSize);
-  put_u64(out.data(), offset);
-  put_u32(out.data() + 8, length);
+  store_be64(out.data(), offset);
+  store_be32(out.data() + 8, length);
   return kOffsetHoleSize;
 }
 
 OffsetData decode_offset_data(std::span<const std::byte> payload) {
   if (payload.size() <= kOffsetDataPrefixSize) malformed("NBD_REPLY_TYPE_OFFSET_DATA", "no data");
-  return {get_u64(payload.data()), payload.subspan(kOffsetDataPrefixSize)};
+  return {load_be64(payload.data()), payload.subspan(kOffsetDataPrefixSize)};
 }
 
 OffsetHole decode_offset_hole(std::span<const std::byte> payload) {
   need_in(payload, kOffsetHoleSize, "NBD_REPLY_TYPE_OFFSET_HOLE");
-  OffsetHole h{get_u64(payload.data()), get_u32(payload.data() + 8)};
+  OffsetHole h{load_be64(payload.data()), load_be32(payload.data() + 8)};
   if (h.length == 0) malformed("NBD_REPLY_TYPE_OFFSET_HOLE", "zero length");
   return h;
 }

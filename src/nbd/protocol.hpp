@@ -14,6 +14,7 @@
 //    add up). Callers prefix the drive name with with_context().
 //  - Strings (export names, descriptions, messages) are bounded by kMaxStringLength.
 #pragma once
+#include "core/endian.hpp"
 #include <cstddef>
 #include <cstdint>
 #include <optional>
@@ -170,14 +171,7 @@ inline constexpr std::uint32_t kMaxBlockSize = 32u << 20;  // the largest payloa
 inline constexpr std::uint32_t kMaxOptionLength = 64u << 10;
 
 // ---------------------------------------------------------------------------------------
-// Byte-order helpers and cursors
-
-void put_u16(std::byte* p, std::uint16_t v) noexcept;
-void put_u32(std::byte* p, std::uint32_t v) noexcept;
-void put_u64(std::byte* p, std::uint64_t v) noexcept;
-std::uint16_t get_u16(const std::byte* p) noexcept;
-std::uint32_t get_u32(const std::byte* p) noexcept;
-std::uint64_t get_u64(const std::byte* p) noexcept;
+// Cursors over big-endian fields (core/endian.hpp)
 
 // Reads big-endian fields from a span; throws Error(EPROTO) when it runs past the end.
 class Reader {

@@ -43,10 +43,10 @@ TEST(NbdCodec, GreetingLayout) {
   EXPECT_EQ(decoded.handshake_flags, 3);
 
   std::vector<std::byte> old(kOldstyleGreetingSize);
-  put_u64(old.data(), kInitMagic);
-  put_u64(old.data() + 8, kOldstyleMagic);
-  put_u64(old.data() + 16, 1 << 20);
-  put_u32(old.data() + 24, kFlagHasFlags | kFlagReadOnly);
+  store_be64(old.data(), kInitMagic);
+  store_be64(old.data() + 8, kOldstyleMagic);
+  store_be64(old.data() + 16, 1 << 20);
+  store_be32(old.data() + 24, kFlagHasFlags | kFlagReadOnly);
   auto o = decode_server_greeting(old);
   EXPECT_TRUE(o.oldstyle);
   EXPECT_EQ(o.export_size, 1u << 20);
@@ -157,7 +157,7 @@ TEST(NbdCodec, Requests) {
 TEST(NbdCodec, Replies) {
   std::array<std::byte, kMaxReplyHeaderSize> buf;
   ASSERT_EQ(encode_simple_reply(buf, 42, kEio), kSimpleReplySize);
-  EXPECT_EQ(reply_header_size(get_u32(buf.data())), kSimpleReplySize);
+  EXPECT_EQ(reply_header_size(load_be32(buf.data())), kSimpleReplySize);
   auto s = decode_reply_header(std::span(buf).first(kSimpleReplySize));
   EXPECT_EQ(s.kind, ReplyKind::simple);
   EXPECT_EQ(s.cookie, 42u);
@@ -177,7 +177,7 @@ TEST(NbdCodec, Replies) {
   EXPECT_EQ(ex.length, 1ull << 32);
   EXPECT_EQ(error_code([&] { encode_chunk_header(buf, false, 0, 0, 0, 0, 1ull << 32); }), EINVAL);
 
-  put_u32(buf.data(), 0xdeadbeef);
+  store_be32(buf.data(), 0xdeadbeef);
   EXPECT_EQ(reply_header_size(0xdeadbeef), 0u);
   EXPECT_EQ(error_code([&] { decode_reply_header(buf); }), EPROTO);
 }

@@ -1,6 +1,7 @@
 // The qcow2 header and its extensions (QEMU's docs/interop/qcow2.txt), parsed from and
 // written to bytes. Pure functions: no I/O, so they are unit-tested and fuzzed directly.
 #pragma once
+#include "core/endian.hpp"
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -107,30 +108,6 @@ std::vector<FeatureName> standard_feature_names();
 // the "driver", unless a json: name names its own driver (QEMU lets that one stand).
 std::string backing_driver(const std::string& backing_file, const std::string& backing_format);
 
-// Big-endian helpers.
-inline std::uint64_t load_be64(const std::byte* p) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v = (v << 8) | static_cast<std::uint8_t>(p[i]);
-  return v;
-}
-inline std::uint32_t load_be32(const std::byte* p) {
-  std::uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v = (v << 8) | static_cast<std::uint8_t>(p[i]);
-  return v;
-}
-inline std::uint16_t load_be16(const std::byte* p) {
-  return static_cast<std::uint16_t>((static_cast<std::uint8_t>(p[0]) << 8) | static_cast<std::uint8_t>(p[1]));
-}
-inline void store_be64(std::byte* p, std::uint64_t v) {
-  for (int i = 7; i >= 0; --i, v >>= 8) p[i] = static_cast<std::byte>(v & 0xff);
-}
-inline void store_be32(std::byte* p, std::uint32_t v) {
-  for (int i = 3; i >= 0; --i, v >>= 8) p[i] = static_cast<std::byte>(v & 0xff);
-}
-inline void store_be16(std::byte* p, std::uint16_t v) {
-  p[0] = static_cast<std::byte>(v >> 8);
-  p[1] = static_cast<std::byte>(v & 0xff);
-}
 
 // Refcount entries of `1 << order` bits in a refcount block, as QEMU lays them out (sub-byte
 // widths little-endian within a byte, wider ones big-endian).

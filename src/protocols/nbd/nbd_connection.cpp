@@ -562,7 +562,7 @@ Task<void> Connection::read_chunk(Pending& p, const nbd::ReplyHeader& h) {
       if (h.length < nbd::kOffsetDataPrefixSize) protocol_error("data chunk too short");
       std::array<std::byte, nbd::kOffsetDataPrefixSize> raw;
       co_await reader_->read_exact(raw);
-      const std::uint64_t offset = nbd::get_u64(raw.data());
+      const std::uint64_t offset = netblk::load_be64(raw.data());
       const std::uint64_t n = h.length - nbd::kOffsetDataPrefixSize;
       if (offset < p.request.offset || offset > req_end || n > req_end - offset)
         protocol_error("data chunk outside the request");
@@ -605,7 +605,7 @@ Task<void> Connection::read_chunk(Pending& p, const nbd::ReplyHeader& h) {
     nbd_error = e.error;
     message = e.message;
   } else if (payload.size() >= 4) {
-    nbd_error = nbd::get_u32(payload.data());  // an error type we do not know: keep its errno
+    nbd_error = netblk::load_be32(payload.data());  // an error type we do not know: keep its errno
   }
   if (nbd_error == 0) protocol_error("error chunk without an error");
   if (!p.error) {
@@ -620,7 +620,7 @@ Task<void> Connection::reader_loop() {
   try {
     while (alive_) {
       co_await reader_->read_exact(std::span<std::byte>(raw.data(), 4));
-      const std::size_t size = nbd::reply_header_size(nbd::get_u32(raw.data()));
+      const std::size_t size = nbd::reply_header_size(netblk::load_be32(raw.data()));
       if (size == 0) protocol_error("invalid reply magic");
       co_await reader_->read_exact(std::span<std::byte>(raw.data() + 4, size - 4));
       const nbd::ReplyHeader h = nbd::decode_reply_header(std::span<const std::byte>(raw.data(), size));
