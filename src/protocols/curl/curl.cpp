@@ -117,6 +117,9 @@ using Easy = std::unique_ptr<CURL, EasyDeleter>;
 // stream may outlive a node that is dropped without close().
 struct Session {
   Session(Executor ex, Config c) : config(std::move(c)), loop(ex, kConnections), executor(std::move(ex)) {
+    // libcurl's FTP data-connection setup goes unreported to the socket callback (see
+    // CurlLoop::run_idle_transfers_every): keep FTP transfers moving when no event comes.
+    if (config.family == Family::ftp) loop.run_idle_transfers_every(std::chrono::milliseconds(50));
     share = curl_share_init();
     if (share) {
       curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);

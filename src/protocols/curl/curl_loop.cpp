@@ -37,7 +37,7 @@ struct CurlLoop::Transfer {
   bool finished = false;
 };
 
-CurlLoop::CurlLoop(Executor executor, long max_connections) : executor_(std::move(executor)), timer_(executor_) {
+CurlLoop::CurlLoop(Executor executor, long max_connections) : executor_(std::move(executor)), timer_(executor_), idle_kick_(executor_) {
   global_init();
   multi_ = curl_multi_init();
   if (!multi_) throw Error(ENOMEM, "libcurl: cannot create a multi handle");
@@ -52,6 +52,7 @@ CurlLoop::CurlLoop(Executor executor, long max_connections) : executor_(std::mov
 
 CurlLoop::~CurlLoop() {
   *alive_ = false;
+  idle_kick_.cancel();
   for (Transfer* t : active_) curl_multi_remove_handle(multi_, t->easy);
   active_.clear();
   curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, nullptr);
@@ -70,6 +71,7 @@ Task<CURLcode> CurlLoop::perform(CURL* easy) {
   curl_easy_setopt(easy, CURLOPT_PRIVATE, &t);
   if (curl_multi_add_handle(multi_, easy) != CURLM_OK) co_return CURLE_FAILED_INIT;
   active_.insert(&t);
+  arm_idle_kick();
   // If the awaiting coroutine is destroyed, take the handle back out of the multi.
   struct Guard {
     CurlLoop* loop;
@@ -174,8 +176,37 @@ void CurlLoop::arm(const std::shared_ptr<Watch>& w) {
   }
 }
 
+void CurlLoop::run_idle_transfers_every(std::chrono::milliseconds every) { idle_kick_every_ = every; }
+
+void CurlLoop::arm_idle_kick() {
+  if (idle_kick_every_.count() <= 0 || idle_kick_armed_ || active_.empty()) return;
+  idle_kick_armed_ = true;
+  idle_kick_.expires_after(idle_kick_every_);
+  idle_kick_.async_wait([this, alive = alive_, seen = actions_](std::error_code ec) {
+    if (!*alive) return;
+    idle_kick_armed_ = false;
+    if (ec || active_.empty()) return;
+    if (actions_ == seen) {
+      int running = 0;
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+      // The one call that runs every transfer and still reports sockets through
+      // CURLMOPT_SOCKETFUNCTION (curl_multi_perform would leave them stale).
+      curl_multi_socket_all(multi_, &running);
+#pragma GCC diagnostic pop
+      ++actions_;
+      finish_done();
+      auto watches = watches_;
+      for (auto& [fd, w] : watches)
+        if (!w->removed) arm(w);
+    }
+    arm_idle_kick();
+  });
+}
+
 void CurlLoop::act(curl_socket_t fd, int events) {
   int running = 0;
+  ++actions_;
   curl_multi_socket_action(multi_, fd, events, &running);
   finish_done();
   if (fd != CURL_SOCKET_TIMEOUT) {

@@ -7,6 +7,8 @@
 #pragma once
 #include <curl/curl.h>
 
+#include <chrono>
+#include <cstdint>
 #include <memory>
 #include <unordered_map>
 #include <unordered_set>
@@ -28,6 +30,16 @@ class CurlLoop {
   Task<CURLcode> perform(CURL* easy);
   // Ends every transfer in flight; their perform() returns CURLE_ABORTED_BY_CALLBACK.
   void abort_all();
+  // While transfers are in flight and no event has come for `every`, runs every transfer's
+  // state machine once. For FTP: libcurl 7.88 (ftp_domore_getsock) stops reporting the
+  // control connection while the data connection is being set up (and reports no socket
+  // at all before the data socket exists), so an event-driven loop is never told that
+  // the server answered on the control connection. With FTPS the data connection's TLS
+  // handshake waits for RETR, which waits for that unread answer: the transfer hangs
+  // until the connect timeout, then libcurl falls back to PASV and reads the stale
+  // answer ("Bad PASV/EPSV response: 213"). curl_multi_perform users (the curl tool)
+  // escape because they run every transfer at least once a second.
+  void run_idle_transfers_every(std::chrono::milliseconds every);
 
  private:
   struct Watch;
@@ -39,10 +51,15 @@ class CurlLoop {
   void arm(const std::shared_ptr<Watch>& w);
   void act(curl_socket_t fd, int events);
   void finish_done();
+  void arm_idle_kick();
 
   Executor executor_;
   CURLM* multi_ = nullptr;
   asio::steady_timer timer_;
+  asio::steady_timer idle_kick_;
+  std::chrono::milliseconds idle_kick_every_{0};
+  bool idle_kick_armed_ = false;
+  std::uint64_t actions_ = 0;  // socket actions so far, to tell an idle period
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::unordered_map<curl_socket_t, std::shared_ptr<Watch>> watches_;
   std::unordered_set<Transfer*> active_;
