@@ -26,7 +26,7 @@ for fuzzer in build-fuzz/tests/fuzz/fuzz_*; do
   [ -d "$seeds" ] && cp -r "$seeds"/. "$corpus"/
   echo "== $name for ${FUZZ_SECONDS}s"
   "$fuzzer" -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -timeout=10 -print_final_stats=0 \
-    "$corpus" 2>"$corpus.log" || { tail -50 "$corpus.log"; rm -rf "$corpus"; exit 1; }
+    "$corpus" 2>"$corpus.log" || { grep -m1 -A25 "ERROR" "$corpus.log"; tail -8 "$corpus.log"; rm -rf "$corpus"; exit 1; }
   rm -rf "$corpus" "$corpus.log"
 done
 echo "== all tests passed"
