@@ -523,11 +523,7 @@ struct DirectStream {
     if (offset < head) {
       have = copy_kept(offset, buf);
       if (have == buf.size()) co_return true;
-      if (offset + have < head) {  // a hole in what was kept
-        NETBLK_LOG(trace, "{}: stream passed {} ({} kept bytes from {}, head {})", session->name(), offset, have,
-                   pieces.empty() ? 0 : pieces.front().offset, head);
-        co_return false;
-      }
+      if (offset + have < head) co_return false;  // a hole in what was kept
     }
     if (ended) co_return false;
     Waiter w(session->executor, offset, buf);
@@ -626,9 +622,10 @@ class CurlNode final : public Node {
         co_return;
       }
       if (stream_first_ && session_->config.driver == "ftps" && !(stream_ && stream_->failure)) {
-        // FTPS: new connections to the same server fail in ways not yet understood (vsftpd
-        // answers EPSV with an earlier reply), so everything up to far ahead of the head
-        // comes from one stream kept whole in the cache file.
+        // FTPS: everything up to far ahead of the head comes from one stream kept whole in
+        // the cache file; each range request costs two TLS handshakes. (The "Bad PASV/EPSV
+        // response" once blamed on new connections was the loop missing control-connection
+        // answers; see CurlLoop::run_idle_transfers_every.)
         if (!stream_) {
           stream_ = make_stream();
           stream_->size = size_;
@@ -649,9 +646,6 @@ class CurlNode final : public Node {
         // FTP: a sequential stream serves the reads at or a little ahead of its head; a read
         // behind it or far ahead is a range request of its own.
         if (!direct_) direct_ = std::make_shared<DirectStream>(session_);
-        if (!direct_->can_serve(offset))
-          NETBLK_LOG(trace, "{}: not from the stream: {} (head {}, ended {}, kept from {})", display_name(), offset,
-                     direct_->head, direct_->ended, direct_->pieces.empty() ? 0 : direct_->pieces.front().offset);
         if (direct_->can_serve(offset)) {
           auto keep = direct_;
           if (co_await keep->read(offset, buf, keep)) co_return;
@@ -727,10 +721,8 @@ class CurlNode final : public Node {
         if (length < 0) throw Error(EIO, s.name() + ": the server did not tell the file's size");
         size_ = static_cast<std::uint64_t>(length);
         ranges_ = true;
-        // A range transfer ends by abandoning its data connection, which leaves some servers'
-        // control connections out of step (vsftpd over TLS answers the next PASV wrongly).
-        // So sequential reads come from one whole-file stream and other ranges each get a
-        // fresh connection.
+        // A range transfer ends by abandoning its data connection (ABOR), so sequential reads
+        // come from one whole-file stream and other ranges each get a fresh connection.
         stream_first_ = true;
         co_return true;
       }
