@@ -101,6 +101,28 @@ class AsyncCondition {
   asio::steady_timer timer_;
 };
 
+// Runs `count` coroutines `make()` concurrently on the caller's executor and waits for all
+// of them. On a failure `on_failure()` is called (so the others can stop early); once all
+// have ended, the first exception is rethrown.
+template <class Make, class OnFailure>
+Task<void> run_concurrently(unsigned count, Make make, OnFailure on_failure) {
+  Executor ex = co_await asio::this_coro::executor;
+  AsyncCondition done(ex);
+  std::exception_ptr failure;
+  unsigned running = count;
+  for (unsigned i = 0; i < count; ++i)
+    asio::co_spawn(ex, make(), [&](std::exception_ptr e) {
+      if (e) {
+        if (!failure) failure = e;
+        on_failure();
+      }
+      --running;
+      done.notify_all();
+    });
+  while (running) co_await done.wait();
+  if (failure) std::rethrow_exception(failure);
+}
+
 // Suspends the current coroutine for `d`.
 Task<void> sleep_for(std::chrono::steady_clock::duration d);
 

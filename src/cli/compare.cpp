@@ -109,19 +109,8 @@ const VerbRegistration kCompare{Verb{
               std::uint64_t common = std::min(a->size(), b->size());
               Progress progress(x->progress && !x->quiet, std::max(a->size(), b->size()));
               Comparison cmp{*a, *b, common, progress};
-              std::exception_ptr failure;
-              unsigned running = kWorkers;
-              Executor ex = co_await asio::this_coro::executor;
-              AsyncCondition done(ex);
-              for (unsigned i = 0; i < kWorkers; ++i)
-                asio::co_spawn(ex, cmp.worker(), [&](std::exception_ptr e) {
-                  if (e && !failure) failure = e;
-                  if (e) cmp.next = ~std::uint64_t{0};
-                  --running;
-                  done.notify_all();
-                });
-              while (running) co_await done.wait();
-              if (failure) std::rethrow_exception(failure);
+              co_await run_concurrently(
+                  kWorkers, [&] { return cmp.worker(); }, [&] { cmp.next = ~std::uint64_t{0}; });
               int result = 0;
               if (cmp.mismatch != ~std::uint64_t{0}) {
                 if (!x->quiet) std::printf("Content mismatch at offset %" PRIu64 "!\n", cmp.mismatch);

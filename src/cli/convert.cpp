@@ -177,19 +177,8 @@ const VerbRegistration kConvert{Verb{
           Executor ex = co_await asio::this_coro::executor;
           Copy copy{*src, *dst, size, sparse, !a->no_create && dst->has_zero_init(), !a->out_of_order, a->compress,
                     progress, AsyncCondition(ex)};
-          std::exception_ptr failure;
-          unsigned running = a->workers;
-          AsyncCondition done(ex);
-          for (unsigned i = 0; i < a->workers; ++i) {
-            asio::co_spawn(ex, copy.worker(), [&](std::exception_ptr e) {
-              if (e && !failure) failure = e;
-              if (e) copy.fail();
-              --running;
-              done.notify_all();
-            });
-          }
-          while (running) co_await done.wait();
-          if (failure) std::rethrow_exception(failure);
+          co_await run_concurrently(
+              a->workers, [&] { return copy.worker(); }, [&] { copy.fail(); });
           co_await dst->close();
           co_await src->close();
           progress.finish();
