@@ -43,6 +43,13 @@ constexpr std::size_t kCacheEntries = 8;
 constexpr std::uint64_t kStreamLookahead = 32u << 20;
 // FTP: how many bytes the stream keeps that no read has asked for yet.
 constexpr std::uint64_t kStreamBuffer = 32u << 20;
+// Streams without ranges (TFTP, servers without ranges): the cache file is written in
+// pieces of kStreamPiece; up to kStreamMemory may wait for the file in memory, and
+// kStreamKeep of written bytes stay there for reads that come a little late.
+constexpr std::size_t kStreamPiece = 1u << 20;
+constexpr std::uint64_t kStreamMemory = 64u << 20;
+constexpr std::uint64_t kStreamKeep = 16u << 20;
+constexpr std::size_t kStreamSpare = 8;
 constexpr long kConnections = 8;
 constexpr int kMaxRetries = 5;
 constexpr long kTftpBlockSize = 65464;  // RFC 2348's maximum
@@ -242,21 +249,37 @@ std::chrono::milliseconds backoff(int attempt) {
   throw Error(err, prefix + ": " + detail);
 }
 
-// The background stream for servers without ranges and for TFTP.
-struct Stream {
+// The background stream for servers without ranges and for TFTP. TFTP answers each block
+// only after the previous one is acknowledged, and libcurl acknowledges when the write
+// callback returns, so the callback only copies into memory; full pieces go to the sparse,
+// already-unlinked cache file on the worker pool. Reads copy what is still in memory and
+// read the rest back from the file (also on the worker pool), so the loop thread does no
+// file I/O while the stream runs.
+struct Stream : std::enable_shared_from_this<Stream> {
+  struct Piece {
+    std::uint64_t offset = 0;
+    Buffer bytes;
+    std::size_t used = 0;
+    bool written = false;  // in the cache file: may leave memory
+  };
+
   explicit Stream(std::shared_ptr<Session> s) : session(std::move(s)), progress(session->executor), done(session->executor) {}
   ~Stream() {
     if (fd >= 0) ::close(fd);
   }
   std::shared_ptr<Session> session;
   int fd = -1;
-  std::uint64_t streamed = 0;           // bytes [0, streamed) are in the cache file
+  std::uint64_t streamed = 0;           // bytes [0, streamed) are in memory or the cache file
   std::optional<std::uint64_t> size;    // announced (tsize, Content-Length) or final
   bool started = false, finished = false, closing = false;
-  std::optional<Error> failure;
+  std::optional<Error> failure;         // the transfer failed (bytes below `streamed` stay good)
+  std::optional<Error> cache_failure;   // the cache file failed: nothing can be read any more
   AsyncCondition progress;              // streamed, size or the end changed
   AsyncEvent done;                      // the stream coroutine has ended
   std::multiset<std::uint64_t> waiting; // ends that readers wait for
+  std::deque<std::shared_ptr<Piece>> pieces;  // the newest bytes, contiguous, up to `streamed`
+  std::uint64_t in_memory = 0;                // bytes held by `pieces`
+  std::vector<Buffer> spare;                  // recycled piece buffers (no page faults per piece)
 
   void open_cache_file() {
     const char* dir = std::getenv("TMPDIR");
@@ -271,6 +294,78 @@ struct Stream {
     if (!waiting.empty() && streamed >= *waiting.begin()) progress.notify_all();
   }
 
+  static int write_piece(int fd, const Piece& p) {
+    std::size_t done = 0;
+    while (done < p.used) {
+      ssize_t w = ::pwrite(fd, p.bytes.data() + done, p.used - done, static_cast<off_t>(p.offset + done));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) return w < 0 ? errno : ENOSPC;
+      done += static_cast<std::size_t>(w);
+    }
+    return 0;
+  }
+
+  void piece_written(Piece& p, int err) {
+    if (err) {
+      if (!cache_failure)
+        cache_failure = Error(err, session->name() + ": cannot write the stream cache file: " + std::strerror(err));
+      progress.notify_all();
+      return;
+    }
+    p.written = true;
+    // Forget the oldest written pieces beyond what late readers may still want from memory.
+    while (in_memory > kStreamKeep && pieces.size() > 1 && pieces.front()->written) {
+      in_memory -= pieces.front()->bytes.size();
+      if (spare.size() < kStreamSpare) spare.push_back(std::move(pieces.front()->bytes));
+      pieces.pop_front();
+    }
+  }
+
+  // Sends a full (or the last) piece to the cache file.
+  void seal(const std::shared_ptr<Piece>& p) {
+    if (p->used == 0 || p->written) return;
+    if (in_memory > kStreamMemory) {
+      // The file falls behind the network: write here, which slows the stream down.
+      piece_written(*p, write_piece(fd, *p));
+      return;
+    }
+    asio::co_spawn(session->executor, write_in_background(shared_from_this(), p), asio::detached);
+  }
+  static Task<void> write_in_background(std::shared_ptr<Stream> self, std::shared_ptr<Piece> p) {
+    // Only trivially destructible captures: GCC 12 destroys a temporary passed to a
+    // co_awaited call twice (here: a captured shared_ptr, released once too often).
+    const int fd = self->fd;
+    const Piece* piece = p.get();  // kept alive by this frame's `p`
+    int err = co_await offload([fd, piece] { return write_piece(fd, *piece); });
+    self->piece_written(*p, err);
+  }
+
+  // Appends the stream's bytes [from, from + n) (from == streamed) to memory.
+  void append(const char* data, std::size_t n) {
+    while (n > 0) {
+      if (pieces.empty() || pieces.back()->used == pieces.back()->bytes.size()) {
+        if (!pieces.empty()) seal(pieces.back());
+        auto p = std::make_shared<Piece>();
+        p->offset = streamed;
+        if (!spare.empty()) {
+          p->bytes = std::move(spare.back());
+          spare.pop_back();
+        } else {
+          p->bytes = Buffer(kStreamPiece);
+        }
+        in_memory += p->bytes.size();
+        pieces.push_back(std::move(p));
+      }
+      Piece& p = *pieces.back();
+      std::size_t m = std::min(n, p.bytes.size() - p.used);
+      std::memcpy(p.bytes.data() + p.used, data, m);
+      p.used += m;
+      streamed += m;
+      data += m;
+      n -= m;
+    }
+  }
+
   static Task<void> run(std::shared_ptr<Stream> self) {
     Session& s = *self->session;
     bool tftp_plain = false;
@@ -278,27 +373,17 @@ struct Stream {
       Exchange ex;
       std::uint64_t position = 0;  // of this attempt's body
       bool bad_status = false;
-      int write_error = 0;
       ex.sink = [&](const char* data, std::size_t n) -> std::size_t {
         if (position == 0 && s.config.family == Family::http && (ex.facts.status < 200 || ex.facts.status > 299)) {
           bad_status = true;
           return 0;
         }
-        if (self->closing) return 0;
+        if (self->closing || self->cache_failure) return 0;
         std::uint64_t end = position + n;
         if (self->size) end = std::min<std::uint64_t>(end, std::max<std::uint64_t>(*self->size, position));
         // After a restart, what is already cached is skipped.
         std::uint64_t from = std::max(position, self->streamed);
-        while (from < end) {
-          ssize_t w = ::pwrite(self->fd, data + (from - position), end - from, static_cast<off_t>(from));
-          if (w < 0 && errno == EINTR) continue;
-          if (w <= 0) {
-            write_error = w < 0 ? errno : ENOSPC;
-            return 0;
-          }
-          from += static_cast<std::uint64_t>(w);
-          self->streamed = from;
-        }
+        if (from < end) self->append(data + (from - position), static_cast<std::size_t>(end - from));
         position += n;
         self->wake_if_due();
         return n;
@@ -325,8 +410,8 @@ struct Stream {
         self->failure = Error(ECANCELED, s.name() + ": closed");
         break;
       }
-      if (write_error) {
-        self->failure = Error(write_error, s.name() + ": cannot write the stream cache file: " + std::strerror(write_error));
+      if (self->cache_failure) {
+        self->failure = *self->cache_failure;
         break;
       }
       bool complete = rc == CURLE_OK && !bad_status && (!self->size || self->streamed >= *self->size) &&
@@ -350,6 +435,7 @@ struct Stream {
       }
       break;
     }
+    if (!self->pieces.empty()) self->seal(self->pieces.back());
     self->progress.notify_all();
     self->done.set();
   }
@@ -358,10 +444,8 @@ struct Stream {
     if (started) return;
     started = true;
     if (fd < 0) open_cache_file();
-    asio::co_spawn(session->executor, run(shared_from_this_()), asio::detached);
+    asio::co_spawn(session->executor, run(shared_from_this()), asio::detached);
   }
-  std::weak_ptr<Stream> self_;
-  std::shared_ptr<Stream> shared_from_this_() { return self_.lock(); }
 
   // Waits until [0, end) is cached or the stream ended.
   Task<void> wait_for(std::uint64_t end) {
@@ -371,7 +455,42 @@ struct Stream {
       std::multiset<std::uint64_t>::iterator it;
       ~Unregister() { set.erase(it); }
     } unregister{waiting, it};
-    while (streamed < end && !finished && !failure) co_await progress.wait();
+    while (streamed < end && !finished && !failure && !cache_failure) co_await progress.wait();
+  }
+
+  // Copies what memory still holds of [offset, offset + buf.size()) and returns where that
+  // begins: the bytes before it are only in the cache file. (Not in the coroutine below:
+  // GCC 12 miscompiled this loop's references in a coroutine frame.)
+  std::uint64_t copy_from_memory(std::uint64_t offset, std::span<std::byte> buf) const {
+    const std::uint64_t end = offset + buf.size();
+    std::uint64_t file_end = end;
+    for (const auto& p : pieces) {
+      std::uint64_t from = std::max(offset, p->offset), to = std::min(end, p->offset + p->used);
+      if (from < to) std::memcpy(buf.data() + (from - offset), p->bytes.data() + (from - p->offset), to - from);
+      file_end = std::min(file_end, std::max(offset, p->offset));
+    }
+    return file_end;
+  }
+
+  // Reads [offset, offset + buf.size()), all below `streamed`: from memory where the bytes
+  // still are, the rest (older, hence written) from the cache file.
+  static Task<void> read(std::shared_ptr<Stream> self, std::uint64_t offset, std::span<std::byte> buf) {
+    if (self->cache_failure) throw *self->cache_failure;
+    const std::uint64_t file_end = self->copy_from_memory(offset, buf);
+    if (file_end == offset) co_return;
+    const int fd = self->fd;
+    auto head = buf.first(static_cast<std::size_t>(file_end - offset));
+    int err = co_await offload([fd, head, offset] {
+      std::size_t done = 0;
+      while (done < head.size()) {
+        ssize_t n = ::pread(fd, head.data() + done, head.size() - done, static_cast<off_t>(offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return n < 0 ? errno : EIO;
+        done += static_cast<std::size_t>(n);
+      }
+      return 0;
+    });
+    if (err) throw_errno(err, self->session->name() + ": cannot read the stream cache file");
   }
 };
 
@@ -416,6 +535,7 @@ struct DirectStream {
   std::size_t deliver(const char* data, std::size_t n) {
     if (closing) return 0;
     const bool wanted = wanted_from(head);
+    if (!wanted && buffered + n > kStreamBuffer) forget_taken();
     if (!wanted && buffered + n > kStreamBuffer) {
       paused = true;
       NETBLK_LOG(trace, "{}: stream paused at byte {}", session->name(), head);
@@ -447,14 +567,7 @@ struct DirectStream {
       buffered += n;
       if (buffered > kStreamBuffer) {
         // Forget what reads already took, then (a reader far ahead waits) the oldest.
-        for (auto it = pieces.begin(); it != pieces.end() && buffered > kStreamBuffer;) {
-          if (it->taken >= it->bytes.size()) {
-            buffered -= it->bytes.size();
-            it = pieces.erase(it);
-          } else {
-            ++it;
-          }
-        }
+        forget_taken();
         while (buffered > kStreamBuffer && pieces.size() > 1) {
           buffered -= pieces.front().bytes.size();
           pieces.pop_front();
@@ -463,6 +576,18 @@ struct DirectStream {
     }
     head = end;
     return n;
+  }
+
+  // Forgets the kept pieces that reads have taken whole.
+  void forget_taken() {
+    for (auto it = pieces.begin(); it != pieces.end();) {
+      if (it->taken >= it->bytes.size()) {
+        buffered -= it->bytes.size();
+        it = pieces.erase(it);
+      } else {
+        ++it;
+      }
+    }
   }
 
   // Copies from the kept pieces into buf from `offset` on; returns how many bytes it could.
@@ -621,30 +746,12 @@ class CurlNode final : public Node {
         co_await stream_read(offset, buf);
         co_return;
       }
-      if (stream_first_ && session_->config.driver == "ftps" && !(stream_ && stream_->failure)) {
-        // FTPS: everything up to far ahead of the head comes from one stream kept whole in
-        // the cache file; each range request costs two TLS handshakes. (The "Bad PASV/EPSV
-        // response" once blamed on new connections was the loop missing control-connection
+      if (stream_first_ && !(direct_ && direct_->ended)) {
+        // FTP and FTPS: a sequential stream serves the reads at or a little ahead of its
+        // head; a read behind it or far ahead is a range request of its own (FTPS: two TLS
+        // handshakes each, so the stream matters even more). (The "Bad PASV/EPSV response"
+        // once blamed on FTPS range connections was the loop missing control-connection
         // answers; see CurlLoop::run_idle_transfers_every.)
-        if (!stream_) {
-          stream_ = make_stream();
-          stream_->size = size_;
-        }
-        stream_->start();
-        if (offset <= stream_->streamed + kStreamLookahead) {
-          bool streamed = true;
-          try {
-            co_await stream_read(offset, buf);
-          } catch (const Error& e) {
-            NETBLK_LOG(info, "{}; reading with range requests instead", e.what());
-            streamed = false;
-          }
-          if (streamed) co_return;
-        }
-      }
-      if (stream_first_ && session_->config.driver == "ftp" && !(direct_ && direct_->ended)) {
-        // FTP: a sequential stream serves the reads at or a little ahead of its head; a read
-        // behind it or far ahead is a range request of its own.
         if (!direct_) direct_ = std::make_shared<DirectStream>(session_);
         if (direct_->can_serve(offset)) {
           auto keep = direct_;
@@ -689,11 +796,7 @@ class CurlNode final : public Node {
   }
 
  private:
-  std::shared_ptr<Stream> make_stream() {
-    auto s = std::make_shared<Stream>(session_);
-    s->self_ = s;
-    return s;
-  }
+  std::shared_ptr<Stream> make_stream() { return std::make_shared<Stream>(session_); }
 
   // HEAD (FTP: SIZE), following redirects. Returns whether it gave the size.
   Task<bool> probe_head() {
@@ -941,19 +1044,15 @@ class CurlNode final : public Node {
     }
     stream_->start();
     const std::uint64_t end = offset + buf.size();
-    co_await stream_->wait_for(end);
-    if (stream_->streamed < end) {
-      if (stream_->failure) throw *stream_->failure;
-      throw Error(EIO, session_->name() + ": the transfer ended at byte " + std::to_string(stream_->streamed) +
+    auto stream = stream_;  // the node may go while this read waits
+    co_await stream->wait_for(end);
+    if (stream->cache_failure) throw *stream->cache_failure;
+    if (stream->streamed < end) {
+      if (stream->failure) throw *stream->failure;
+      throw Error(EIO, session_->name() + ": the transfer ended at byte " + std::to_string(stream->streamed) +
                            ", before the announced size (" + std::to_string(size_) + ")");
     }
-    std::size_t done = 0;
-    while (done < buf.size()) {
-      ssize_t n = ::pread(stream_->fd, buf.data() + done, buf.size() - done, static_cast<off_t>(offset + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) throw_errno(n < 0 ? errno : EIO, session_->name() + ": cannot read the stream cache file");
-      done += static_cast<std::size_t>(n);
-    }
+    co_await Stream::read(stream, offset, buf);
   }
 
   std::shared_ptr<Session> session_;
