@@ -1,11 +1,17 @@
 // The file protocol: regular files and block devices. Reads first try the page cache from
 // the event loop (preadv2 with RWF_NOWAIT) and go to the worker pool only on a miss, so a
-// cached image costs no thread hop; writes, flushes and cold reads run on the pool.
+// cached image costs no thread hop; writes try the same (pwritev2 with RWF_NOWAIT, which
+// succeeds where the file system can write without blocking). Files on tmpfs/ramfs are
+// memory: their reads and writes never wait for a device and tmpfs refuses RWF_NOWAIT, so
+// small ones (where a hop to the pool costs more than the copy) run on the event loop
+// directly; large ones still go to the pool, where several copies run in parallel.
+// Flushes, zeroing and cold I/O run on the pool.
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -14,6 +20,9 @@
 
 namespace netblk {
 namespace {
+
+// Memory-backed files copy up to this much on the event loop (about 10 us).
+constexpr std::size_t kInlineCopyLimit = 128u << 10;
 
 class FileNode final : public Node {
  public:
@@ -40,6 +49,10 @@ class FileNode final : public Node {
     } else {
       size_ = static_cast<std::uint64_t>(st.st_size);
     }
+    struct statfs fs;
+    constexpr long kTmpfsMagic = 0x01021994, kRamfsMagic = 0x858458f6;
+    if (!direct_ && fstatfs(fd_, &fs) == 0 && (fs.f_type == kTmpfsMagic || fs.f_type == kRamfsMagic))
+      memory_backed_ = true;
     caps_.read_only = read_only;
     caps_.can_flush = true;
     caps_.can_zero = !block_device_;
@@ -49,6 +62,31 @@ class FileNode final : public Node {
     caps_.can_grow = !block_device_;
     limits_.request_alignment = direct_ ? 4096 : 1;
     limits_.max_transfer = 0;
+  }
+
+  // Reads from `offset + done` until `buf` is full; past the end reads as zeroes.
+  int read_blocking(std::uint64_t offset, std::span<std::byte> buf, std::size_t& done) {
+    while (done < buf.size()) {
+      ssize_t n = ::pread(fd_, buf.data() + done, buf.size() - done, static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw_errno(errno, path_ + ": read failed");
+      if (n == 0) {
+        // The file shrank under us; what is past its end reads as zeroes.
+        std::fill(buf.begin() + static_cast<std::ptrdiff_t>(done), buf.end(), std::byte{0});
+        break;
+      }
+      done += static_cast<std::size_t>(n);
+    }
+    return 0;
+  }
+  int write_blocking(std::uint64_t offset, std::span<const std::byte> buf, std::size_t& done) {
+    while (done < buf.size()) {
+      ssize_t n = ::pwrite(fd_, buf.data() + done, buf.size() - done, static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw_errno(errno, path_ + ": write failed");
+      done += static_cast<std::size_t>(n);
+    }
+    return 0;
   }
 
   std::string_view driver() const override { return "file"; }
@@ -68,41 +106,33 @@ class FileNode final : public Node {
  protected:
   Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override {
     std::size_t done = 0;
-    if (!direct_) {
+    if (memory_backed_ && buf.size() <= kInlineCopyLimit) {
+      read_blocking(offset, buf, done);
+      co_return;
+    }
+    if (!direct_ && try_nowait_ && !memory_backed_) {
       // Page-cache hit: no hop to the pool.
       struct iovec iov{buf.data(), buf.size()};
       ssize_t n = preadv2(fd_, &iov, 1, static_cast<off_t>(offset), RWF_NOWAIT);
       if (n > 0) done = static_cast<std::size_t>(n);
+      if (n < 0 && errno == EOPNOTSUPP) try_nowait_ = false;
     }
-    if (done < buf.size()) {
-      co_await offload([&] {
-        while (done < buf.size()) {
-          ssize_t n = ::pread(fd_, buf.data() + done, buf.size() - done, static_cast<off_t>(offset + done));
-          if (n < 0 && errno == EINTR) continue;
-          if (n < 0) throw_errno(errno, path_ + ": read failed");
-          if (n == 0) {
-            // The file shrank under us; what is past its end reads as zeroes.
-            std::fill(buf.begin() + static_cast<std::ptrdiff_t>(done), buf.end(), std::byte{0});
-            break;
-          }
-          done += static_cast<std::size_t>(n);
-        }
-        return 0;
-      });
-    }
+    if (done < buf.size()) co_await offload([&] { return read_blocking(offset, buf, done); });
   }
 
   Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned) override {
-    co_await offload([&] {
-      std::size_t done = 0;
-      while (done < buf.size()) {
-        ssize_t n = ::pwrite(fd_, buf.data() + done, buf.size() - done, static_cast<off_t>(offset + done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) throw_errno(errno, path_ + ": write failed");
-        done += static_cast<std::size_t>(n);
-      }
-      return 0;
-    });
+    std::size_t done = 0;
+    if (memory_backed_ && buf.size() <= kInlineCopyLimit) {
+      write_blocking(offset, buf, done);
+      co_return;
+    }
+    if (!direct_ && try_nowait_write_ && !memory_backed_) {
+      struct iovec iov{const_cast<std::byte*>(buf.data()), buf.size()};
+      ssize_t n = pwritev2(fd_, &iov, 1, static_cast<off_t>(offset), RWF_NOWAIT);
+      if (n > 0) done = static_cast<std::size_t>(n);
+      if (n < 0 && (errno == EOPNOTSUPP || errno == EINVAL)) try_nowait_write_ = false;
+    }
+    if (done < buf.size()) co_await offload([&] { return write_blocking(offset, buf, done); });
   }
 
   Task<void> co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags) override {
@@ -156,6 +186,9 @@ class FileNode final : public Node {
   std::string path_;
   std::string aio_;
   bool direct_;
+  bool memory_backed_ = false;     // tmpfs/ramfs: I/O runs on the event loop
+  bool try_nowait_ = true;         // cleared when the file system refuses RWF_NOWAIT reads
+  bool try_nowait_write_ = true;   // the same for writes
   bool no_flush_;
   int fd_ = -1;
   bool block_device_ = false;
