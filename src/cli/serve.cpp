@@ -8,6 +8,7 @@
 #include "core/log.hpp"
 #include "exports/nbd/server.hpp"
 #include "nbd/protocol.hpp"
+#include "nbd/tls_session.hpp"
 
 namespace netblk::cli {
 namespace {
@@ -33,8 +34,10 @@ Task<int> serve(const ServeArgs& args) {
   if (args.export_name.size() > nbd::kMaxStringLength) throw Error(EINVAL, "export name is longer than 4096 bytes");
   if (args.description.size() > nbd::kMaxStringLength) throw Error(EINVAL, "description is longer than 4096 bytes");
   if (args.shared < 0) throw Error(EINVAL, "Invalid shared device number '" + std::to_string(args.shared) + "'");
-  if (!args.tls_creds.empty()) throw Error(ENOTSUP, "--tls-creds: TLS is not supported by netblk serve yet");
   define_objects(args.objects);
+  // Loaded before the image is opened, so a bad object fails at once, naming its file.
+  std::shared_ptr<const nbd::tls::ServerCredentials> tls;
+  if (!args.tls_creds.empty()) tls = std::make_shared<nbd::tls::ServerCredentials>(nbd::tls::creds(args.tls_creds));
 
   auto node = co_await open_drive(args.drive.spec(args.read_only));
   Executor ex = co_await asio::this_coro::executor;
@@ -45,6 +48,7 @@ Task<int> serve(const ServeArgs& args) {
   config.read_only = args.read_only || node->read_only();
   config.max_clients = args.shared;
   config.persistent = args.persistent;
+  config.tls = tls;
 
   int exit_code = 0;
   {
@@ -88,7 +92,7 @@ const VerbRegistration kServe{Verb{
       app.add_flag("-r,--read-only", args->read_only, "Export read-only");
       app.add_option("-e,--shared", args->shared, "Clients served at once (default 1; 0 = unlimited)");
       app.add_flag("-t,--persistent", args->persistent, "Keep serving after the last client disconnects");
-      app.add_option("--tls-creds", args->tls_creds, "TLS credentials object id (not supported yet)");
+      app.add_option("--tls-creds", args->tls_creds, "Require TLS with the tls-creds-x509 or tls-creds-psk object ID (endpoint=server)");
       return [args]() -> int {
         // A client that goes away must not kill the server.
         ::signal(SIGPIPE, SIG_IGN);

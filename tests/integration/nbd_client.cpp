@@ -452,44 +452,12 @@ TEST(NbdClient, NetblkServeWithExtendedHeaders) {
   expect_same_bytes(dir, {url}, src);
 }
 
-namespace {
-
-// A CA, a server certificate for 127.0.0.1 and a client certificate, made with certtool:
-// the server's directory gets ca-cert.pem + server-*.pem, the client's ca-cert.pem +
-// client-*.pem (QEMU's tls-creds-x509 layout).
-void make_certs(const TempDir& dir, const std::string& server_dir, const std::string& client_dir,
-                const std::string& tag) {
-  std::filesystem::create_directories(server_dir);
-  std::filesystem::create_directories(client_dir);
-  const std::string ca_key = dir / (tag + "ca-key.pem"), ca_cert = dir / (tag + "ca-cert.pem");
-  auto ok = [](const RunResult& r) { ASSERT_EQ(r.exit_code, 0) << r.err; };
-  write_file(dir / (tag + "ca.info"), "cn = netblk test CA " + tag + "\nca\ncert_signing_key\nexpiration_days = 3\n");
-  write_file(dir / (tag + "server.info"),
-             "cn = 127.0.0.1\nip_address = 127.0.0.1\ndns_name = localhost\ntls_www_server\nencryption_key\n"
-             "signing_key\nexpiration_days = 3\n");
-  write_file(dir / (tag + "client.info"),
-             "cn = netblk client\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 3\n");
-  ok(run({"certtool", "--generate-privkey", "--outfile", ca_key}));
-  ok(run({"certtool", "--generate-self-signed", "--load-privkey", ca_key, "--template", dir / (tag + "ca.info"),
-          "--outfile", ca_cert}));
-  for (const std::string side : {"server", "client"}) {
-    const std::string d = side == "server" ? server_dir : client_dir;
-    ok(run({"certtool", "--generate-privkey", "--outfile", d + "/" + side + "-key.pem"}));
-    ok(run({"certtool", "--generate-certificate", "--load-privkey", d + "/" + side + "-key.pem",
-            "--load-ca-certificate", ca_cert, "--load-ca-privkey", ca_key, "--template",
-            dir / (tag + side + ".info"), "--outfile", d + "/" + side + "-cert.pem"}));
-    std::filesystem::copy_file(ca_cert, d + "/ca-cert.pem", std::filesystem::copy_options::overwrite_existing);
-  }
-}
-
-}  // namespace
-
 TEST(NbdClient, TlsX509WithQemuNbd) {
   TempDir dir;
   const std::string img = dir / "disk.raw";
   make_mixed(img, 8 << 20);
   const std::string sdir = dir / "server", cdir = dir / "client";
-  make_certs(dir, sdir, cdir, "a");
+  make_tls_certs(dir, sdir, cdir, "a");
   const std::uint16_t port = free_port();
   Process server = start_qemu_nbd_tcp(
       img, port, "disk", {"--object", "tls-creds-x509,id=tls0,endpoint=server,dir=" + sdir, "--tls-creds", "tls0"});
@@ -508,7 +476,7 @@ TEST(NbdClient, TlsX509WithQemuNbd) {
   // Without TLS the server says no; with another CA or the wrong host name, we say no.
   expect_error(run_nb({"info", "nbd://127.0.0.1:" + p + "/disk"}, 30s), "TLS");
   const std::string other_s = dir / "other-server", other_c = dir / "other-client";
-  make_certs(dir, other_s, other_c, "b");
+  make_tls_certs(dir, other_s, other_c, "b");
   expect_error(run_nb({"info", "--object", "tls-creds-x509,id=tls0,endpoint=client,dir=" + other_c, "--image-opts",
                        "driver=nbd,host=127.0.0.1,port=" + p + ",export=disk,tls-creds=tls0"},
                       30s),

@@ -9,6 +9,7 @@
 
 #include <array>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -542,4 +543,136 @@ TEST(NbdServer, ExtendedHeadersAndBlockStatus) {
   EXPECT_TRUE(c.closed_by_peer());
   s.process.stop();
   EXPECT_EQ(read_file(dir / "disk.raw").substr(0, 4096), std::string(4096, '\x5a'));
+}
+
+// ---- TLS (qemu-nbd's --object tls-creds-* plus --tls-creds) -----------------------------
+
+TEST(NbdServer, TlsX509WithQemuImgNbdinfoNbdcopyAndOurClient) {
+  require("qemu-img");
+  require("nbdinfo");
+  require("nbdcopy");
+  require("certtool");
+  TempDir dir;
+  make_image(dir / "disk.raw");
+  const std::string sdir = dir / "server", cdir = dir / "client", other_s = dir / "other-server",
+                    other_c = dir / "other-client", nocert = dir / "no-client-cert";
+  make_tls_certs(dir, sdir, cdir, "a");
+  make_tls_certs(dir, other_s, other_c, "b");
+  std::filesystem::create_directories(nocert);
+  std::filesystem::copy_file(cdir + "/ca-cert.pem", nocert + "/ca-cert.pem");
+
+  auto s = start_serve(dir,
+                       {"-t", "-e", "0", "-f", "raw", "--object",
+                        "tls-creds-x509,id=tls0,endpoint=server,dir=" + sdir, "--tls-creds", "tls0"},
+                       dir / "disk.raw", false);
+  const std::string port = std::to_string(s.port);
+  const std::string client_creds = "tls-creds-x509,id=tls0,endpoint=client,dir=" + cdir;
+  const std::string nbds = "nbds://127.0.0.1:" + port + "/disk?tls-certificates=" + cdir;
+
+  // qemu-img reads the export through TLS.
+  auto convert = run({"qemu-img", "convert", "-m", "1", "-O", "raw", "--object", client_creds, "--image-opts",
+                      "driver=nbd,host=127.0.0.1,port=" + port + ",export=disk,tls-creds=tls0", dir / "q.raw"},
+                     120s);
+  ASSERT_EQ(convert.exit_code, 0) << convert.err;
+  EXPECT_EQ(file_hash(dir / "q.raw"), file_hash(dir / "disk.raw"));
+
+  // nbdinfo sees TLS; nbdcopy writes through it and reads back.
+  auto info = run({"nbdinfo", "--json", nbds}, 30s);
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_NE(info.out.find("\"TLS\": true"), std::string::npos) << info.out;
+  write_pattern_file(dir / "src.raw", kImageSize, 11);
+  auto in = run({"nbdcopy", dir / "src.raw", nbds}, 120s);
+  ASSERT_EQ(in.exit_code, 0) << in.err;
+  auto out = run({"nbdcopy", nbds, dir / "back.raw"}, 120s);
+  ASSERT_EQ(out.exit_code, 0) << out.err;
+  EXPECT_EQ(file_hash(dir / "back.raw"), file_hash(dir / "src.raw"));
+
+  // Our own client, by json: name.
+  auto compare = run_netblk({"compare", "--object", client_creds,
+                             "json:{\"driver\":\"nbd\",\"server\":{\"type\":\"inet\",\"host\":\"127.0.0.1\",\"port\":\"" +
+                                 port + "\"},\"export\":\"disk\",\"tls-creds\":\"tls0\"}",
+                             dir / "src.raw"},
+                            120s);
+  EXPECT_EQ(compare.exit_code, 0) << compare.out << compare.err;
+
+  // Refused: a client without TLS (told TLS is required), one that trusts another CA, and,
+  // with verify-peer on (the default), one that has no client certificate.
+  auto plain = run({"qemu-img", "info", "nbd://127.0.0.1:" + port + "/disk"}, 30s);
+  EXPECT_NE(plain.exit_code, 0);
+  EXPECT_NE(plain.err.find("TLS"), std::string::npos) << plain.err;
+  EXPECT_NE(run({"nbdinfo", "nbd://127.0.0.1:" + port + "/disk"}, 30s).exit_code, 0);
+  EXPECT_NE(run({"nbdinfo", "nbds://127.0.0.1:" + port + "/disk?tls-certificates=" + other_c}, 30s).exit_code, 0);
+  EXPECT_NE(run({"nbdinfo", "nbds://127.0.0.1:" + port + "/disk?tls-certificates=" + nocert}, 30s).exit_code, 0);
+  // The server goes on serving after the refusals.
+  EXPECT_EQ(run({"nbdinfo", "--size", nbds}, 30s).out, "67108864\n");
+  int status = s.process.stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+}
+
+TEST(NbdServer, TlsPskOverUnix) {
+  require("nbdcopy");
+  require("qemu-img");
+  TempDir dir;
+  make_image(dir / "disk.raw");
+  const std::string kdir = dir / "psk";
+  std::filesystem::create_directories(kdir);
+  const std::string key = "9a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
+  write_file(kdir + "/keys.psk", "qemu:" + key + "\n");
+  write_file(dir / "wrong.psk", "qemu:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n");
+  auto s = start_serve(dir,
+                       {"-t", "-e", "0", "-f", "raw", "--object", "tls-creds-psk,id=tls0,endpoint=server,dir=" + kdir,
+                        "--tls-creds", "tls0"},
+                       dir / "disk.raw", true);
+  // libnbd takes the PSK user from the URI's authority.
+  const std::string uri = "nbds+unix://qemu@/disk?socket=" + s.socket + "&tls-psk-file=" + kdir + "/keys.psk";
+  auto copy = run({"nbdcopy", uri, dir / "out.raw"}, 120s);
+  ASSERT_EQ(copy.exit_code, 0) << copy.err;
+  EXPECT_EQ(file_hash(dir / "out.raw"), file_hash(dir / "disk.raw"));
+  auto compare = run({"qemu-img", "compare", "-f", "raw", "--object",
+                      "tls-creds-psk,id=tls0,endpoint=client,dir=" + kdir + ",username=qemu", dir / "disk.raw",
+                      "json:{\"driver\":\"nbd\",\"path\":\"" + s.socket + "\",\"export\":\"disk\",\"tls-creds\":\"tls0\"}"},
+                     120s);
+  EXPECT_EQ(compare.exit_code, 0) << compare.out << compare.err;
+  const std::string wrong = "nbds+unix://qemu@/disk?socket=" + s.socket + "&tls-psk-file=" + std::string(dir / "wrong.psk");
+  EXPECT_NE(run({"nbdinfo", wrong}, 30s).exit_code, 0);
+  {  // In the clear: NBD_OPT_GO is answered "TLS required", STARTTLS with data is invalid,
+     // and NBD_OPT_EXPORT_NAME (which has no error reply) ends the connection.
+    RawClient c(s.socket);
+    std::array<std::byte, nbd::kServerGreetingSize> g;
+    ASSERT_TRUE(c.recv(g));
+    std::array<std::byte, 4> flags;
+    nbd::encode_client_flags(flags, nbd::kClientFlagFixedNewstyle | nbd::kClientFlagNoZeroes);
+    c.send(flags);
+    c.send(nbd::encode_option(nbd::kOptGo, nbd::encode_info_request({"disk", {}})));
+    EXPECT_EQ(c.read_option_reply().type, nbd::kRepErrTlsReqd);
+    std::vector<std::byte> junk(4, std::byte{1});
+    c.send(nbd::encode_option(nbd::kOptStartTls, junk));
+    EXPECT_EQ(c.read_option_reply().type, nbd::kRepErrInvalid);
+    std::string name = "disk";
+    c.send(nbd::encode_option(nbd::kOptExportName, std::as_bytes(std::span(name))));
+    EXPECT_TRUE(c.closed_by_peer());
+  }
+  EXPECT_EQ(run({"nbdinfo", "--size", uri}, 30s).out, "67108864\n");
+  s.process.stop();
+}
+
+TEST(NbdServer, TlsCredentialErrorsAtStart) {
+  TempDir dir;
+  make_image(dir / "disk.raw");
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--object", "tls-creds-x509,id=t,endpoint=server,dir=" + std::string(dir / "missing"), "--tls-creds", "t"},
+       "server-cert.pem"},
+      {{"--object", "tls-creds-psk,id=t,endpoint=client,dir=" + dir.path(), "--tls-creds", "t"},
+       "Expecting TLS credentials with a server endpoint"},
+      {{"--tls-creds", "nope"}, "No TLS credentials with id 'nope'"},
+  };
+  for (const auto& [flags, message] : cases) {
+    std::vector<std::string> args{"serve", "-f", "raw", "-k", dir / "x.sock"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    args.push_back(dir / "disk.raw");
+    auto r = run_netblk(args, 30s);
+    EXPECT_EQ(r.exit_code, 1) << message;
+    EXPECT_NE(r.err.find(message), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  }
 }

@@ -336,4 +336,32 @@ Nginx::Nginx(const std::string& dir, const std::string& root) : port_(free_port(
   if (!wait_tcp(port_)) throw std::runtime_error("nginx did not start: " + read_file(dir + "/nginx-error.log"));
 }
 
+void make_tls_certs(const TempDir& dir, const std::string& server_dir, const std::string& client_dir,
+                    const std::string& tag) {
+  std::filesystem::create_directories(server_dir);
+  std::filesystem::create_directories(client_dir);
+  const std::string ca_key = dir / (tag + "ca-key.pem"), ca_cert = dir / (tag + "ca-cert.pem");
+  auto ok = [](const RunResult& r) {
+    if (r.exit_code != 0) throw std::runtime_error("certtool failed: " + r.err);
+  };
+  write_file(dir / (tag + "ca.info"), "cn = netblk test CA " + tag + "\nca\ncert_signing_key\nexpiration_days = 3\n");
+  write_file(dir / (tag + "server.info"),
+             "cn = 127.0.0.1\nip_address = 127.0.0.1\ndns_name = localhost\ntls_www_server\nencryption_key\n"
+             "signing_key\nexpiration_days = 3\n");
+  write_file(dir / (tag + "client.info"),
+             "cn = netblk client\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 3\n");
+  ok(run({"certtool", "--generate-privkey", "--outfile", ca_key}));
+  ok(run({"certtool", "--generate-self-signed", "--load-privkey", ca_key, "--template", dir / (tag + "ca.info"),
+          "--outfile", ca_cert}));
+  for (const std::string side : {"server", "client"}) {
+    const std::string d = side == "server" ? server_dir : client_dir;
+    ok(run({"certtool", "--generate-privkey", "--outfile", d + "/" + side + "-key.pem"}));
+    ok(run({"certtool", "--generate-certificate", "--load-privkey", d + "/" + side + "-key.pem",
+            "--load-ca-certificate", ca_cert, "--load-ca-privkey", ca_key, "--template",
+            dir / (tag + side + ".info"), "--outfile", d + "/" + side + "-cert.pem"}));
+    std::filesystem::copy_file(ca_cert, d + "/ca-cert.pem", std::filesystem::copy_options::overwrite_existing);
+  }
+}
+
+
 }  // namespace netblk::test

@@ -98,6 +98,12 @@ bool have_program(const std::string& program);
 void write_pattern_file(const std::string& path, std::uint64_t size, std::uint32_t seed = 1);
 std::string read_file(const std::string& path);
 void write_file(const std::string& path, const std::string& content);
+// A CA plus server and client certificates for 127.0.0.1 (certtool), in QEMU's
+// tls-creds-x509 layout: `server_dir` gets ca-cert.pem + server-{cert,key}.pem, `client_dir`
+// ca-cert.pem + client-{cert,key}.pem. `tag` keeps several CAs in one `dir` apart.
+// Throws std::runtime_error if certtool fails.
+void make_tls_certs(const TempDir& dir, const std::string& server_dir, const std::string& client_dir,
+                    const std::string& tag);
 // SHA-256-free content fingerprint (FNV-1a 64) of a file's bytes, for quick equality.
 std::uint64_t file_hash(const std::string& path);
 

@@ -27,6 +27,7 @@
 
 #include "core/log.hpp"
 #include "nbd/protocol.hpp"
+#include "nbd/tls_session.hpp"
 #include "netblk/buffer.hpp"
 
 namespace netblk::nbd {
@@ -198,10 +199,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
       in_begin_ = 0;
     }
     while (buffered() < n) {
-      std::size_t got = co_await socket_.async_read_some(
-          asio::buffer(input_.data() + in_end_, kInputCapacity - in_end_), asio::use_awaitable);
+      std::size_t got = co_await read_some(std::span(input_.data() + in_end_, kInputCapacity - in_end_));
       in_end_ += got;
     }
+  }
+  Task<std::size_t> read_some(std::span<std::byte> out) {
+    if (tls_) co_return co_await tls_->read_some(out);
+    co_return co_await socket_.async_read_some(asio::buffer(out.data(), out.size()), asio::use_awaitable);
   }
   std::span<const std::byte> take(std::size_t n) {
     auto s = std::span<const std::byte>(input_.data() + in_begin_, n);
@@ -213,8 +217,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Task<void> read_into(std::span<std::byte> out) {
     std::size_t have = std::min(buffered(), out.size());
     if (have) std::memcpy(out.data(), take(have).data(), have);
-    if (have < out.size())
+    if (have == out.size()) co_return;
+    if (!tls_) {
       co_await asio::async_read(socket_, asio::buffer(out.data() + have, out.size() - have), asio::use_awaitable);
+      co_return;
+    }
+    while (have < out.size()) have += co_await tls_->read_some(out.subspan(have));
   }
   Task<void> skip(std::uint64_t n) {
     while (n > 0) {
@@ -225,7 +233,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
   }
   Task<void> write_all(std::span<const std::byte> bytes) {
-    co_await asio::async_write(socket_, asio::buffer(bytes.data(), bytes.size()), asio::use_awaitable);
+    const asio::const_buffer buffer(bytes.data(), bytes.size());
+    co_await write_buffers(std::span(&buffer, 1));
+  }
+  Task<void> write_buffers(std::span<const asio::const_buffer> buffers) {
+    if (tls_) co_return co_await tls_->write(buffers);
+    co_await asio::async_write(socket_, buffers, asio::use_awaitable);
   }
 
   // ---- handshake --------------------------------------------------------------------
@@ -271,6 +284,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
       payload.assign(bytes.begin(), bytes.end());
       NETBLK_LOG(debug, "nbd: client sent {} ({} bytes)", option_name(header.option), header.length);
 
+      if (config_.tls && !tls_ && header.option != kOptStartTls && header.option != kOptAbort) {
+        if (header.option == kOptExportName) throw Disconnect{"NBD_OPT_EXPORT_NAME without TLS"};
+        co_await send_option_error(header.option, kRepErrTlsReqd, "TLS is required on this server");
+        continue;
+      }
       switch (header.option) {
         case kOptExportName: {
           std::string name;
@@ -304,7 +322,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
           break;
         }
         case kOptStartTls:
-          co_await send_option_error(header.option, kRepErrPolicy, "TLS is not configured on this server");
+          if (!config_.tls) {
+            co_await send_option_error(header.option, kRepErrPolicy, "TLS is not configured on this server");
+          } else if (tls_) {
+            co_await send_option_error(header.option, kRepErrInvalid, "TLS is already on");
+          } else if (!payload.empty()) {
+            co_await send_option_error(header.option, kRepErrInvalid, "NBD_OPT_STARTTLS with data");
+          } else {
+            co_await send_option_reply(header.option, kRepAck);
+            co_await start_tls();
+          }
           break;
         case kOptInfo:
         case kOptGo: {
@@ -375,6 +402,30 @@ class Connection : public std::enable_shared_from_this<Connection> {
           break;
       }
     }
+  }
+
+  // After NBD_OPT_STARTTLS was acknowledged: the TLS handshake, then every byte both ways
+  // goes through the session.
+  Task<void> start_tls() {
+    // Bytes sent after STARTTLS but before the handshake would be taken as protected.
+    if (buffered()) throw Disconnect{"data after NBD_OPT_STARTTLS before the TLS handshake"};
+    auto session = std::make_unique<tls::Session>(
+        true, socket_.native_handle(),
+        [this](bool write) -> Task<void> {
+          co_await socket_.async_wait(write ? Socket::wait_write : Socket::wait_read, asio::use_awaitable);
+        },
+        "nbd server");
+    config_.tls->apply(*session);
+    try {
+      co_await session->handshake();
+      config_.tls->check_client(*session);
+    } catch (const Error& e) {
+      throw Disconnect{e.what()};
+    }
+    tls_ = std::move(session);
+    // Whatever was negotiated in the clear is forgotten (the NBD spec's rule).
+    structured_ = extended_ = base_allocation_ = false;
+    NETBLK_LOG(debug, "nbd: TLS is on");
   }
 
   Task<void> meta_context(std::uint32_t option, std::span<const std::byte> payload) {
@@ -699,7 +750,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     queue_.push_back(r);
-    if (eager_sends_ && !writing_) send_now();
+    if (eager_sends_ && !tls_ && !writing_) send_now();
     if (!queue_.empty()) queue_changed_.notify_all();
   }
 
@@ -775,7 +826,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
       if (!dead_) {
         std::error_code ec;
         writing_ = true;
-        co_await asio::async_write(socket_, buffers, asio::redirect_error(asio::use_awaitable, ec));
+        try {
+          co_await write_buffers(buffers);
+        } catch (const std::system_error& e) {
+          ec = e.code();
+        } catch (const Error& e) {
+          ec = std::make_error_code(std::errc::io_error);
+          NETBLK_LOG(debug, "nbd: {}", e.what());
+        }
         writing_ = false;
         if (ec) {
           NETBLK_LOG(debug, "nbd: writing replies failed: {}", ec.message());
@@ -806,6 +864,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   const ExportConfig& config_;
   Socket socket_;
 
+  std::unique_ptr<tls::Session> tls_;  // set once NBD_OPT_STARTTLS has succeeded
   std::vector<std::byte> input_;
   std::size_t in_begin_ = 0, in_end_ = 0;
 

@@ -14,12 +14,19 @@
 
 namespace netblk::nbd {
 
+namespace tls {
+class ServerCredentials;
+}
+
 struct ExportConfig {
   std::string name;         // the export name clients ask for ("" by default, as qemu-nbd)
   std::string description;  // NBD_INFO_DESCRIPTION / NBD_OPT_LIST; may be empty
   bool read_only = false;   // also forced when the node itself is read-only
   int max_clients = 1;      // qemu-nbd's --shared: clients served at once; 0 = unlimited
   bool persistent = false;  // false: stop once the last client has disconnected (qemu-nbd without -t)
+  // When set, TLS is required (qemu-nbd --tls-creds): a client must send NBD_OPT_STARTTLS
+  // before any other option but NBD_OPT_ABORT.
+  std::shared_ptr<const tls::ServerCredentials> tls;
   // A client that has not finished its handshake within this time is disconnected.
   std::chrono::milliseconds handshake_limit{10000};
   // On stop(), connections get this long to finish in-flight requests before being closed.
