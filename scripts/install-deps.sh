@@ -11,7 +11,7 @@ packages=(
   # reference tools and real servers for the tests and benchmarks
   qemu-utils qemu-block-extra nbdkit nbd-server nbd-client libnbd-bin fio
   nginx-light libnginx-mod-http-echo vsftpd tftpd-hpa curl openssl ca-certificates
-  gnutls-bin iproute2 procps python3 bc
+  gnutls-bin iproute2 procps python3 bc tinyproxy
   # the guest that boots from a netblk export
   qemu-system-x86 busybox-static cpio
 )

@@ -2,9 +2,11 @@
 // TempDir): plain and TLS, cookies, basic auth with a secret, no byte ranges, redirects,
 // a stalled body, a slow but moving body, and a server that drops connections (a tiny
 // python3 server). Every read is checked against the file's bytes, and qemu-img compare
-// agrees with netblk compare on the same URL.
+// agrees with netblk compare on the same URL. A real forward proxy (tinyproxy) with Basic
+// credentials from a secret carries HTTP and HTTPS (CONNECT).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <fstream>
@@ -376,4 +378,92 @@ TEST_F(CurlHttp, NothingListeningFailsQuickly) {
   auto r = nb({"info", "http://127.0.0.1:" + std::to_string(free_port()) + "/disk.img"}, 60s);
   EXPECT_NE(r.exit_code, 0);
   EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
+}
+
+namespace {
+
+// A real forward proxy (tinyproxy) on 127.0.0.1 that wants Basic credentials. It listens
+// on 127.0.0.1 only, binds its own outgoing connections to 127.0.0.1 and admits only
+// 127.0.0.1; the images it reaches are the nginx above, also on 127.0.0.1.
+class Tinyproxy {
+ public:
+  Tinyproxy() {
+    port = free_port();
+    std::string d = dir.path();
+    run({"chmod", "777", d});  // tinyproxy may drop to an unprivileged user for its log
+    write_file(dir / "tinyproxy.conf", "Port " + std::to_string(port) +
+                                           "\nListen 127.0.0.1\nBind 127.0.0.1\nAllow 127.0.0.1\n"
+                                           "Timeout 30\nMaxClients 50\nDisableViaHeader Yes\n"
+                                           "BasicAuth alice proxy-pw\nLogLevel Info\nLogFile \"" +
+                                           d + "/tinyproxy.log\"\nPidFile \"" + d + "/tinyproxy.pid\"\n");
+    proxy = Process({"/usr/bin/tinyproxy", "-d", "-c", dir / "tinyproxy.conf"}, dir / "tinyproxy.out");
+    if (!wait_tcp(port)) throw std::runtime_error("tinyproxy did not start: " + read_all(dir / "tinyproxy.out"));
+  }
+  // libcurl's proxy variables, as QEMU takes them; no_proxy emptied so that 127.0.0.1
+  // is not exempted by the environment the tests run in.
+  std::vector<std::string> env() const {
+    std::string url = "http://127.0.0.1:" + std::to_string(port);
+    return {"http_proxy=" + url, "https_proxy=" + url, "no_proxy=", "NO_PROXY="};
+  }
+  std::string log() const { return read_all(dir / "tinyproxy.log"); }
+
+  TempDir dir;
+  std::uint16_t port = 0;
+  Process proxy;
+};
+
+std::string proxied_spec(const std::string& driver, const std::string& url) {
+  return "json:{\"file.driver\":\"" + driver + "\",\"file.url\":\"" + url +
+         "\",\"file.sslverify\":\"off\",\"file.proxy-username\":\"alice\",\"file.proxy-password-secret\":\"proxypw\"}";
+}
+
+}  // namespace
+
+TEST_F(CurlHttp, ProxyWithCredentialsFromASecret) {
+  Tinyproxy proxy;
+  TempDir t;
+  write_file(t / "right", "proxy-pw");
+  write_file(t / "wrong", "not-the-proxy-pw");
+  const std::string bin = netblk_binary();
+  for (const auto& [driver, url] : {std::pair<std::string, std::string>{"http", server->http("/disk.img")},
+                                    std::pair<std::string, std::string>{"https", server->https("/disk.img")}}) {
+    SCOPED_TRACE(url);
+    std::string spec = proxied_spec(driver, url);
+    // The right password: the bytes arrive through the proxy.
+    auto r = run({bin, "convert", "-O", "raw", "--object", "secret,id=proxypw,file=" + (t / "right"), spec,
+                  t / "out.raw"},
+                 120s, proxy.env());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_TRUE(read_all(t / "out.raw") == server->content) << "converted bytes differ";
+    std::string port = std::to_string(driver == "http" ? server->http_port : server->https_port);
+    std::string through = driver == "http" ? "GET " + url : "CONNECT 127.0.0.1:" + port;
+    EXPECT_NE(proxy.log().find(through), std::string::npos) << "the proxy did not carry it:\n" << proxy.log();
+    // A wrong password: one line that names the URL and never shows the password.
+    auto start = std::chrono::steady_clock::now();
+    auto wrong = run({bin, "info", "--object", "secret,id=proxypw,file=" + (t / "wrong"), spec}, 60s, proxy.env());
+    EXPECT_NE(wrong.exit_code, 0);
+    EXPECT_NE(wrong.exit_code, 124) << "hung";
+    EXPECT_LT(std::chrono::steady_clock::now() - start, 3s) << "a refusal is not retried";
+    EXPECT_NE(wrong.err.find(url), std::string::npos) << wrong.err;
+    EXPECT_NE(wrong.err.find("401"), std::string::npos) << wrong.err;
+    EXPECT_EQ(wrong.err.find("not-the-proxy-pw"), std::string::npos) << wrong.err;
+    EXPECT_EQ(wrong.err.find("proxy-pw"), std::string::npos) << wrong.err;
+    EXPECT_EQ(std::count(wrong.err.begin(), wrong.err.end(), '\n'), 1) << wrong.err;
+    // No credentials at all: the proxy refuses too.
+    auto none = run({bin, "info", url.starts_with("https") ? "json:{\"file.driver\":\"https\",\"file.url\":\"" + url +
+                                                                 "\",\"file.sslverify\":\"off\"}"
+                                                           : url},
+                    60s, proxy.env());
+    EXPECT_NE(none.exit_code, 0);
+  }
+  // QEMU reads the same URL through the same proxy with the same options.
+  std::string spec = proxied_spec("http", server->http("/disk.img"));
+  auto theirs = run({"timeout", "60", "qemu-img", "compare", "--object", "secret,id=proxypw,file=" + (t / "right"),
+                     spec, local_copy("disk.img")},
+                    90s, proxy.env());
+  EXPECT_EQ(theirs.exit_code, 0) << theirs.err;
+  // The proxy is stopped by its PID.
+  EXPECT_TRUE(proxy.proxy.running());
+  proxy.proxy.stop();
+  EXPECT_FALSE(proxy.proxy.running());
 }

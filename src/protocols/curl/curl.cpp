@@ -280,6 +280,16 @@ std::chrono::milliseconds backoff(int attempt) {
   throw Error(err, prefix + ": " + detail);
 }
 
+// A proxy that refuses the tunnel (HTTPS through a proxy: CONNECT answered 401/403/407)
+// will not change its mind: fail at once instead of retrying.
+void refused_by_proxy(const Session& s, CURL* e) {
+  long code = 0;
+  curl_easy_getinfo(e, CURLINFO_HTTP_CONNECTCODE, &code);
+  if (code >= 400)
+    throw Error(code == 401 || code == 403 || code == 407 ? EACCES : EIO,
+                s.name() + ": cannot open: the proxy answered HTTP " + std::to_string(code) + " to CONNECT");
+}
+
 // The background stream for servers without ranges and for TFTP. TFTP answers each block
 // only after the previous one is acknowledged, and libcurl acknowledges when the write
 // callback returns, so the callback only copies into memory; full pieces go to the sparse,
@@ -843,6 +853,7 @@ class CurlNode final : public Node {
       CURLcode rc = co_await s.loop.perform(e.get());
       long status = response_code(e.get());
       if (rc != CURLE_OK) {
+        refused_by_proxy(s, e.get());
         if (attempt < kMaxRetries && transient(rc, 0)) {
           co_await sleep_for(backoff(attempt));
           continue;
@@ -894,6 +905,7 @@ class CurlNode final : public Node {
       long status = response_code(e.get());
       bool ok = rc == CURLE_OK || (rc == CURLE_WRITE_ERROR && got_headers);
       if (!ok || status < 200 || status > 299) {
+        refused_by_proxy(s, e.get());
         if (attempt < kMaxRetries && transient(ok ? CURLE_OK : rc, status)) {
           co_await sleep_for(backoff(attempt));
           continue;
