@@ -14,6 +14,7 @@ using nlohmann::json;
 namespace {
 
 constexpr std::uint64_t kDiskSize = (6u << 20) + 4321;
+constexpr std::uint64_t kLargeSize = (40u << 20) + 999;
 
 class Tftpd {
  public:
@@ -23,7 +24,9 @@ class Tftpd {
     run({"chmod", "755", root});
     write_pattern_file(root + "/disk.img", kDiskSize, 21);
     write_file(root + "/empty.img", "");
-    run({"chmod", "a+r", root + "/disk.img", root + "/empty.img"});
+    // Larger than what the stream keeps in memory: early bytes come back from the cache file.
+    write_pattern_file(root + "/large.img", kLargeSize, 22);
+    run({"chmod", "a+r", root + "/disk.img", root + "/empty.img", root + "/large.img"});
     content = read_all(root + "/disk.img");
     port = free_port();
     tftpd = Process({"/usr/sbin/in.tftpd", "-L", "-a", "127.0.0.1:" + std::to_string(port), "-s", "-u", "nobody",
@@ -101,4 +104,13 @@ TEST_F(CurlTftp, NothingListeningFailsWithinTheTimeout) {
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.exit_code, 124);
   EXPECT_LT(std::chrono::steady_clock::now() - start, 30s);
+}
+
+TEST_F(CurlTftp, LargeFileReadsFromMemoryAndTheCacheFile) {
+  // Random reads over 40 MiB: the stream passes the end, and reads far behind it come from
+  // the cache file, some across the edge between the file and the pieces still in memory.
+  std::string url = server->url("large.img");
+  std::string want = read_all(server->root + "/large.img");
+  check_reads(named(url), want);
+  check_convert({}, url, want);
 }

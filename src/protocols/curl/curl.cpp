@@ -357,7 +357,9 @@ struct Stream : std::enable_shared_from_this<Stream> {
     // Forget the oldest written pieces beyond what late readers may still want from memory.
     while (in_memory > kStreamKeep && pieces.size() > 1 && pieces.front()->written) {
       in_memory -= pieces.front()->bytes.size();
-      if (spare.size() < kStreamSpare) spare.push_back(std::move(pieces.front()->bytes));
+      // A piece a read still copies from (on a worker) is not recycled, only freed later.
+      if (spare.size() < kStreamSpare && pieces.front().use_count() == 1)
+        spare.push_back(std::move(pieces.front()->bytes));
       pieces.pop_front();
     }
   }
@@ -499,38 +501,53 @@ struct Stream : std::enable_shared_from_this<Stream> {
     while (streamed < end && !finished && !failure && !cache_failure) co_await progress.wait();
   }
 
-  // Copies what memory still holds of [offset, offset + buf.size()) and returns where that
-  // begins: the bytes before it are only in the cache file. (Not in the coroutine below:
-  // GCC 12 miscompiled this loop's references in a coroutine frame.)
-  std::uint64_t copy_from_memory(std::uint64_t offset, std::span<std::byte> buf) const {
-    const std::uint64_t end = offset + buf.size();
+  // How one read gets its bytes: copies from pieces still in memory, and a head that only
+  // the cache file has. Made on the loop thread; carried out on the worker pool, so that the
+  // loop thread (which must acknowledge every TFTP block at once) copies nothing big.
+  struct ReadPlan {
+    struct Copy {
+      std::shared_ptr<Piece> piece;  // keeps the bytes alive while a worker copies them
+      std::size_t from, to, length;  // offsets in the piece and in the read's buffer
+    };
+    std::vector<Copy> copies;
+    std::size_t file_length = 0;  // [offset, offset + file_length) comes from the file
+  };
+  // (Not in the coroutine below: GCC 12 miscompiled a loop over `pieces` in a coroutine.)
+  ReadPlan plan_read(std::uint64_t offset, std::uint64_t length) const {
+    const std::uint64_t end = offset + length;
+    ReadPlan plan;
     std::uint64_t file_end = end;
     for (const auto& p : pieces) {
       std::uint64_t from = std::max(offset, p->offset), to = std::min(end, p->offset + p->used);
-      if (from < to) std::memcpy(buf.data() + (from - offset), p->bytes.data() + (from - p->offset), to - from);
+      if (from < to)
+        plan.copies.push_back(ReadPlan::Copy{p, static_cast<std::size_t>(from - p->offset),
+                                             static_cast<std::size_t>(from - offset),
+                                             static_cast<std::size_t>(to - from)});
       file_end = std::min(file_end, std::max(offset, p->offset));
     }
-    return file_end;
+    plan.file_length = static_cast<std::size_t>(file_end - offset);
+    return plan;
+  }
+  static int carry_out(const ReadPlan& plan, int fd, std::uint64_t offset, std::span<std::byte> buf) {
+    for (const auto& c : plan.copies) std::memcpy(buf.data() + c.to, c.piece->bytes.data() + c.from, c.length);
+    std::size_t done = 0;
+    while (done < plan.file_length) {
+      ssize_t n = ::pread(fd, buf.data() + done, plan.file_length - done, static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return n < 0 ? errno : EIO;
+      done += static_cast<std::size_t>(n);
+    }
+    return 0;
   }
 
   // Reads [offset, offset + buf.size()), all below `streamed`: from memory where the bytes
   // still are, the rest (older, hence written) from the cache file.
   static Task<void> read(std::shared_ptr<Stream> self, std::uint64_t offset, std::span<std::byte> buf) {
     if (self->cache_failure) throw *self->cache_failure;
-    const std::uint64_t file_end = self->copy_from_memory(offset, buf);
-    if (file_end == offset) co_return;
+    const ReadPlan plan = self->plan_read(offset, buf.size());
+    const ReadPlan* p = &plan;  // GCC 12: only trivially destructible captures in a co_awaited call
     const int fd = self->fd;
-    auto head = buf.first(static_cast<std::size_t>(file_end - offset));
-    int err = co_await offload([fd, head, offset] {
-      std::size_t done = 0;
-      while (done < head.size()) {
-        ssize_t n = ::pread(fd, head.data() + done, head.size() - done, static_cast<off_t>(offset + done));
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return n < 0 ? errno : EIO;
-        done += static_cast<std::size_t>(n);
-      }
-      return 0;
-    });
+    int err = co_await offload([p, fd, offset, buf] { return carry_out(*p, fd, offset, buf); });
     if (err) throw_errno(err, self->session->name() + ": cannot read the stream cache file");
   }
 };

@@ -107,15 +107,35 @@ int CurlLoop::on_socket(CURL*, curl_socket_t fd, int what, void* loop, void*) {
 }
 
 int CurlLoop::on_timer(CURLM*, long timeout_ms, void* loop) {
+  // libcurl moves its deadline on almost every packet (TFTP: once per block). Re-arming an
+  // Asio timer each time costs a cancelled handler and a timerfd update; instead the timer
+  // stays armed when the new deadline is later and, when it fires early, re-arms itself.
   auto* self = static_cast<CurlLoop*>(loop);
-  self->timer_.cancel();
-  if (timeout_ms < 0) return 0;
-  self->timer_.expires_after(std::chrono::milliseconds(timeout_ms));
-  self->timer_.async_wait([self, alive = self->alive_](std::error_code ec) {
-    if (ec || !*alive) return;
-    self->act(CURL_SOCKET_TIMEOUT, 0);
-  });
+  if (timeout_ms < 0) {
+    self->deadline_.reset();
+    return 0;
+  }
+  auto due = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  self->deadline_ = due;
+  if (self->timer_armed_ && self->timer_.expiry() <= due) return 0;
+  self->arm_timer(due);
   return 0;
+}
+
+void CurlLoop::arm_timer(std::chrono::steady_clock::time_point due) {
+  timer_armed_ = true;
+  timer_.expires_at(due);  // cancels a pending wait, whose handler then sees a newer generation
+  timer_.async_wait([this, alive = alive_, generation = ++timer_generation_](std::error_code ec) {
+    if (!*alive || generation != timer_generation_) return;
+    timer_armed_ = false;
+    if (ec || !deadline_) return;
+    if (std::chrono::steady_clock::now() < *deadline_) {
+      arm_timer(*deadline_);
+      return;
+    }
+    deadline_.reset();
+    act(CURL_SOCKET_TIMEOUT, 0);
+  });
 }
 
 void CurlLoop::watch(curl_socket_t fd, int what) {

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -52,10 +53,14 @@ class CurlLoop {
   void act(curl_socket_t fd, int events);
   void finish_done();
   void arm_idle_kick();
+  void arm_timer(std::chrono::steady_clock::time_point due);
 
   Executor executor_;
   CURLM* multi_ = nullptr;
   asio::steady_timer timer_;
+  std::optional<std::chrono::steady_clock::time_point> deadline_;  // libcurl's, if any
+  bool timer_armed_ = false;
+  std::uint64_t timer_generation_ = 0;  // tells a cancelled wait from the current one
   asio::steady_timer idle_kick_;
   std::chrono::milliseconds idle_kick_every_{0};
   bool idle_kick_armed_ = false;
