@@ -137,6 +137,23 @@ TEST_F(CurlFtp, ImplicitFtpsVerifiesUnlessSslverifyOff) {
   EXPECT_EQ(ours.exit_code, 0) << ours.out << ours.err;
 }
 
+TEST_F(CurlFtp, FtpsReadsFarAheadOfTheStream) {
+  // FTPS reads like FTP: one stream, and range requests (fresh TLS connections) far from it.
+  std::string want = read_all(server->root + "/big.img");
+  std::string spec = server->ftps_spec("big.img", false);
+  run_sync<void>([&]() -> Task<void> {
+    auto node = co_await open_drive(named(spec));
+    EXPECT_EQ(node->size(), kBigSize);
+    Buffer b(1 << 20);
+    for (std::uint64_t off : {kBigSize - (1u << 20), std::uint64_t{37} << 20, std::uint64_t{0}, std::uint64_t{5} << 20}) {
+      co_await node->read(off, b.span());
+      EXPECT_EQ(std::memcmp(b.data(), want.data() + off, b.size()), 0) << "at " << off;
+    }
+    co_await node->close();
+  });
+  check_convert({}, spec, want);
+}
+
 TEST_F(CurlFtp, MissingFileIsAnError) {
   auto r = nb({"info", server->ftp_url("no-such.img")}, 60s);
   EXPECT_NE(r.exit_code, 0);

@@ -804,12 +804,13 @@ class CurlNode final : public Node {
         co_await stream_read(offset, buf);
         co_return;
       }
-      if (stream_first_ && !(direct_ && direct_->ended)) {
+      if (stream_first_) {
         // FTP and FTPS: a sequential stream serves the reads at or a little ahead of its
         // head; a read behind it or far ahead is a range request of its own (FTPS: two TLS
         // handshakes each, so the stream matters even more). (The "Bad PASV/EPSV response"
         // once blamed on FTPS range connections was the loop missing control-connection
-        // answers; see CurlLoop::run_idle_transfers_every.)
+        // answers; see CurlLoop::run_idle_transfers_every.) After the stream has ended,
+        // what it kept still serves reads.
         if (!direct_) direct_ = std::make_shared<DirectStream>(session_);
         if (direct_->can_serve(offset)) {
           auto keep = direct_;

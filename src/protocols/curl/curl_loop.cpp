@@ -4,6 +4,7 @@
 
 #include <asio/post.hpp>
 #include <asio/posix/stream_descriptor.hpp>
+#include <algorithm>
 #include <mutex>
 
 #include "netblk/error.hpp"
@@ -71,7 +72,7 @@ Task<CURLcode> CurlLoop::perform(CURL* easy) {
   curl_easy_setopt(easy, CURLOPT_PRIVATE, &t);
   if (curl_multi_add_handle(multi_, easy) != CURLM_OK) co_return CURLE_FAILED_INIT;
   active_.insert(&t);
-  arm_idle_kick();
+  arm_idle_kick(true);
   // If the awaiting coroutine is destroyed, take the handle back out of the multi.
   struct Guard {
     CurlLoop* loop;
@@ -196,14 +197,19 @@ void CurlLoop::arm(const std::shared_ptr<Watch>& w) {
   }
 }
 
-void CurlLoop::run_idle_transfers_every(std::chrono::milliseconds every) { idle_kick_every_ = every; }
+void CurlLoop::run_idle_transfers_every(std::chrono::milliseconds every) { idle_kick_max_ = every; }
 
-void CurlLoop::arm_idle_kick() {
-  if (idle_kick_every_.count() <= 0 || idle_kick_armed_ || active_.empty()) return;
+void CurlLoop::arm_idle_kick(bool sooner) {
+  if (idle_kick_max_.count() <= 0 || active_.empty()) return;
+  // A new transfer is when libcurl goes quiet on an FTP control connection (its data
+  // connection is being set up): look again after 1 ms, then back off while nothing moves.
+  if (sooner) idle_kick_next_ = std::min(idle_kick_max_, std::chrono::milliseconds(1));
+  auto due = std::chrono::steady_clock::now() + idle_kick_next_;
+  if (idle_kick_armed_ && idle_kick_.expiry() <= due) return;
   idle_kick_armed_ = true;
-  idle_kick_.expires_after(idle_kick_every_);
-  idle_kick_.async_wait([this, alive = alive_, seen = actions_](std::error_code ec) {
-    if (!*alive) return;
+  idle_kick_.expires_at(due);  // a pending wait ends with a stale generation
+  idle_kick_.async_wait([this, alive = alive_, seen = actions_, generation = ++idle_kick_generation_](std::error_code ec) {
+    if (!*alive || generation != idle_kick_generation_) return;
     idle_kick_armed_ = false;
     if (ec || active_.empty()) return;
     if (actions_ == seen) {
@@ -219,8 +225,13 @@ void CurlLoop::arm_idle_kick() {
       auto watches = watches_;
       for (auto& [fd, w] : watches)
         if (!w->removed) arm(w);
+      // Nothing moved: wait longer next time (a paused stream may sit idle for long).
+      idle_kick_next_ = std::min(idle_kick_max_, idle_kick_next_ * 2);
+    } else {
+      // Events are flowing; a stall right after them is caught within a millisecond.
+      idle_kick_next_ = std::min(idle_kick_max_, std::chrono::milliseconds(1));
     }
-    arm_idle_kick();
+    arm_idle_kick(false);
   });
 }
 

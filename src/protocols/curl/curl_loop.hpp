@@ -31,8 +31,9 @@ class CurlLoop {
   Task<CURLcode> perform(CURL* easy);
   // Ends every transfer in flight; their perform() returns CURLE_ABORTED_BY_CALLBACK.
   void abort_all();
-  // While transfers are in flight and no event has come for `every`, runs every transfer's
-  // state machine once. For FTP: libcurl 7.88 (ftp_domore_getsock) stops reporting the
+  // While transfers are in flight and no event has come for a while (1 ms after a transfer
+  // starts or events flowed, doubling up to `every` while nothing moves), runs every
+  // transfer's state machine once. For FTP: libcurl 7.88 (ftp_domore_getsock) stops reporting the
   // control connection while the data connection is being set up (and reports no socket
   // at all before the data socket exists), so an event-driven loop is never told that
   // the server answered on the control connection. With FTPS the data connection's TLS
@@ -52,7 +53,7 @@ class CurlLoop {
   void arm(const std::shared_ptr<Watch>& w);
   void act(curl_socket_t fd, int events);
   void finish_done();
-  void arm_idle_kick();
+  void arm_idle_kick(bool sooner);
   void arm_timer(std::chrono::steady_clock::time_point due);
 
   Executor executor_;
@@ -62,8 +63,10 @@ class CurlLoop {
   bool timer_armed_ = false;
   std::uint64_t timer_generation_ = 0;  // tells a cancelled wait from the current one
   asio::steady_timer idle_kick_;
-  std::chrono::milliseconds idle_kick_every_{0};
+  std::chrono::milliseconds idle_kick_max_{0};   // 0: no idle kicks
+  std::chrono::milliseconds idle_kick_next_{1};  // grows while nothing moves
   bool idle_kick_armed_ = false;
+  std::uint64_t idle_kick_generation_ = 0;
   std::uint64_t actions_ = 0;  // socket actions so far, to tell an idle period
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
   std::unordered_map<curl_socket_t, std::shared_ptr<Watch>> watches_;
