@@ -9,6 +9,7 @@
 #pragma once
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string>
@@ -100,6 +101,19 @@ class Node {
   // True when a freshly created image of this kind reads as zeroes (convert may then skip
   // writing zero areas).
   virtual bool has_zero_init() const { return file_ ? file_->has_zero_init() : false; }
+
+  // Where bytes [offset, offset + length) of this node lie unchanged in an open file, so an
+  // exporter can let the kernel send them (sendfile) instead of copying them through
+  // memory: the file's descriptor and the offset in it. nullopt when there is no such file
+  // (formats that map clusters, filters, remote protocols, O_DIRECT). The caller has
+  // checked the range against size(); the descriptor lives until the node is closed.
+  struct FileSpan {
+    int fd;
+    std::uint64_t offset;
+  };
+  virtual std::optional<FileSpan> file_span(std::uint64_t /*offset*/, std::uint64_t /*length*/) const {
+    return std::nullopt;
+  }
 
   Task<void> read(std::uint64_t offset, std::span<std::byte> buf);
   Task<void> write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags = 0);

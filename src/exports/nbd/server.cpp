@@ -1,10 +1,12 @@
 // The NBD export server. One connection = a reader coroutine that parses requests as they
-// arrive (bounded in-flight count and bytes), one coroutine per request, and replies sent
-// as soon as they are ready: a finished reply goes out at once with a non-blocking sendmsg
-// when no write is pending; otherwise it waits in a queue that one writer coroutine sends
-// in a single scatter-gather write.
+// arrive (bounded in-flight count and bytes), one coroutine per request, and a queue of
+// finished replies sent with non-blocking syscalls: gathered into one sendmsg, and read
+// data that lies in a file (raw over file) sent with sendfile on unix sockets. On unix
+// sockets a finished reply goes out at once; on TCP the writer sends what has gathered. With TLS
+// the writer sends each batch through the TLS session.
 #include "exports/nbd/server.hpp"
 
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -37,6 +39,11 @@ using Socket = asio::generic::stream_protocol::socket;
 constexpr std::uint32_t kBaseAllocationId = 1;
 constexpr std::size_t kInputCapacity = 256u << 10;
 constexpr std::size_t kMaxExtents = 2048;
+// Reads at least this large are sent from the file with sendfile when the node lies in one
+// and the client is on a unix socket (smaller ones gain more from being gathered with
+// other replies into one sendmsg; over loopback TCP sendfile measured slower than copying:
+// 64k seqread 14k vs 30k IOPS).
+constexpr std::size_t kSendfileMinimum = 32u << 10;
 
 // A hard disconnect: the peer broke the protocol and the stream cannot be trusted.
 struct Disconnect {
@@ -79,6 +86,9 @@ struct Reply {
   std::size_t head_len = 0;
   Buffer data;
   std::size_t data_len = 0;
+  // Read data that lies in a file: sent from there with sendfile (data stays empty; no tail).
+  int file_fd = -1;
+  std::uint64_t file_offset = 0;
   std::vector<std::byte> tail;
   std::uint64_t charge = 0;  // bytes counted against kMaxBytesInFlight
 };
@@ -122,8 +132,9 @@ namespace {
 
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  // `eager_sends`: send each finished reply at once (unix sockets); otherwise replies are
-  // gathered into one write per batch, which costs much less over TCP.
+  // `eager_sends` (unix sockets): send each finished reply at once, and large reads from a
+  // file with sendfile; otherwise (TCP) replies are gathered into one write per batch,
+  // which costs much less there.
   Connection(std::shared_ptr<Server::Impl> server, Socket socket, bool eager_sends)
       : eager_sends_(eager_sends),
         server_(std::move(server)),
@@ -474,6 +485,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Task<void> transmission() {
     auto self = shared_from_this();
     transmission_started_ = true;
+    // push_out() sends with plain non-blocking syscalls (sendmsg, sendfile).
+    std::error_code ec;
+    socket_.native_non_blocking(true, ec);
     asio::co_spawn(server_->executor, [self]() { return self->writer(); }, asio::detached);
     try {
       co_await read_requests();
@@ -633,6 +647,25 @@ class Connection : public std::enable_shared_from_this<Connection> {
       co_return;
     }
     const std::size_t len = static_cast<std::size_t>(r.length);
+    if (eager_sends_ && !tls_ && len >= kSendfileMinimum) {
+      if (auto span = node_.file_span(r.offset, len)) {
+        // A range with no data at all still goes out as a hole. SEEK_DATA answers at once
+        // from a data offset (SEEK_HOLE, which scans tmpfs data, is not asked).
+        if (structured_) {
+          off_t data = ::lseek(span->fd, static_cast<off_t>(span->offset), SEEK_DATA);
+          if ((data < 0 && errno == ENXIO) || (data >= 0 && static_cast<std::uint64_t>(data) >= span->offset + len)) {
+            finish_hole(reply, r);
+            co_return;
+          }
+        }
+        // Sent from the file by push_out(); nothing is read here.
+        encode_read_header(reply, r, len);
+        reply.file_fd = span->fd;
+        reply.file_offset = span->offset;
+        reply.data_len = len;
+        co_return;
+      }
+    }
     // No block_status probe before reading: on some file systems (tmpfs) SEEK_HOLE scans
     // to the end of the file and costs far more than the read. A read that returns only
     // zeroes is still sent as a hole.
@@ -648,6 +681,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
       finish_hole(reply, r);
       co_return;
     }
+    encode_read_header(reply, r, len);
+    reply.data = std::move(buf);
+    reply.data_len = len;
+  }
+
+  void encode_read_header(Reply& reply, const Request& r, std::size_t len) {
     if (structured_) {
       reply.head_len = encode_chunk_header(reply.head, extended_, kReplyFlagDone, kReplyTypeOffsetData, r.cookie,
                                            r.offset, len + kOffsetDataPrefixSize);
@@ -655,8 +694,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
     } else {
       reply.head_len = encode_simple_reply(reply.head, r.cookie, 0);
     }
-    reply.data = std::move(buf);
-    reply.data_len = len;
   }
 
   void finish_hole(Reply& reply, const Request& r) {
@@ -720,6 +757,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (reply.data.size()) pool_.put(std::move(reply.data));
     reply.data = Buffer();
     reply.data_len = 0;
+    reply.file_fd = -1;
     reply.head_len = 0;
     reply.tail.clear();
   }
@@ -750,99 +788,132 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     queue_.push_back(r);
-    if (eager_sends_ && !tls_ && !writing_) send_now();
+    if (eager_sends_ && !tls_) push_out();
     if (!queue_.empty()) queue_changed_.notify_all();
   }
 
   static std::size_t reply_bytes(const Reply* r) { return r->head_len + r->data_len + r->tail.size(); }
 
-  // Sends what is queued right away without blocking (lower latency than waiting for the
-  // writer's next batch); what does not fit in the socket is left to the writer.
-  void send_now() {
-    std::array<iovec, 3 * 32> iov;
-    std::size_t n = 0;
-    std::size_t skip = partial_;
-    for (Reply* q : queue_) {
-      if (n + 3 > iov.size()) break;
-      auto add = [&](const std::byte* p, std::size_t len) {
-        if (len == 0) return;
-        if (skip >= len) {
-          skip -= len;
-          return;
+  // Sends queued replies without blocking: memory in one gathered sendmsg, read data that
+  // lies in a file with sendfile (the kernel passes the page-cache pages on; no copy
+  // through our buffers). True when the queue is empty; false when the socket is full or
+  // dead, and the writer has to wait. Synchronous, so eager sends and the writer never
+  // interleave inside it.
+  bool push_out() {
+    const int fd = socket_.native_handle();
+    while (!queue_.empty()) {
+      if (dead_) return false;
+      Reply* front = queue_.front();
+      ssize_t sent;
+      std::size_t attempted;
+      if (front->file_fd >= 0 && partial_ >= front->head_len) {
+        const std::size_t done = partial_ - front->head_len;
+        attempted = front->data_len - done;
+        off_t offset = static_cast<off_t>(front->file_offset + done);
+        sent = ::sendfile(fd, front->file_fd, &offset, attempted);
+        if (sent == 0) {
+          // The file shrank under us: what is past its end reads as zeroes.
+          static const std::array<std::byte, 64 << 10> zeroes{};
+          attempted = std::min(attempted, zeroes.size());
+          sent = ::send(fd, zeroes.data(), attempted, MSG_DONTWAIT | MSG_NOSIGNAL);
         }
-        iov[n++] = iovec{const_cast<std::byte*>(p) + skip, len - skip};
-        skip = 0;
-      };
-      add(q->head.data(), q->head_len);
-      add(q->data.data(), q->data_len);
-      add(q->tail.data(), q->tail.size());
+      } else {
+        std::array<iovec, 3 * 32> iov;
+        std::size_t n = 0, skip = partial_;
+        attempted = 0;
+        auto add = [&](const std::byte* p, std::size_t len) {
+          if (len == 0) return;
+          if (skip >= len) {
+            skip -= len;
+            return;
+          }
+          iov[n++] = iovec{const_cast<std::byte*>(p) + skip, len - skip};
+          attempted += len - skip;
+          skip = 0;
+        };
+        for (Reply* q : queue_) {
+          if (n + 3 > iov.size()) break;
+          add(q->head.data(), q->head_len);
+          if (q->file_fd >= 0) break;
+          add(q->data.data(), q->data_len);
+          add(q->tail.data(), q->tail.size());
+        }
+        msghdr msg{};
+        msg.msg_iov = iov.data();
+        msg.msg_iovlen = n;
+        sent = ::sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+      }
+      if (sent < 0) {
+        if (errno == EINTR) continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK) close_socket();
+        return false;
+      }
+      advance(static_cast<std::size_t>(sent));
+      if (static_cast<std::size_t>(sent) < attempted) return false;
     }
-    if (n == 0) return;
-    msghdr msg{};
-    msg.msg_iov = iov.data();
-    msg.msg_iovlen = n;
-    ssize_t sent = ::sendmsg(socket_.native_handle(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
-    if (sent < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) close_socket();
-      return;
+    return true;
+  }
+
+  // `sent` more bytes of the queue went out: replies sent whole are released.
+  void advance(std::size_t sent) {
+    std::size_t done = partial_ + sent;
+    bool finished = false;
+    while (!queue_.empty() && done >= reply_bytes(queue_.front())) {
+      done -= reply_bytes(queue_.front());
+      release_reply(queue_.front());
+      queue_.pop_front();
+      finished = true;
     }
-    std::size_t done = partial_ + static_cast<std::size_t>(sent);
-    std::size_t finished = 0;
-    while (finished < queue_.size() && done >= reply_bytes(queue_[finished])) {
-      done -= reply_bytes(queue_[finished]);
-      release_reply(queue_[finished]);
-      ++finished;
-    }
-    queue_.erase(queue_.begin(), queue_.begin() + static_cast<std::ptrdiff_t>(finished));
     partial_ = done;
     if (finished) slots_.notify_all();
   }
 
+  // With TLS every byte goes through the session: the queue is written as one batch.
+  Task<void> write_batch_tls() {
+    std::deque<Reply*> batch;
+    batch.swap(queue_);
+    std::vector<asio::const_buffer> buffers;
+    for (Reply* r : batch) {
+      for (auto b : {asio::const_buffer(r->head.data(), r->head_len), asio::const_buffer(r->data.data(), r->data_len),
+                     asio::const_buffer(r->tail.data(), r->tail.size())})
+        if (b.size()) buffers.push_back(b);
+    }
+    try {
+      co_await tls_->write(buffers);
+    } catch (const std::exception& e) {
+      NETBLK_LOG(debug, "nbd: writing replies failed: {}", e.what());
+      close_socket();
+    }
+    for (Reply* r : batch) release_reply(r);
+    slots_.notify_all();
+  }
+
   Task<void> writer() {
     auto self = shared_from_this();
-    std::vector<Reply*> batch;
-    std::vector<asio::const_buffer> buffers;
     while (true) {
       while (queue_.empty() && !dead_ && !(reading_done_ && in_flight_ == 0)) co_await queue_changed_.wait();
       if (queue_.empty()) break;
-      batch.swap(queue_);
-      buffers.clear();
-      std::size_t skip = partial_;  // bytes of the first reply that send_now() already sent
-      partial_ = 0;
-      auto add = [&](const std::byte* p, std::size_t len) {
-        if (len == 0) return;
-        if (skip >= len) {
-          skip -= len;
-          return;
+      if (dead_) {
+        while (!queue_.empty()) {
+          release_reply(queue_.front());
+          queue_.pop_front();
         }
-        buffers.emplace_back(p + skip, len - skip);
-        skip = 0;
-      };
-      for (Reply* r : batch) {
-        add(r->head.data(), r->head_len);
-        add(r->data.data(), r->data_len);
-        add(r->tail.data(), r->tail.size());
+        partial_ = 0;
+        slots_.notify_all();
+        continue;
       }
-      if (!dead_) {
+      if (tls_) {
+        co_await write_batch_tls();
+        continue;
+      }
+      if (!push_out() && !dead_) {
         std::error_code ec;
-        writing_ = true;
-        try {
-          co_await write_buffers(buffers);
-        } catch (const std::system_error& e) {
-          ec = e.code();
-        } catch (const Error& e) {
-          ec = std::make_error_code(std::errc::io_error);
-          NETBLK_LOG(debug, "nbd: {}", e.what());
-        }
-        writing_ = false;
+        co_await socket_.async_wait(Socket::wait_write, asio::redirect_error(asio::use_awaitable, ec));
         if (ec) {
           NETBLK_LOG(debug, "nbd: writing replies failed: {}", ec.message());
           close_socket();
         }
       }
-      for (Reply* r : batch) release_reply(r);
-      batch.clear();
-      slots_.notify_all();
     }
     writer_done_.set();
   }
@@ -880,12 +951,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool dead_ = false;
   bool reading_done_ = false;
   bool transmission_started_ = false;
-  bool writing_ = false;     // the writer is inside async_write: send_now() must not interleave
-  std::size_t partial_ = 0;  // bytes of queue_.front() already sent by send_now()
+  std::size_t partial_ = 0;  // bytes of queue_.front() already sent
   AsyncCondition slots_;          // in-flight count went down
   AsyncCondition queue_changed_;  // replies queued, or the connection is ending
   AsyncEvent writer_done_;
-  std::vector<Reply*> queue_;
+  std::deque<Reply*> queue_;
   std::vector<std::unique_ptr<Reply>> replies_;
   std::vector<Reply*> free_replies_;
   BufferPool pool_;

@@ -44,6 +44,10 @@ class RawNode final : public Node {
     return (offset_ || size_option_) ? std::string() : file_->plain_filename();
   }
 
+  std::optional<FileSpan> file_span(std::uint64_t off, std::uint64_t len) const override {
+    return file_->file_span(offset_ + off, len);
+  }
+
  protected:
   Task<void> co_read(std::uint64_t off, std::span<std::byte> buf) override {
     co_await file_->read(offset_ + off, buf);

@@ -96,6 +96,10 @@ class FileNode final : public Node {
     return j;
   }
   std::string plain_filename() const override { return path_; }
+  std::optional<FileSpan> file_span(std::uint64_t offset, std::uint64_t) const override {
+    if (direct_ || fd_ < 0) return std::nullopt;
+    return FileSpan{fd_, offset};
+  }
   bool has_zero_init() const override { return !block_device_; }
   std::int64_t allocated_bytes() const override {
     struct stat st;
