@@ -1,8 +1,8 @@
 // The NBD export server. One connection = a reader coroutine that parses requests as they
 // arrive (bounded in-flight count and bytes), one coroutine per request, and a queue of
 // finished replies sent with non-blocking syscalls: gathered into one sendmsg, and read
-// data that lies in a file (raw over file) sent with sendfile on unix sockets. On unix
-// sockets a finished reply goes out at once; on TCP the writer sends what has gathered. With TLS
+// data that lies in a file (raw over file) sent with sendfile on unix sockets. The writer
+// coroutine sends whatever has gathered each time it runs. With TLS
 // the writer sends each batch through the TLS session.
 #include "exports/nbd/server.hpp"
 
@@ -132,11 +132,9 @@ namespace {
 
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  // `eager_sends` (unix sockets): send each finished reply at once, and large reads from a
-  // file with sendfile; otherwise (TCP) replies are gathered into one write per batch,
-  // which costs much less there.
-  Connection(std::shared_ptr<Server::Impl> server, Socket socket, bool eager_sends)
-      : eager_sends_(eager_sends),
+  // `use_sendfile` (unix sockets): large reads of a file go out with sendfile.
+  Connection(std::shared_ptr<Server::Impl> server, Socket socket, bool use_sendfile)
+      : use_sendfile_(use_sendfile),
         server_(std::move(server)),
         node_(server_->node),
         config_(server_->config),
@@ -647,7 +645,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       co_return;
     }
     const std::size_t len = static_cast<std::size_t>(r.length);
-    if (eager_sends_ && !tls_ && len >= kSendfileMinimum) {
+    if (use_sendfile_ && !tls_ && len >= kSendfileMinimum) {
       if (auto span = node_.file_span(r.offset, len)) {
         // A range with no data at all still goes out as a hole. SEEK_DATA answers at once
         // from a data offset (SEEK_HOLE, which scans tmpfs data, is not asked).
@@ -788,8 +786,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     queue_.push_back(r);
-    if (eager_sends_ && !tls_) push_out();
-    if (!queue_.empty()) queue_changed_.notify_all();
+    // The writer runs after the request handlers already scheduled, so replies that finish
+    // together leave in one sendmsg (measured: 1.4x the 4k IOPS of one sendmsg per reply).
+    queue_changed_.notify_all();
   }
 
   static std::size_t reply_bytes(const Reply* r) { return r->head_len + r->data_len + r->tail.size(); }
@@ -797,8 +796,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // Sends queued replies without blocking: memory in one gathered sendmsg, read data that
   // lies in a file with sendfile (the kernel passes the page-cache pages on; no copy
   // through our buffers). True when the queue is empty; false when the socket is full or
-  // dead, and the writer has to wait. Synchronous, so eager sends and the writer never
-  // interleave inside it.
+  // dead, and the writer has to wait.
   bool push_out() {
     const int fd = socket_.native_handle();
     while (!queue_.empty()) {
@@ -929,7 +927,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
   bool writer_started() const { return transmission_started_; }
 
-  const bool eager_sends_;
+  const bool use_sendfile_;
   std::shared_ptr<Server::Impl> server_;
   Node& node_;
   const ExportConfig& config_;
