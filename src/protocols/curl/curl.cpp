@@ -43,13 +43,12 @@ constexpr std::size_t kCacheEntries = 8;
 constexpr std::uint64_t kStreamLookahead = 32u << 20;
 // FTP: how many bytes the stream keeps that no read has asked for yet.
 constexpr std::uint64_t kStreamBuffer = 32u << 20;
-// Streams without ranges (TFTP, servers without ranges): the cache file is written in
-// pieces of kStreamPiece; up to kStreamMemory may wait for the file in memory, and
-// kStreamKeep of written bytes stay there for reads that come a little late.
+// Streams without ranges (TFTP, servers without ranges): memory holds the newest bytes in
+// pieces of kStreamPiece, and kStreamKeep of them (already in the cache file) for reads
+// that come a little late.
 constexpr std::size_t kStreamPiece = 1u << 20;
-constexpr std::uint64_t kStreamMemory = 64u << 20;
 constexpr std::uint64_t kStreamKeep = 16u << 20;
-constexpr std::size_t kStreamSpare = 8;
+constexpr std::size_t kStreamSpare = 4;
 constexpr long kConnections = 8;
 constexpr int kMaxRetries = 5;
 constexpr long kTftpBlockSize = 65464;  // RFC 2348's maximum
@@ -290,18 +289,18 @@ void refused_by_proxy(const Session& s, CURL* e) {
                 s.name() + ": cannot open: the proxy answered HTTP " + std::to_string(code) + " to CONNECT");
 }
 
-// The background stream for servers without ranges and for TFTP. TFTP answers each block
-// only after the previous one is acknowledged, and libcurl acknowledges when the write
-// callback returns, so the callback only copies into memory; full pieces go to the sparse,
-// already-unlinked cache file on the worker pool. Reads copy what is still in memory and
-// read the rest back from the file (also on the worker pool), so the loop thread does no
-// file I/O while the stream runs.
+// The background stream for servers without ranges and for TFTP. TFTP sends a block only
+// when the previous one is acknowledged, and libcurl acknowledges when the write callback
+// returns: so the callback only copies into memory, and the cache-file write runs on the
+// loop right after it (posted), while the server prepares the next block. All of it stays
+// on the loop thread: worker threads would compete for the CPUs with the lock-step pair of
+// server and loop, and a wake-up across threads costs more than the copy.
 struct Stream : std::enable_shared_from_this<Stream> {
   struct Piece {
     std::uint64_t offset = 0;
     Buffer bytes;
     std::size_t used = 0;
-    bool written = false;  // in the cache file: may leave memory
+    std::uint64_t end() const { return offset + used; }
   };
 
   explicit Stream(std::shared_ptr<Session> s) : session(std::move(s)), progress(session->executor), done(session->executor) {}
@@ -311,16 +310,17 @@ struct Stream : std::enable_shared_from_this<Stream> {
   std::shared_ptr<Session> session;
   int fd = -1;
   std::uint64_t streamed = 0;           // bytes [0, streamed) are in memory or the cache file
+  std::uint64_t in_file = 0;            // bytes [0, in_file) are in the cache file
   std::optional<std::uint64_t> size;    // announced (tsize, Content-Length) or final
-  bool started = false, finished = false, closing = false;
+  bool started = false, finished = false, closing = false, flush_posted = false;
   std::optional<Error> failure;         // the transfer failed (bytes below `streamed` stay good)
   std::optional<Error> cache_failure;   // the cache file failed: nothing can be read any more
   AsyncCondition progress;              // streamed, size or the end changed
   AsyncEvent done;                      // the stream coroutine has ended
   std::multiset<std::uint64_t> waiting; // ends that readers wait for
-  std::deque<std::shared_ptr<Piece>> pieces;  // the newest bytes, contiguous, up to `streamed`
-  std::uint64_t in_memory = 0;                // bytes held by `pieces`
-  std::vector<Buffer> spare;                  // recycled piece buffers (no page faults per piece)
+  std::deque<Piece> pieces;             // the newest bytes, contiguous, up to `streamed`
+  std::uint64_t in_memory = 0;          // bytes held by `pieces`
+  std::vector<Buffer> spare;            // recycled piece buffers: fresh ones cost page faults
 
   void open_cache_file() {
     const char* dir = std::getenv("TMPDIR");
@@ -335,71 +335,54 @@ struct Stream : std::enable_shared_from_this<Stream> {
     if (!waiting.empty() && streamed >= *waiting.begin()) progress.notify_all();
   }
 
-  static int write_piece(int fd, const Piece& p) {
-    std::size_t done = 0;
-    while (done < p.used) {
-      ssize_t w = ::pwrite(fd, p.bytes.data() + done, p.used - done, static_cast<off_t>(p.offset + done));
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) return w < 0 ? errno : ENOSPC;
-      done += static_cast<std::size_t>(w);
+  // Writes what memory has beyond `in_file` to the cache file, then lets the oldest written
+  // pieces go beyond kStreamKeep.
+  void flush() {
+    for (const Piece& p : pieces) {
+      while (!cache_failure && in_file < p.end()) {
+        if (in_file < p.offset) break;  // cannot happen: pieces are contiguous from in_file
+        ssize_t w = ::pwrite(fd, p.bytes.data() + (in_file - p.offset), p.end() - in_file, static_cast<off_t>(in_file));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) {
+          int err = w < 0 ? errno : ENOSPC;
+          cache_failure = Error(err, session->name() + ": cannot write the stream cache file: " + std::strerror(err));
+          progress.notify_all();
+          return;
+        }
+        in_file += static_cast<std::uint64_t>(w);
+      }
     }
-    return 0;
-  }
-
-  void piece_written(Piece& p, int err) {
-    if (err) {
-      if (!cache_failure)
-        cache_failure = Error(err, session->name() + ": cannot write the stream cache file: " + std::strerror(err));
-      progress.notify_all();
-      return;
-    }
-    p.written = true;
-    // Forget the oldest written pieces beyond what late readers may still want from memory.
-    while (in_memory > kStreamKeep && pieces.size() > 1 && pieces.front()->written) {
-      in_memory -= pieces.front()->bytes.size();
-      // A piece a read still copies from (on a worker) is not recycled, only freed later.
-      if (spare.size() < kStreamSpare && pieces.front().use_count() == 1)
-        spare.push_back(std::move(pieces.front()->bytes));
+    while (in_memory > kStreamKeep && pieces.size() > 1 && pieces.front().end() <= in_file) {
+      in_memory -= pieces.front().bytes.size();
+      if (spare.size() < kStreamSpare) spare.push_back(std::move(pieces.front().bytes));
       pieces.pop_front();
     }
   }
-
-  // Sends a full (or the last) piece to the cache file.
-  void seal(const std::shared_ptr<Piece>& p) {
-    if (p->used == 0 || p->written) return;
-    if (in_memory > kStreamMemory) {
-      // The file falls behind the network: write here, which slows the stream down.
-      piece_written(*p, write_piece(fd, *p));
-      return;
-    }
-    asio::co_spawn(session->executor, write_in_background(shared_from_this(), p), asio::detached);
-  }
-  static Task<void> write_in_background(std::shared_ptr<Stream> self, std::shared_ptr<Piece> p) {
-    // Only trivially destructible captures: GCC 12 destroys a temporary passed to a
-    // co_awaited call twice (here: a captured shared_ptr, released once too often).
-    const int fd = self->fd;
-    const Piece* piece = p.get();  // kept alive by this frame's `p`
-    int err = co_await offload([fd, piece] { return write_piece(fd, *piece); });
-    self->piece_written(*p, err);
+  void flush_soon() {
+    if (flush_posted) return;
+    flush_posted = true;
+    asio::post(session->executor, [self = shared_from_this()] {
+      self->flush_posted = false;
+      self->flush();
+    });
   }
 
-  // Appends the stream's bytes [from, from + n) (from == streamed) to memory.
+  // Appends the stream's next n bytes (they start at `streamed`) to memory.
   void append(const char* data, std::size_t n) {
     while (n > 0) {
-      if (pieces.empty() || pieces.back()->used == pieces.back()->bytes.size()) {
-        if (!pieces.empty()) seal(pieces.back());
-        auto p = std::make_shared<Piece>();
-        p->offset = streamed;
+      if (pieces.empty() || pieces.back().used == pieces.back().bytes.size()) {
+        Piece p;
+        p.offset = streamed;
         if (!spare.empty()) {
-          p->bytes = std::move(spare.back());
+          p.bytes = std::move(spare.back());
           spare.pop_back();
         } else {
-          p->bytes = Buffer(kStreamPiece);
+          p.bytes = Buffer(kStreamPiece);
         }
-        in_memory += p->bytes.size();
+        in_memory += p.bytes.size();
         pieces.push_back(std::move(p));
       }
-      Piece& p = *pieces.back();
+      Piece& p = pieces.back();
       std::size_t m = std::min(n, p.bytes.size() - p.used);
       std::memcpy(p.bytes.data() + p.used, data, m);
       p.used += m;
@@ -407,6 +390,7 @@ struct Stream : std::enable_shared_from_this<Stream> {
       data += m;
       n -= m;
     }
+    flush_soon();
   }
 
   static Task<void> run(std::shared_ptr<Stream> self) {
@@ -478,7 +462,7 @@ struct Stream : std::enable_shared_from_this<Stream> {
       }
       break;
     }
-    if (!self->pieces.empty()) self->seal(self->pieces.back());
+    self->flush();
     self->progress.notify_all();
     self->done.set();
   }
@@ -501,54 +485,24 @@ struct Stream : std::enable_shared_from_this<Stream> {
     while (streamed < end && !finished && !failure && !cache_failure) co_await progress.wait();
   }
 
-  // How one read gets its bytes: copies from pieces still in memory, and a head that only
-  // the cache file has. Made on the loop thread; carried out on the worker pool, so that the
-  // loop thread (which must acknowledge every TFTP block at once) copies nothing big.
-  struct ReadPlan {
-    struct Copy {
-      std::shared_ptr<Piece> piece;  // keeps the bytes alive while a worker copies them
-      std::size_t from, to, length;  // offsets in the piece and in the read's buffer
-    };
-    std::vector<Copy> copies;
-    std::size_t file_length = 0;  // [offset, offset + file_length) comes from the file
-  };
-  // (Not in the coroutine below: GCC 12 miscompiled a loop over `pieces` in a coroutine.)
-  ReadPlan plan_read(std::uint64_t offset, std::uint64_t length) const {
-    const std::uint64_t end = offset + length;
-    ReadPlan plan;
-    std::uint64_t file_end = end;
-    for (const auto& p : pieces) {
-      std::uint64_t from = std::max(offset, p->offset), to = std::min(end, p->offset + p->used);
-      if (from < to)
-        plan.copies.push_back(ReadPlan::Copy{p, static_cast<std::size_t>(from - p->offset),
-                                             static_cast<std::size_t>(from - offset),
-                                             static_cast<std::size_t>(to - from)});
-      file_end = std::min(file_end, std::max(offset, p->offset));
+  // Reads [offset, offset + buf.size()), all below `streamed`: from memory where the bytes
+  // still are, the older rest (written before its piece went) from the cache file.
+  void read(std::uint64_t offset, std::span<std::byte> buf) const {
+    if (cache_failure) throw *cache_failure;
+    const std::uint64_t end = offset + buf.size();
+    std::uint64_t file_end = end;  // [offset, file_end) is not in memory
+    for (const Piece& p : pieces) {
+      std::uint64_t from = std::max(offset, p.offset), to = std::min(end, p.end());
+      if (from < to) std::memcpy(buf.data() + (from - offset), p.bytes.data() + (from - p.offset), to - from);
+      file_end = std::min(file_end, std::max(offset, p.offset));
     }
-    plan.file_length = static_cast<std::size_t>(file_end - offset);
-    return plan;
-  }
-  static int carry_out(const ReadPlan& plan, int fd, std::uint64_t offset, std::span<std::byte> buf) {
-    for (const auto& c : plan.copies) std::memcpy(buf.data() + c.to, c.piece->bytes.data() + c.from, c.length);
     std::size_t done = 0;
-    while (done < plan.file_length) {
-      ssize_t n = ::pread(fd, buf.data() + done, plan.file_length - done, static_cast<off_t>(offset + done));
+    while (offset + done < file_end) {
+      ssize_t n = ::pread(fd, buf.data() + done, file_end - offset - done, static_cast<off_t>(offset + done));
       if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return n < 0 ? errno : EIO;
+      if (n <= 0) throw_errno(n < 0 ? errno : EIO, session->name() + ": cannot read the stream cache file");
       done += static_cast<std::size_t>(n);
     }
-    return 0;
-  }
-
-  // Reads [offset, offset + buf.size()), all below `streamed`: from memory where the bytes
-  // still are, the rest (older, hence written) from the cache file.
-  static Task<void> read(std::shared_ptr<Stream> self, std::uint64_t offset, std::span<std::byte> buf) {
-    if (self->cache_failure) throw *self->cache_failure;
-    const ReadPlan plan = self->plan_read(offset, buf.size());
-    const ReadPlan* p = &plan;  // GCC 12: only trivially destructible captures in a co_awaited call
-    const int fd = self->fd;
-    int err = co_await offload([p, fd, offset, buf] { return carry_out(*p, fd, offset, buf); });
-    if (err) throw_errno(err, self->session->name() + ": cannot read the stream cache file");
   }
 };
 
@@ -1113,7 +1067,7 @@ class CurlNode final : public Node {
       throw Error(EIO, session_->name() + ": the transfer ended at byte " + std::to_string(stream->streamed) +
                            ", before the announced size (" + std::to_string(size_) + ")");
     }
-    co_await Stream::read(stream, offset, buf);
+    stream->read(offset, buf);
   }
 
   std::shared_ptr<Session> session_;
