@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <thread>
 
 #include "spec/tree.hpp"
 
@@ -307,7 +308,7 @@ NbdConfig config_from_options(spec::Options& o) {
     if (*t == 0) e.invalid("x-io-timeout", "must be at least 1");
     c.io_timeout = std::chrono::seconds(*t);
   }
-  c.connections = static_cast<unsigned>(e.uint("x-connections", c.connections, 16));
+  c.connections = static_cast<unsigned>(e.uint("x-connections", default_connections(), 16));
   if (c.connections == 0) e.invalid("x-connections", "must be at least 1");
   e.finish();
   return c;
@@ -368,6 +369,10 @@ std::string display_name(const NbdConfig& c) {
   if (c.address.type == NbdAddress::Type::inet)
     return "nbd://" + bracket_host(c.address.host) + ":" + c.address.port + "/" + c.export_name.value_or("");
   return "nbd+unix:///" + c.export_name.value_or("") + "?socket=" + c.address.path;
+}
+
+unsigned default_connections() {
+  return std::clamp(std::thread::hardware_concurrency() / 2, 1u, 4u);
 }
 
 }  // namespace netblk::nbd_client
