@@ -130,14 +130,19 @@ class RawClient {
     return false;
   }
 
-  // Fixed newstyle handshake with NBD_OPT_GO; returns the export size.
-  std::uint64_t handshake(const std::string& name, bool structured = false) {
+  // Reads the greeting and answers with fixed newstyle + no zeroes: options may follow.
+  void greet() {
     std::array<std::byte, nbd::kServerGreetingSize> g;
-    EXPECT_TRUE(recv(g));
+    ASSERT_TRUE(recv(g));
     nbd::decode_server_greeting(g);
     std::array<std::byte, 4> flags;
     nbd::encode_client_flags(flags, nbd::kClientFlagFixedNewstyle | nbd::kClientFlagNoZeroes);
     send(flags);
+  }
+
+  // Fixed newstyle handshake with NBD_OPT_GO; returns the export size.
+  std::uint64_t handshake(const std::string& name, bool structured = false) {
+    greet();
     if (structured) {
       send(nbd::encode_option(nbd::kOptStructuredReply));
       EXPECT_EQ(read_option_reply().type, nbd::kRepAck);
@@ -379,11 +384,7 @@ TEST(NbdServer, HostileClients) {
   }
   {  // Unknown option: an error reply, and the handshake goes on.
     RawClient c(s.socket);
-    std::array<std::byte, nbd::kServerGreetingSize> g;
-    ASSERT_TRUE(c.recv(g));
-    std::array<std::byte, 4> flags;
-    nbd::encode_client_flags(flags, nbd::kClientFlagFixedNewstyle | nbd::kClientFlagNoZeroes);
-    c.send(flags);
+    c.greet();
     c.send(nbd::encode_option(4242));
     EXPECT_EQ(c.read_option_reply().type, nbd::kRepErrUnsup);
     // A huge option length is refused without the server reading it all into memory.
@@ -638,11 +639,7 @@ TEST(NbdServer, TlsPskOverUnix) {
   {  // In the clear: NBD_OPT_GO is answered "TLS required", STARTTLS with data is invalid,
      // and NBD_OPT_EXPORT_NAME (which has no error reply) ends the connection.
     RawClient c(s.socket);
-    std::array<std::byte, nbd::kServerGreetingSize> g;
-    ASSERT_TRUE(c.recv(g));
-    std::array<std::byte, 4> flags;
-    nbd::encode_client_flags(flags, nbd::kClientFlagFixedNewstyle | nbd::kClientFlagNoZeroes);
-    c.send(flags);
+    c.greet();
     c.send(nbd::encode_option(nbd::kOptGo, nbd::encode_info_request({"disk", {}})));
     EXPECT_EQ(c.read_option_reply().type, nbd::kRepErrTlsReqd);
     std::vector<std::byte> junk(4, std::byte{1});
