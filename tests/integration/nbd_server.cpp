@@ -305,7 +305,8 @@ TEST(NbdServer, FioVerify) {
     SCOPED_TRACE(unix_socket ? "unix" : "tcp");
     auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, dir / "fio.raw", unix_socket);
     auto r = run({"fio", "--name=verify", "--ioengine=nbd", "--uri=" + s.uri, "--rw=randwrite", "--bs=4k",
-                  "--iodepth=16", "--size=32M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1"},
+                  "--iodepth=16", "--size=32M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+                  "--verify_state_save=0"},
                  180s);
     EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
     EXPECT_EQ(r.err.find("verify:"), std::string::npos) << r.err;
