@@ -8,12 +8,14 @@
 // node's executor; many may be in flight at once.
 #pragma once
 #include <cstdint>
+#include <list>
 #include <memory>
 #include <optional>
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "netblk/error.hpp"
 #include "netblk/runtime.hpp"
@@ -144,6 +146,22 @@ class Node {
  private:
   void check_range(std::uint64_t offset, std::uint64_t length, const char* op) const;
   Task<void> write_aligned(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags);
+  Task<void> write_unlocked(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags);
+
+  // On nodes that demand alignment, writes in flight hold their aligned ranges: a
+  // read-modify-write holds its range alone, so the neighbouring bytes it rewrites cannot
+  // undo a concurrent write to them; other writes share.
+  struct WriteRange {
+    std::uint64_t start, end;
+    bool exclusive;
+  };
+  class RangeLock;
+  Task<RangeLock> lock_write_range(std::uint64_t start, std::uint64_t end, bool exclusive);
+  std::list<WriteRange> write_ranges_;
+  // Writers waiting for a range, each on a condition of its own executor (a node may be
+  // used from a different io_context than the one it was opened on).
+  std::vector<AsyncCondition*> write_waiters_;
+
   Executor executor_;
   bool closed_ = false;
 };

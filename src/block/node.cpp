@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
+#include <utility>
 
 #include "netblk/buffer.hpp"
 
@@ -25,6 +27,46 @@ std::uint64_t chunk_limit(const Limits& l) {
 }  // namespace
 
 Node::~Node() = default;
+
+// Releases a range taken by lock_write_range() when the write ends, however it ends.
+class Node::RangeLock {
+ public:
+  RangeLock(Node* node, std::list<WriteRange>::iterator it) : node_(node), it_(it) {}
+  RangeLock(RangeLock&& other) noexcept : node_(std::exchange(other.node_, nullptr)), it_(other.it_) {}
+  RangeLock& operator=(RangeLock&&) = delete;
+  ~RangeLock() {
+    if (!node_) return;
+    node_->write_ranges_.erase(it_);
+    for (AsyncCondition* waiter : node_->write_waiters_) waiter->notify_all();
+    node_->write_waiters_.clear();
+  }
+
+ private:
+  Node* node_;
+  std::list<WriteRange>::iterator it_;
+};
+
+Task<Node::RangeLock> Node::lock_write_range(std::uint64_t start, std::uint64_t end, bool exclusive) {
+  auto conflicts = [&] {
+    for (const WriteRange& r : write_ranges_)
+      if (r.start < end && start < r.end && (exclusive || r.exclusive)) return true;
+    return false;
+  };
+  while (conflicts()) {
+    Executor ex = co_await asio::this_coro::executor;
+    AsyncCondition wake(ex);
+    write_waiters_.push_back(&wake);
+    // Off the list however the wait ends (a released range clears the list itself).
+    struct Unlist {
+      std::vector<AsyncCondition*>& list;
+      AsyncCondition* entry;
+      ~Unlist() { std::erase(list, entry); }
+    } unlist{write_waiters_, &wake};
+    co_await wake.wait();
+  }
+  write_ranges_.push_back(WriteRange{start, end, exclusive});
+  co_return RangeLock(this, std::prev(write_ranges_.end()));
+}
 
 std::string Node::display_name() const {
   std::string f = plain_filename();
@@ -82,6 +124,19 @@ Task<void> Node::write_aligned(std::uint64_t offset, std::span<const std::byte> 
 
 Task<void> Node::write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags) {
   const std::uint64_t align = limits_.request_alignment ? limits_.request_alignment : 1;
+  if (align == 1) {
+    co_await write_unlocked(offset, buf, flags);
+    co_return;
+  }
+  const bool read_modify_write = offset % align != 0 || buf.size() % align != 0;
+  const std::uint64_t start = offset - offset % align;
+  const std::uint64_t end = (offset + buf.size() + align - 1) / align * align;
+  RangeLock lock = co_await lock_write_range(start, end, read_modify_write);
+  co_await write_unlocked(offset, buf, flags);
+}
+
+Task<void> Node::write_unlocked(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags) {
+  const std::uint64_t align = limits_.request_alignment ? limits_.request_alignment : 1;
   if (caps_.can_grow && !closed_ && !caps_.read_only && offset + buf.size() > size_ &&
       offset + buf.size() >= offset && offset % align == 0 && buf.size() % align == 0) {
     // A growing write: the node's size follows the furthest byte written.
@@ -117,7 +172,14 @@ Task<void> Node::write_zeroes(std::uint64_t offset, std::uint64_t length, unsign
     Buffer z = Buffer::zeroed(head_end - offset);
     co_await write(offset, z.span(), flags & kWriteFua);
   }
-  if (tail_start > head_end) co_await co_write_zeroes(head_end, tail_start - head_end, flags);
+  if (tail_start > head_end) {
+    if (align == 1) {
+      co_await co_write_zeroes(head_end, tail_start - head_end, flags);
+    } else {
+      RangeLock lock = co_await lock_write_range(head_end, tail_start, false);
+      co_await co_write_zeroes(head_end, tail_start - head_end, flags);
+    }
+  }
   if (offset + length > tail_start) {
     Buffer z = Buffer::zeroed(offset + length - tail_start);
     co_await write(tail_start, z.span(), flags & kWriteFua);
@@ -131,7 +193,13 @@ Task<void> Node::discard(std::uint64_t offset, std::uint64_t length) {
   // Discard is advisory: shrink to whole aligned blocks and drop the rest.
   std::uint64_t start = (offset + align - 1) / align * align;
   std::uint64_t end = (offset + length) / align * align;
-  if (end > start) co_await co_discard(start, end - start);
+  if (end <= start) co_return;
+  if (align == 1) {
+    co_await co_discard(start, end - start);
+  } else {
+    RangeLock lock = co_await lock_write_range(start, end, false);
+    co_await co_discard(start, end - start);
+  }
 }
 
 Task<void> Node::flush() {

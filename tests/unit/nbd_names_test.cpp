@@ -238,8 +238,11 @@ TEST(NbdNames, PolicyDefaults) {
   NbdConfig c = from_name("nbd://h/x");
   EXPECT_FALSE(c.reconnect_delay.has_value());
   EXPECT_EQ(c.open_timeout, std::chrono::seconds(0));
-  EXPECT_EQ(c.connections, 4u);
+  EXPECT_EQ(c.connections, netblk::nbd_client::default_connections());
+  EXPECT_GE(c.connections, 1u);
+  EXPECT_LE(c.connections, 4u);
   EXPECT_EQ(from_keyval("host=h,x-connections=1").connections, 1u);
+  EXPECT_EQ(from_keyval("host=h,x-connections=4").connections, 4u);
   EXPECT_EQ(from_keyval("host=h,reconnect-delay=0").reconnect_delay, std::chrono::seconds(0));
 }
 
