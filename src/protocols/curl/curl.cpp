@@ -289,18 +289,29 @@ void refused_by_proxy(const Session& s, CURL* e) {
                 s.name() + ": cannot open: the proxy answered HTTP " + std::to_string(code) + " to CONNECT");
 }
 
-// The background stream for servers without ranges and for TFTP. TFTP sends a block only
-// when the previous one is acknowledged, and libcurl acknowledges when the write callback
-// returns: so the callback only copies into memory, and the cache-file write runs on the
-// loop right after it (posted), while the server prepares the next block. All of it stays
-// on the loop thread: worker threads would compete for the CPUs with the lock-step pair of
-// server and loop, and a wake-up across threads costs more than the copy.
+// The background stream for servers without ranges and for TFTP: one sequential transfer;
+// reads wait until it passes them. TFTP sends a block only when the previous one is
+// acknowledged, and libcurl acknowledges when the write callback returns, so the callback
+// does as little as it can, all on the loop thread (worker threads would compete for the
+// CPUs with the lock-step pair of server and loop):
+//  - bytes that reads are waiting for are copied straight into their buffers, once;
+//  - other bytes are copied into pieces in memory, written to the sparse cache file right
+//    after the callback (posted), and kept in memory a while (kStreamKeep) for late reads.
+// Bytes handed to waiting reads are not written to the cache file: a copy streams each byte
+// exactly once. Should a read come back for such bytes (a hole), a second transfer from the
+// start fills the holes, and from then on every byte goes to the cache file.
 struct Stream : std::enable_shared_from_this<Stream> {
   struct Piece {
     std::uint64_t offset = 0;
     Buffer bytes;
-    std::size_t used = 0;
+    std::size_t used = 0, flushed = 0;  // bytes [offset, offset + flushed) are in the cache file
     std::uint64_t end() const { return offset + used; }
+  };
+  // A read waiting for bytes the stream has not passed yet.
+  struct Target {
+    std::uint64_t offset;  // of buf[0]
+    std::span<std::byte> buf;
+    std::uint64_t end() const { return offset + buf.size(); }
   };
 
   explicit Stream(std::shared_ptr<Session> s) : session(std::move(s)), progress(session->executor), done(session->executor) {}
@@ -309,16 +320,20 @@ struct Stream : std::enable_shared_from_this<Stream> {
   }
   std::shared_ptr<Session> session;
   int fd = -1;
-  std::uint64_t streamed = 0;           // bytes [0, streamed) are in memory or the cache file
-  std::uint64_t in_file = 0;            // bytes [0, in_file) are in the cache file
+  std::uint64_t streamed = 0;           // the stream has passed [0, streamed)
   std::optional<std::uint64_t> size;    // announced (tsize, Content-Length) or final
   bool started = false, finished = false, closing = false, flush_posted = false;
+  bool keep_all = false;                // a hole was wanted: every byte goes to the cache file
+  bool refilling = false;
   std::optional<Error> failure;         // the transfer failed (bytes below `streamed` stay good)
   std::optional<Error> cache_failure;   // the cache file failed: nothing can be read any more
-  AsyncCondition progress;              // streamed, size or the end changed
+  std::optional<Error> refill_failure;
+  AsyncCondition progress;              // streamed, size, holes or the end changed
   AsyncEvent done;                      // the stream coroutine has ended
   std::multiset<std::uint64_t> waiting; // ends that readers wait for
-  std::deque<Piece> pieces;             // the newest bytes, contiguous, up to `streamed`
+  std::multimap<std::uint64_t, Target*> targets;
+  std::deque<Piece> pieces;             // in order, not overlapping, below `streamed`
+  std::map<std::uint64_t, std::uint64_t> holes;  // start -> end: passed, in neither memory nor file
   std::uint64_t in_memory = 0;          // bytes held by `pieces`
   std::vector<Buffer> spare;            // recycled piece buffers: fresh ones cost page faults
 
@@ -335,24 +350,36 @@ struct Stream : std::enable_shared_from_this<Stream> {
     if (!waiting.empty() && streamed >= *waiting.begin()) progress.notify_all();
   }
 
-  // Writes what memory has beyond `in_file` to the cache file, then lets the oldest written
-  // pieces go beyond kStreamKeep.
+  void set_cache_failure(int err) {
+    if (!cache_failure)
+      cache_failure = Error(err, session->name() + ": cannot write the stream cache file: " + std::strerror(err));
+    progress.notify_all();
+  }
+  bool write_file(const std::byte* data, std::size_t n, std::uint64_t at) {
+    while (n > 0) {
+      ssize_t w = ::pwrite(fd, data, n, static_cast<off_t>(at));
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) {
+        set_cache_failure(w < 0 ? errno : ENOSPC);
+        return false;
+      }
+      data += w;
+      n -= static_cast<std::size_t>(w);
+      at += static_cast<std::uint64_t>(w);
+    }
+    return true;
+  }
+
+  // Writes the pieces' new bytes to the cache file, then lets the oldest pieces go beyond
+  // kStreamKeep.
   void flush() {
-    for (const Piece& p : pieces) {
-      while (!cache_failure && in_file < p.end()) {
-        if (in_file < p.offset) break;  // cannot happen: pieces are contiguous from in_file
-        ssize_t w = ::pwrite(fd, p.bytes.data() + (in_file - p.offset), p.end() - in_file, static_cast<off_t>(in_file));
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) {
-          int err = w < 0 ? errno : ENOSPC;
-          cache_failure = Error(err, session->name() + ": cannot write the stream cache file: " + std::strerror(err));
-          progress.notify_all();
-          return;
-        }
-        in_file += static_cast<std::uint64_t>(w);
+    for (Piece& p : pieces) {
+      if (p.flushed < p.used && !cache_failure) {
+        if (!write_file(p.bytes.data() + p.flushed, p.used - p.flushed, p.offset + p.flushed)) return;
+        p.flushed = p.used;
       }
     }
-    while (in_memory > kStreamKeep && pieces.size() > 1 && pieces.front().end() <= in_file) {
+    while (in_memory > kStreamKeep && pieces.size() > 1 && pieces.front().flushed == pieces.front().used) {
       in_memory -= pieces.front().bytes.size();
       if (spare.size() < kStreamSpare) spare.push_back(std::move(pieces.front().bytes));
       pieces.pop_front();
@@ -367,12 +394,65 @@ struct Stream : std::enable_shared_from_this<Stream> {
     });
   }
 
-  // Appends the stream's next n bytes (they start at `streamed`) to memory.
-  void append(const char* data, std::size_t n) {
-    while (n > 0) {
-      if (pieces.empty() || pieces.back().used == pieces.back().bytes.size()) {
+  void add_hole(std::uint64_t from, std::uint64_t to) {
+    if (!holes.empty()) {
+      auto last = std::prev(holes.end());
+      if (last->second == from) {
+        last->second = to;
+        return;
+      }
+    }
+    holes.emplace(from, to);
+  }
+  bool has_hole(std::uint64_t from, std::uint64_t to) const {
+    auto it = holes.upper_bound(from);
+    if (it != holes.begin() && std::prev(it)->second > from) return true;
+    return it != holes.end() && it->first < to;
+  }
+  // The refill wrote [from, to) to the cache file.
+  void fill_holes(const char* data, std::uint64_t from, std::uint64_t to) {
+    auto it = holes.upper_bound(from);
+    if (it != holes.begin()) --it;
+    while (it != holes.end() && it->first < to) {
+      std::uint64_t a = std::max(from, it->first), b = std::min(to, it->second);
+      if (a >= b) {
+        ++it;
+        continue;
+      }
+      if (!write_file(reinterpret_cast<const std::byte*>(data + (a - from)), b - a, a)) return;
+      std::uint64_t hole_start = it->first, hole_end = it->second;
+      it = holes.erase(it);
+      if (hole_start < a) holes.emplace(hole_start, a);
+      if (b < hole_end) it = holes.emplace(b, hole_end).first;
+    }
+  }
+
+  // The stream's next n bytes (they start at `streamed`).
+  void take(const char* data, std::size_t n) {
+    const std::uint64_t from = streamed, to = from + n;
+    // Copy into the reads waiting for these bytes; note whether they want every byte.
+    std::uint64_t covered_to = from;
+    for (auto& [off, t] : targets) {
+      if (off >= to) break;
+      std::uint64_t a = std::max(from, t->offset), b = std::min(to, t->end());
+      if (a >= b) continue;
+      std::memcpy(t->buf.data() + (a - t->offset), data + (a - from), b - a);
+      if (a <= covered_to) covered_to = std::max(covered_to, b);
+    }
+    streamed = to;
+    if (covered_to >= to && !keep_all) {
+      add_hole(from, to);  // every byte went to a read: nothing to keep
+      return;
+    }
+    if (covered_to >= to) {
+      write_file(reinterpret_cast<const std::byte*>(data), n, from);
+      return;
+    }
+    for (std::size_t done = 0; done < n;) {
+      const std::uint64_t at = from + done;
+      if (pieces.empty() || pieces.back().used == pieces.back().bytes.size() || pieces.back().end() != at) {
         Piece p;
-        p.offset = streamed;
+        p.offset = at;
         if (!spare.empty()) {
           p.bytes = std::move(spare.back());
           spare.pop_back();
@@ -383,23 +463,23 @@ struct Stream : std::enable_shared_from_this<Stream> {
         pieces.push_back(std::move(p));
       }
       Piece& p = pieces.back();
-      std::size_t m = std::min(n, p.bytes.size() - p.used);
-      std::memcpy(p.bytes.data() + p.used, data, m);
+      std::size_t m = std::min(n - done, p.bytes.size() - p.used);
+      std::memcpy(p.bytes.data() + p.used, data + done, m);
       p.used += m;
-      streamed += m;
-      data += m;
-      n -= m;
+      done += m;
     }
     flush_soon();
   }
 
-  static Task<void> run(std::shared_ptr<Stream> self) {
+  // One whole-file transfer; `sink` gets each attempt's body from its start.
+  static Task<void> transfer(std::shared_ptr<Stream> self, bool refill) {
     Session& s = *self->session;
     bool tftp_plain = false;
+    std::uint64_t passed = 0;  // the refill's bytes so far
     for (int attempt = 0;; ++attempt) {
       Exchange ex;
       std::uint64_t position = 0;  // of this attempt's body
-      bool bad_status = false;
+      bool bad_status = false, refill_done = false;
       ex.sink = [&](const char* data, std::size_t n) -> std::size_t {
         if (position == 0 && s.config.family == Family::http && (ex.facts.status < 200 || ex.facts.status > 299)) {
           bad_status = true;
@@ -408,23 +488,38 @@ struct Stream : std::enable_shared_from_this<Stream> {
         if (self->closing || self->cache_failure) return 0;
         std::uint64_t end = position + n;
         if (self->size) end = std::min<std::uint64_t>(end, std::max<std::uint64_t>(*self->size, position));
-        // After a restart, what is already cached is skipped.
+        if (refill) {
+          std::uint64_t from = std::max(position, passed);
+          if (from < end) self->fill_holes(data + (from - position), from, end);
+          passed = std::max(passed, end);
+          position += n;
+          self->progress.notify_all();
+          if (self->holes.empty() || self->holes.begin()->first >= self->streamed) {
+            refill_done = true;
+            return 0;  // nothing left to fill
+          }
+          return n;
+        }
+        // After a restart, what the stream has passed is skipped.
         std::uint64_t from = std::max(position, self->streamed);
-        if (from < end) self->append(data + (from - position), static_cast<std::size_t>(end - from));
+        if (from < end) self->take(data + (from - position), static_cast<std::size_t>(end - from));
         position += n;
         self->wake_if_due();
         return n;
       };
-      ex.on_total = [&](curl_off_t total) {
-        if (!self->size) {
-          self->size = static_cast<std::uint64_t>(total);
-          self->progress.notify_all();
-        }
-      };
+      if (!refill) {
+        ex.on_total = [&](curl_off_t total) {
+          if (!self->size) {
+            self->size = static_cast<std::uint64_t>(total);
+            self->progress.notify_all();
+          }
+        };
+      }
       Easy e = s.easy(ex);
       if (tftp_plain) curl_easy_setopt(e.get(), CURLOPT_TFTP_NO_OPTIONS, 1L);
       CURLcode rc = co_await s.loop.perform(e.get());
       long status = response_code(e.get());
+      if (refill_done) co_return;
       if (rc == CURLE_TFTP_ILLEGAL && s.config.family == Family::tftp && self->streamed == 0 && !tftp_plain) {
         // libcurl rejects a tsize of 0 in the server's option answer (an empty file):
         // ask again without options (512-byte blocks, no tsize).
@@ -433,38 +528,50 @@ struct Stream : std::enable_shared_from_this<Stream> {
         --attempt;
         continue;
       }
+      std::optional<Error> error;
       if (self->closing) {
-        self->failure = Error(ECANCELED, s.name() + ": closed");
-        break;
+        error = Error(ECANCELED, s.name() + ": closed");
+      } else if (self->cache_failure) {
+        error = *self->cache_failure;
+      } else {
+        std::uint64_t reached = refill ? passed : self->streamed;
+        bool complete = rc == CURLE_OK && !bad_status && (!self->size || reached >= *self->size) &&
+                        (s.config.family != Family::http || (status >= 200 && status <= 299));
+        if (complete) {
+          if (!refill) {
+            self->finished = true;
+            if (!self->size) self->size = self->streamed;
+          }
+          co_return;
+        }
+        if (rc == CURLE_OK && !bad_status && status < 400) rc = CURLE_PARTIAL_FILE;  // ended early
+        if (attempt < kMaxRetries && transient(rc, bad_status || rc == CURLE_OK ? status : 0)) {
+          NETBLK_LOG(info, "{}: stream failed at byte {} ({}), retrying", s.name(), reached, curl_easy_strerror(rc));
+          co_await sleep_for(backoff(attempt));
+          continue;
+        }
+        try {
+          fail(s, rc, bad_status || rc == CURLE_OK ? status : 0, ex, "streaming failed at byte " + std::to_string(reached));
+        } catch (const Error& err) {
+          error = err;
+        }
       }
-      if (self->cache_failure) {
-        self->failure = *self->cache_failure;
-        break;
-      }
-      bool complete = rc == CURLE_OK && !bad_status && (!self->size || self->streamed >= *self->size) &&
-                      (s.config.family != Family::http || (status >= 200 && status <= 299));
-      if (complete) {
-        self->finished = true;
-        if (!self->size) self->size = self->streamed;
-        break;
-      }
-      if (rc == CURLE_OK && !bad_status && status < 400) rc = CURLE_PARTIAL_FILE;  // ended early
-      if (attempt < kMaxRetries && transient(rc, bad_status || rc == CURLE_OK ? status : 0)) {
-        NETBLK_LOG(info, "{}: stream failed at byte {} ({}), retrying", s.name(), self->streamed,
-                   curl_easy_strerror(rc));
-        co_await sleep_for(backoff(attempt));
-        continue;
-      }
-      try {
-        fail(s, rc, bad_status || rc == CURLE_OK ? status : 0, ex, "streaming failed at byte " + std::to_string(self->streamed));
-      } catch (const Error& err) {
-        self->failure = err;
-      }
-      break;
+      if (refill) self->refill_failure = *error;
+      else self->failure = *error;
+      co_return;
     }
+  }
+
+  static Task<void> run(std::shared_ptr<Stream> self) {
+    co_await transfer(self, false);
     self->flush();
     self->progress.notify_all();
     self->done.set();
+  }
+  static Task<void> run_refill(std::shared_ptr<Stream> self) {
+    co_await transfer(self, true);
+    self->refilling = false;
+    self->progress.notify_all();
   }
 
   void start() {
@@ -474,34 +581,75 @@ struct Stream : std::enable_shared_from_this<Stream> {
     asio::co_spawn(session->executor, run(shared_from_this()), asio::detached);
   }
 
-  // Waits until [0, end) is cached or the stream ended.
-  Task<void> wait_for(std::uint64_t end) {
-    auto it = waiting.insert(end);
-    struct Unregister {
-      std::multiset<std::uint64_t>& set;
-      std::multiset<std::uint64_t>::iterator it;
-      ~Unregister() { set.erase(it); }
-    } unregister{waiting, it};
-    while (streamed < end && !finished && !failure && !cache_failure) co_await progress.wait();
+  // Copies [offset, end) (passed by the stream, no hole in it) from the pieces and the file.
+  void copy_passed(std::uint64_t offset, std::span<std::byte> buf) const {
+    const std::uint64_t end = offset + buf.size();
+    std::uint64_t pos = offset;  // [offset, pos) is done
+    auto from_file = [&](std::uint64_t to) {
+      while (pos < to) {
+        ssize_t n = ::pread(fd, buf.data() + (pos - offset), to - pos, static_cast<off_t>(pos));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) throw_errno(n < 0 ? errno : EIO, session->name() + ": cannot read the stream cache file");
+        pos += static_cast<std::uint64_t>(n);
+      }
+    };
+    for (const Piece& p : pieces) {
+      if (p.end() <= pos) continue;
+      if (p.offset >= end) break;
+      from_file(std::max(pos, std::min(end, p.offset)));
+      std::uint64_t b = std::min(end, p.end());
+      if (pos < b) std::memcpy(buf.data() + (pos - offset), p.bytes.data() + (pos - p.offset), b - pos);
+      pos = std::max(pos, b);
+    }
+    from_file(end);
   }
 
-  // Reads [offset, offset + buf.size()), all below `streamed`: from memory where the bytes
-  // still are, the older rest (written before its piece went) from the cache file.
-  void read(std::uint64_t offset, std::span<std::byte> buf) const {
-    if (cache_failure) throw *cache_failure;
+  // Reads [offset, offset + buf.size()): what the stream has passed from memory or the
+  // cache file (holes refilled first), the rest straight from the stream into buf.
+  static Task<void> read(std::shared_ptr<Stream> self, std::uint64_t offset, std::span<std::byte> buf) {
     const std::uint64_t end = offset + buf.size();
-    std::uint64_t file_end = end;  // [offset, file_end) is not in memory
-    for (const Piece& p : pieces) {
-      std::uint64_t from = std::max(offset, p.offset), to = std::min(end, p.end());
-      if (from < to) std::memcpy(buf.data() + (from - offset), p.bytes.data() + (from - p.offset), to - from);
-      file_end = std::min(file_end, std::max(offset, p.offset));
+    if (!self->started) self->start();
+    // Register for the part the stream has not passed yet before anything can suspend.
+    Target target{std::max(offset, self->streamed), buf.subspan(std::min<std::uint64_t>(buf.size(), self->streamed > offset ? self->streamed - offset : 0))};
+    std::optional<std::multimap<std::uint64_t, Target*>::iterator> registered;
+    if (!target.buf.empty()) registered = self->targets.emplace(target.offset, &target);
+    struct Unregister {
+      Stream* s;
+      std::optional<std::multimap<std::uint64_t, Target*>::iterator>& it;
+      ~Unregister() {
+        if (it) s->targets.erase(*it);
+      }
+    } unregister{self.get(), registered};
+    const std::uint64_t passed_end = end - target.buf.size();  // [offset, passed_end) was passed already
+    if (offset < passed_end) {
+      while (self->has_hole(offset, passed_end) && !self->cache_failure) {
+        if (self->refill_failure) throw *self->refill_failure;
+        if (!self->refilling) {
+          self->keep_all = true;
+          self->refilling = true;
+          NETBLK_LOG(info, "{}: a read wants bytes the stream gave away; streaming again to fill them", self->session->name());
+          asio::co_spawn(self->session->executor, run_refill(self), asio::detached);
+        }
+        co_await self->progress.wait();
+      }
+      if (self->cache_failure) throw *self->cache_failure;
+      self->copy_passed(offset, buf.first(static_cast<std::size_t>(passed_end - offset)));
     }
-    std::size_t done = 0;
-    while (offset + done < file_end) {
-      ssize_t n = ::pread(fd, buf.data() + done, file_end - offset - done, static_cast<off_t>(offset + done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) throw_errno(n < 0 ? errno : EIO, session->name() + ": cannot read the stream cache file");
-      done += static_cast<std::size_t>(n);
+    if (registered) {
+      auto waiting_it = self->waiting.insert(end);
+      struct Unwait {
+        std::multiset<std::uint64_t>& set;
+        std::multiset<std::uint64_t>::iterator it;
+        ~Unwait() { set.erase(it); }
+      } unwait{self->waiting, waiting_it};
+      while (self->streamed < end && !self->finished && !self->failure && !self->cache_failure)
+        co_await self->progress.wait();
+    }
+    if (self->cache_failure) throw *self->cache_failure;
+    if (self->streamed < end) {
+      if (self->failure) throw *self->failure;
+      throw Error(EIO, self->session->name() + ": the transfer ended at byte " + std::to_string(self->streamed) +
+                           ", before the announced size (" + std::to_string(self->size.value_or(0)) + ")");
     }
   }
 };
@@ -1057,17 +1205,7 @@ class CurlNode final : public Node {
       stream_ = make_stream();
       stream_->size = size_;
     }
-    stream_->start();
-    const std::uint64_t end = offset + buf.size();
-    auto stream = stream_;  // the node may go while this read waits
-    co_await stream->wait_for(end);
-    if (stream->cache_failure) throw *stream->cache_failure;
-    if (stream->streamed < end) {
-      if (stream->failure) throw *stream->failure;
-      throw Error(EIO, session_->name() + ": the transfer ended at byte " + std::to_string(stream->streamed) +
-                           ", before the announced size (" + std::to_string(size_) + ")");
-    }
-    stream->read(offset, buf);
+    co_await Stream::read(stream_, offset, buf);
   }
 
   std::shared_ptr<Session> session_;
