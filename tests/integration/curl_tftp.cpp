@@ -114,3 +114,23 @@ TEST_F(CurlTftp, LargeFileReadsFromMemoryAndTheCacheFile) {
   check_reads(named(url), want);
   check_convert({}, url, want);
 }
+
+TEST_F(CurlTftp, ReadsBackWhatTheStreamGaveAway) {
+  // Bytes handed straight to a waiting read are not cached; reading them again streams
+  // the file once more to fill those holes, and from then on everything is cached.
+  std::string want = read_all(server->root + "/large.img");
+  run_sync<void>([&]() -> Task<void> {
+    auto node = co_await open_drive(named(server->url("large.img")));
+    Buffer b(3u << 20);
+    auto check = [&](std::uint64_t off, std::size_t len) -> Task<void> {
+      co_await node->read(off, b.span().first(len));
+      EXPECT_EQ(std::memcmp(b.data(), want.data() + off, len), 0) << "at " << off << " length " << len;
+    };
+    co_await check(std::uint64_t{1} << 20, 2u << 20);            // waited for: given away
+    co_await check((std::uint64_t{1} << 20) + 4321, 1u << 20);   // again: the refill
+    co_await check(0, 3u << 20);                                  // across memory and refilled bytes
+    co_await check(std::uint64_t{30} << 20, 3u << 20);           // ahead again, after the refill
+    co_await check((std::uint64_t{30} << 20) + 99, 2u << 20);    // cached this time
+    co_await node->close();
+  });
+}
