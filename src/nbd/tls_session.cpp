@@ -121,6 +121,8 @@ Task<void> Session::write(std::span<const asio::const_buffer> buffers) {
   staging_.clear();
 }
 
+void Session::say_goodbye() { gnutls_bye(session_, GNUTLS_SHUT_WR); }
+
 void Session::verify_peer_certificate(const std::string& hostname, const char* peer) const {
   unsigned status = 0;
   int r = gnutls_certificate_verify_peers2(session_, &status);

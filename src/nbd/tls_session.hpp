@@ -39,6 +39,9 @@ class Session {
   Task<std::size_t> read_some(std::span<std::byte> buf);
   // Sends every buffer, small ones gathered into one record.
   Task<void> write(std::span<const asio::const_buffer> buffers);
+  // Sends TLS close_notify if the socket takes it at once (never waits): a clean end for
+  // peers that report a TLS stream cut short.
+  void say_goodbye();
   // Checks the peer's certificate chain against the trusted CAs and, when `hostname` is
   // not empty, its name. `peer` ("server" or "client") names it in the error.
   void verify_peer_certificate(const std::string& hostname, const char* peer) const;

@@ -172,6 +172,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     }
     negotiating_ = false;
     co_await drain();
+    if (tls_ && !dead_) tls_->say_goodbye();
     close_socket();
   }
 

@@ -77,7 +77,10 @@ class TlsStream final : public Stream {
 
   Task<std::size_t> read_some(std::span<std::byte> buf) override { return session_->read_some(buf); }
   Task<void> write(const std::vector<asio::const_buffer>& buffers) override { return session_->write(buffers); }
-  void close() override { raw_->close(); }
+  void close() override {
+    if (session_ && raw_->native_handle() >= 0) session_->say_goodbye();
+    raw_->close();
+  }
   int native_handle() override { return raw_->native_handle(); }
   Task<void> wait_ready(bool write) override { co_await raw_->wait_ready(write); }
 
