@@ -41,8 +41,9 @@ constexpr std::size_t kCacheEntries = 8;
 // FTP: reads up to this far ahead of the stream's head wait for it rather than opening a
 // data connection of their own.
 constexpr std::uint64_t kStreamLookahead = 32u << 20;
-// FTP: how many bytes the stream keeps that no read has asked for yet.
+// FTP: how many bytes the stream keeps in memory, and how far it reads ahead of every read.
 constexpr std::uint64_t kStreamBuffer = 32u << 20;
+constexpr std::uint64_t kStreamAhead = 1u << 20;
 // Streams without ranges (TFTP, servers without ranges): memory holds the newest bytes in
 // pieces of kStreamPiece, and kStreamKeep of them (already in the cache file) for reads
 // that come a little late.
@@ -683,6 +684,7 @@ struct DirectStream {
   std::multimap<std::uint64_t, Waiter*> waiters;
   std::deque<Piece> pieces;     // recent bytes, in order, below `head`
   std::uint64_t buffered = 0;   // bytes in `pieces`
+  std::uint64_t untaken = 0;    // bytes in `pieces` that no read has taken yet
   AsyncEvent done;
 
   // True when a waiter wants bytes at or after `pos`.
@@ -695,8 +697,11 @@ struct DirectStream {
   std::size_t deliver(const char* data, std::size_t n) {
     if (closing) return 0;
     const bool wanted = wanted_from(head);
+    // Nobody wants these bytes yet: read ahead only a little (kStreamAhead). Bytes kept for
+    // later are copied twice; paused, they wait in the socket for a read to come, and then
+    // go straight into its buffer.
     if (!wanted && buffered + n > kStreamBuffer) forget_taken();
-    if (!wanted && buffered + n > kStreamBuffer) {
+    if (!wanted && (untaken + n > kStreamAhead || buffered + n > kStreamBuffer)) {
       paused = true;
       NETBLK_LOG(trace, "{}: stream paused at byte {}", session->name(), head);
       return CURL_WRITEFUNC_PAUSE;  // libcurl keeps these bytes and gives them again
@@ -723,13 +728,16 @@ struct DirectStream {
     if (to_waiters < n) {
       // Someone may want these soon; keep the piece (a few waiters may overlap, so keep it
       // whole) and forget the oldest beyond the budget.
-      pieces.push_back(Piece{head, std::vector<char>(data, data + n), to_waiters});
+      Piece piece{head, std::vector<char>(data, data + n), std::min<std::uint64_t>(to_waiters, n)};
+      untaken += n - piece.taken;
+      pieces.push_back(std::move(piece));
       buffered += n;
       if (buffered > kStreamBuffer) {
         // Forget what reads already took, then (a reader far ahead waits) the oldest.
         forget_taken();
         while (buffered > kStreamBuffer && pieces.size() > 1) {
           buffered -= pieces.front().bytes.size();
+          untaken -= pieces.front().bytes.size() - pieces.front().taken;
           pieces.pop_front();
         }
       }
@@ -761,7 +769,9 @@ struct DirectStream {
       if (pos >= pend) continue;
       std::uint64_t m = std::min<std::uint64_t>(buf.size() - done, pend - pos);
       std::memcpy(buf.data() + done, p.bytes.data() + (pos - p.offset), m);
-      p.taken += m;
+      const std::uint64_t before = p.taken;
+      p.taken = std::min<std::uint64_t>(p.bytes.size(), p.taken + m);  // overlapping reads count once
+      untaken -= p.taken - before;
       done += m;
     }
     return done;

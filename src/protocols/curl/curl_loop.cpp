@@ -104,6 +104,9 @@ int CurlLoop::on_socket(CURL*, curl_socket_t fd, int what, void* loop, void*) {
   auto* self = static_cast<CurlLoop*>(loop);
   if (what == CURL_POLL_REMOVE) self->unwatch(fd);
   else self->watch(fd, what);
+  // libcurl changes the sockets it watches when a transfer changes phase: that is when
+  // an FTP control connection may go unreported, so look again soon.
+  self->arm_idle_kick(true);
   return 0;
 }
 
@@ -201,8 +204,8 @@ void CurlLoop::run_idle_transfers_every(std::chrono::milliseconds every) { idle_
 
 void CurlLoop::arm_idle_kick(bool sooner) {
   if (idle_kick_max_.count() <= 0 || active_.empty()) return;
-  // A new transfer is when libcurl goes quiet on an FTP control connection (its data
-  // connection is being set up): look again after 1 ms, then back off while nothing moves.
+  // A new transfer, or one changing phase, is when libcurl may go quiet on an FTP control
+  // connection (its data connection is being set up): look again after 1 ms, then back off.
   if (sooner) idle_kick_next_ = std::min(idle_kick_max_, std::chrono::milliseconds(1));
   auto due = std::chrono::steady_clock::now() + idle_kick_next_;
   if (idle_kick_armed_ && idle_kick_.expiry() <= due) return;
@@ -225,12 +228,10 @@ void CurlLoop::arm_idle_kick(bool sooner) {
       auto watches = watches_;
       for (auto& [fd, w] : watches)
         if (!w->removed) arm(w);
-      // Nothing moved: wait longer next time (a paused stream may sit idle for long).
-      idle_kick_next_ = std::min(idle_kick_max_, idle_kick_next_ * 2);
-    } else {
-      // Events are flowing; a stall right after them is caught within a millisecond.
-      idle_kick_next_ = std::min(idle_kick_max_, std::chrono::milliseconds(1));
     }
+    // Wait longer next time: a paused stream may sit idle for long, and while data flows
+    // the events keep everything moving (a timer firing every millisecond would cost).
+    idle_kick_next_ = std::min(idle_kick_max_, idle_kick_next_ * 2);
     arm_idle_kick(false);
   });
 }

@@ -32,7 +32,7 @@ class CurlLoop {
   // Ends every transfer in flight; their perform() returns CURLE_ABORTED_BY_CALLBACK.
   void abort_all();
   // While transfers are in flight and no event has come for a while (1 ms after a transfer
-  // starts or events flowed, doubling up to `every` while nothing moves), runs every
+  // starts or libcurl changes the sockets it watches, doubling up to `every`), runs every
   // transfer's state machine once. For FTP: libcurl 7.88 (ftp_domore_getsock) stops reporting the
   // control connection while the data connection is being set up (and reports no socket
   // at all before the data socket exists), so an event-driven loop is never told that
