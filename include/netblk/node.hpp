@@ -156,7 +156,10 @@ class Node {
     bool exclusive;
   };
   class RangeLock;
-  Task<RangeLock> lock_write_range(std::uint64_t start, std::uint64_t end, bool exclusive);
+  // Waits until the range may be held and takes it; a RangeLock built from the result
+  // releases it. (It returns the plain iterator: GCC 12 may destroy a non-trivial object
+  // returned from a coroutine twice.)
+  Task<std::list<WriteRange>::iterator> lock_write_range(std::uint64_t start, std::uint64_t end, bool exclusive);
   std::list<WriteRange> write_ranges_;
   // Writers waiting for a range, each on a condition of its own executor (a node may be
   // used from a different io_context than the one it was opened on).

@@ -32,10 +32,9 @@ Node::~Node() = default;
 class Node::RangeLock {
  public:
   RangeLock(Node* node, std::list<WriteRange>::iterator it) : node_(node), it_(it) {}
-  RangeLock(RangeLock&& other) noexcept : node_(std::exchange(other.node_, nullptr)), it_(other.it_) {}
-  RangeLock& operator=(RangeLock&&) = delete;
+  RangeLock(const RangeLock&) = delete;
+  RangeLock& operator=(const RangeLock&) = delete;
   ~RangeLock() {
-    if (!node_) return;
     node_->write_ranges_.erase(it_);
     for (AsyncCondition* waiter : node_->write_waiters_) waiter->notify_all();
     node_->write_waiters_.clear();
@@ -46,7 +45,7 @@ class Node::RangeLock {
   std::list<WriteRange>::iterator it_;
 };
 
-Task<Node::RangeLock> Node::lock_write_range(std::uint64_t start, std::uint64_t end, bool exclusive) {
+Task<std::list<Node::WriteRange>::iterator> Node::lock_write_range(std::uint64_t start, std::uint64_t end, bool exclusive) {
   auto conflicts = [&] {
     for (const WriteRange& r : write_ranges_)
       if (r.start < end && start < r.end && (exclusive || r.exclusive)) return true;
@@ -65,7 +64,7 @@ Task<Node::RangeLock> Node::lock_write_range(std::uint64_t start, std::uint64_t 
     co_await wake.wait();
   }
   write_ranges_.push_back(WriteRange{start, end, exclusive});
-  co_return RangeLock(this, std::prev(write_ranges_.end()));
+  co_return std::prev(write_ranges_.end());
 }
 
 std::string Node::display_name() const {
@@ -131,7 +130,8 @@ Task<void> Node::write(std::uint64_t offset, std::span<const std::byte> buf, uns
   const bool read_modify_write = offset % align != 0 || buf.size() % align != 0;
   const std::uint64_t start = offset - offset % align;
   const std::uint64_t end = (offset + buf.size() + align - 1) / align * align;
-  RangeLock lock = co_await lock_write_range(start, end, read_modify_write);
+  auto held = co_await lock_write_range(start, end, read_modify_write);
+  RangeLock lock(this, held);
   co_await write_unlocked(offset, buf, flags);
 }
 
@@ -176,7 +176,8 @@ Task<void> Node::write_zeroes(std::uint64_t offset, std::uint64_t length, unsign
     if (align == 1) {
       co_await co_write_zeroes(head_end, tail_start - head_end, flags);
     } else {
-      RangeLock lock = co_await lock_write_range(head_end, tail_start, false);
+      auto held = co_await lock_write_range(head_end, tail_start, false);
+      RangeLock lock(this, held);
       co_await co_write_zeroes(head_end, tail_start - head_end, flags);
     }
   }
@@ -197,7 +198,8 @@ Task<void> Node::discard(std::uint64_t offset, std::uint64_t length) {
   if (align == 1) {
     co_await co_discard(start, end - start);
   } else {
-    RangeLock lock = co_await lock_write_range(start, end, false);
+    auto held = co_await lock_write_range(start, end, false);
+    RangeLock lock(this, held);
     co_await co_discard(start, end - start);
   }
 }
