@@ -1,4 +1,5 @@
 // netblk: open VM disk images over the network by QEMU's names; verbs as in qemu-img.
+#include <csignal>
 #include <iostream>
 
 #include "cli/verbs.hpp"
@@ -6,6 +7,9 @@
 
 int main(int argc, char** argv) {
   using namespace netblk;
+  // A peer that goes away must not kill us: writes to it fail with EPIPE and the protocol
+  // code handles that (reconnects, reports). QEMU's tools ignore SIGPIPE the same way.
+  ::signal(SIGPIPE, SIG_IGN);
   log::init_from_env();
   CLI::App app{"netblk: open virtual-machine disk images over the network by the names QEMU documents"};
   app.require_subcommand(1);

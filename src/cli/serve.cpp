@@ -94,8 +94,6 @@ const VerbRegistration kServe{Verb{
       app.add_flag("-t,--persistent", args->persistent, "Keep serving after the last client disconnects");
       app.add_option("--tls-creds", args->tls_creds, "Require TLS with the tls-creds-x509 or tls-creds-psk object ID (endpoint=server)");
       return [args]() -> int {
-        // A client that goes away must not kill the server.
-        ::signal(SIGPIPE, SIG_IGN);
         return run_verb([args]() { return serve(*args); });
       };
     }}};

@@ -1,9 +1,12 @@
 #include "nbd/tls_session.hpp"
 
 #include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <gnutls/x509.h>
 
 #include <asio/error.hpp>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <system_error>
@@ -16,6 +19,15 @@ namespace {
 // Small buffers are gathered up to this size before a record is sent (one record per
 // NBD reply instead of one for the header and one for the data).
 constexpr std::size_t kGatherLimit = 64u << 10;
+
+// GnuTLS's own push uses send() without MSG_NOSIGNAL: a peer that has gone would raise
+// SIGPIPE in a library user that did not ignore it.
+ssize_t push_no_sigpipe(gnutls_transport_ptr_t transport, const giovec_t* iov, int count) {
+  msghdr msg{};
+  msg.msg_iov = reinterpret_cast<iovec*>(const_cast<giovec_t*>(iov));
+  msg.msg_iovlen = static_cast<std::size_t>(count);
+  return ::sendmsg(static_cast<int>(reinterpret_cast<std::intptr_t>(transport)), &msg, MSG_NOSIGNAL);
+}
 
 std::string verification_text(unsigned status, const std::string& fallback) {
   gnutls_datum_t out{};
@@ -35,6 +47,7 @@ Session::Session(bool server, int fd, WaitReady wait_ready, std::string name)
   // GnuTLS reads and writes the socket itself: it must not block the event loop.
   fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
   gnutls_transport_set_int(session_, fd);
+  gnutls_transport_set_vec_push_function(session_, push_no_sigpipe);
 }
 
 Session::~Session() {

@@ -2,7 +2,9 @@
 // newstyle handshake (NBD_OPT_GO/INFO/EXPORT_NAME/LIST, structured replies, extended
 // headers, base:allocation) and pipelined transmission (many requests in flight per
 // connection, replies written in batches). All connections share the node and run on the
-// server's executor; the node must outlive the server.
+// server's executor; the node must outlive the server. File data may go out with
+// sendfile(), which raises SIGPIPE when the client has gone: the process must ignore
+// SIGPIPE (the netblk CLI does).
 #pragma once
 #include <asio/generic/stream_protocol.hpp>
 #include <chrono>
