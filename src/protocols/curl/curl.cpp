@@ -20,6 +20,7 @@
 #include <list>
 #include <map>
 #include <set>
+#include <thread>
 
 #include "block/driver.hpp"
 #include "core/log.hpp"
@@ -55,6 +56,15 @@ constexpr int kMaxRetries = 5;
 constexpr long kTftpBlockSize = 65464;  // RFC 2348's maximum
 
 enum class Family { http, ftp, tftp };
+
+// Parallel HTTP(S) connections: as many as CPUs, 2 to kConnections. On 2 CPUs a 256 MiB
+// convert over HTTP took 0.23 s with 2 connections and 0.25 s with 8 (curl -o 0.27 s): the
+// extra transfers only contend for the cores that nginx and we share. FTP and TFTP keep
+// kConnections (one stream plus range requests of their own far from it).
+long connection_limit(Family family) {
+  if (family != Family::http) return kConnections;
+  return std::clamp<long>(static_cast<long>(std::thread::hardware_concurrency()), 2, kConnections);
+}
 
 Family family_of(std::string_view driver) {
   if (driver == "http" || driver == "https") return Family::http;
@@ -141,7 +151,7 @@ using Easy = std::unique_ptr<CURL, EasyRelease>;
 // Everything a transfer needs, shared by the node and its background stream so that the
 // stream may outlive a node that is dropped without close().
 struct Session {
-  Session(Executor ex, Config c) : config(std::move(c)), loop(ex, kConnections), executor(std::move(ex)) {
+  Session(Executor ex, Config c) : config(std::move(c)), loop(ex, connection_limit(c.family)), executor(std::move(ex)) {
     // libcurl's FTP data-connection setup goes unreported to the socket callback (see
     // CurlLoop::run_idle_transfers_every): keep FTP transfers moving when no event comes.
     if (config.family == Family::ftp) loop.run_idle_transfers_every(std::chrono::milliseconds(50));
