@@ -399,27 +399,15 @@ TEST(Qcow2, CopyOnReadPullsTheChainIntoTheOverlay) {
     spec.copy_on_read = true;
     auto node = co_await netblk::open_drive(spec);
     // Many overlapping reads at once, as an NBD client would send.
-    auto ex = co_await asio::this_coro::executor;
-    int running = 0;
-    netblk::AsyncCondition done(ex);
-    std::exception_ptr failure;
-    for (int i = 0; i < 48; ++i) {
-      ++running;
-      std::uint64_t off = (static_cast<std::uint64_t>(i) * 131072 + 3000) % ((6u << 20) - 200000);
-      asio::co_spawn(
-          ex,
-          [&node, off]() -> netblk::Task<void> {
-            std::vector<std::byte> buf(200000);
-            co_await node->read(off, buf);
-          },
-          [&](std::exception_ptr e) {
-            if (e) failure = e;
-            --running;
-            done.notify_all();
-          });
-    }
-    while (running) co_await done.wait();
-    if (failure) std::rethrow_exception(failure);
+    std::uint64_t next = 0;
+    co_await netblk::run_concurrently(
+        48,
+        [&]() -> netblk::Task<void> {
+          const std::uint64_t off = (next++ * 131072 + 3000) % ((6u << 20) - 200000);
+          std::vector<std::byte> buf(200000);
+          co_await node->read(off, buf);
+        },
+        [] {});
     std::vector<std::byte> all(6u << 20);
     co_await node->read(0, all);
     co_await node->close();

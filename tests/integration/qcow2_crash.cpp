@@ -57,32 +57,20 @@ std::vector<Op> make_ops(std::uint64_t seed, std::size_t count) {
       spec.filename = image;
       spec.format = "qcow2";
       auto node = co_await netblk::open_drive(spec);
-      auto ex = co_await asio::this_coro::executor;
-      netblk::AsyncCondition done(ex);
       for (std::size_t b = 0; b * kBatch < ops.size(); ++b) {
-        int running = 0;
-        std::exception_ptr failure;
-        for (int i = 0; i < kBatch; ++i) {
-          const Op& op = ops[b * kBatch + i];
-          ++running;
-          asio::co_spawn(
-              ex,
-              [&node, &op]() -> netblk::Task<void> {
-                if (op.zeroes) {
-                  co_await node->write_zeroes(op.offset, op.length, netblk::kZeroMayUnmap);
-                } else {
-                  std::vector<std::byte> buf(op.length, std::byte{op.value});
-                  co_await node->write(op.offset, buf);
-                }
-              },
-              [&](std::exception_ptr e) {
-                if (e) failure = e;
-                --running;
-                done.notify_all();
-              });
-        }
-        while (running) co_await done.wait();
-        if (failure) std::rethrow_exception(failure);
+        std::size_t next = b * kBatch;
+        co_await netblk::run_concurrently(
+            kBatch,
+            [&]() -> netblk::Task<void> {
+              const Op& op = ops[next++];
+              if (op.zeroes) {
+                co_await node->write_zeroes(op.offset, op.length, netblk::kZeroMayUnmap);
+              } else {
+                std::vector<std::byte> buf(op.length, std::byte{op.value});
+                co_await node->write(op.offset, buf);
+              }
+            },
+            [] {});
         co_await node->flush();
         std::uint64_t flushed = b + 1;
         if (::write(fd, &flushed, sizeof flushed) != sizeof flushed) _exit(3);

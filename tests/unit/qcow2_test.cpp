@@ -196,33 +196,28 @@ struct TempImage {
 };
 
 Task<void> concurrent_writes(Node& node, std::vector<std::byte>& model, unsigned seed) {
-  auto ex = co_await asio::this_coro::executor;
   std::mt19937_64 rng(seed);
-  AsyncCondition done(ex);
-  int running = 0;
-  std::exception_ptr failure;
+  std::vector<std::pair<std::uint64_t, std::vector<std::byte>>> writes;
   for (int i = 0; i < 64; ++i) {
     // Many writers aim at the same few unallocated clusters at once.
     std::uint64_t len = 1 + rng() % 20000;
     std::uint64_t off = (rng() % 6) * 65536 + rng() % 70000;
     off = std::min<std::uint64_t>(off, model.size() - len);
-    auto data = std::make_shared<std::vector<std::byte>>(len, static_cast<std::byte>(i + 1));
     // Non-overlapping writes only, so the final content does not depend on timing.
     bool overlaps = false;
     for (std::uint64_t k = off; k < off + len && !overlaps; ++k) overlaps = model[k] != std::byte{0};
     if (overlaps) continue;
-    std::memcpy(model.data() + off, data->data(), len);
-    ++running;
-    asio::co_spawn(
-        ex, [&node, off, data]() -> Task<void> { co_await node.write(off, *data); },
-        [&](std::exception_ptr e) {
-          if (e) failure = e;
-          --running;
-          done.notify_all();
-        });
+    std::fill_n(model.begin() + static_cast<std::ptrdiff_t>(off), len, static_cast<std::byte>(i + 1));
+    writes.emplace_back(off, std::vector<std::byte>(len, static_cast<std::byte>(i + 1)));
   }
-  while (running) co_await done.wait();
-  if (failure) std::rethrow_exception(failure);
+  std::size_t next = 0;
+  co_await run_concurrently(
+      static_cast<unsigned>(writes.size()),
+      [&]() -> Task<void> {
+        const auto& [off, data] = writes[next++];
+        co_await node.write(off, data);
+      },
+      [] {});
 }
 
 TEST(Qcow2Node, ConcurrentAllocationsNeverDoubleAllocate) {
