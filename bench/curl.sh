@@ -25,15 +25,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {  # tcp|udp PORT
-  for _ in $(seq 200); do
-    if [ "$1" = tcp ]; then ss -ltnH "sport = :$2" | grep -q . && return 0
-    else ss -lunH "sport = :$2" | grep -q . && return 0; fi
-    sleep 0.05
-  done
-  echo "server on $1 port $2 did not start" >&2; exit 1
-}
 
 mkdir -p "$dir/www" "$dir/empty" "$dir/tmp"
 head -c $SIZE /dev/urandom > "$dir/www/disk.img"
@@ -43,7 +34,7 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 -addext su
   -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null
 chmod 644 "$dir/key.pem" "$dir/cert.pem"
 
-http=$(port); https=$(port); ftp=$(port); ftps=$(port); tftp=$(port)
+http=$(bench_free_port); https=$(bench_free_port); ftp=$(bench_free_port); ftps=$(bench_free_port); tftp=$(bench_free_port)
 cat > "$dir/nginx.conf" <<CONF
 daemon off;
 worker_processes 2;
@@ -85,7 +76,8 @@ printf '%s\nlisten_port=%s\npasv_min_port=%s\npasv_max_port=%s\nssl_enable=YES\n
 /usr/sbin/vsftpd "$dir/ftp.conf" & pids+=($!)
 /usr/sbin/vsftpd "$dir/ftps.conf" & pids+=($!)
 /usr/sbin/in.tftpd -L -a 127.0.0.1:$tftp -s -u nobody -B 65464 "$dir/www" & pids+=($!)
-wait_port tcp $http; wait_port tcp $https; wait_port tcp $ftp; wait_port tcp $ftps; wait_port udp $tftp
+bench_wait_listen tcp $http && bench_wait_listen tcp $https && bench_wait_listen tcp $ftp && bench_wait_listen tcp $ftps &&
+  bench_wait_listen udp $tftp || exit 1
 
 out=/dev/shm/netblk-bench-out.raw
 BENCH_PREPARE="rm -f $out"

@@ -56,3 +56,21 @@ bench_fio_iops() {
   # The nbd engine prints lines such as "connected" before the JSON: parse from the first '{'.
   fio --output-format=json "$@" | python3 -c 'import json,sys; t=sys.stdin.read(); j=json.loads(t[t.index("{"):])["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))'
 }
+
+# A free TCP port on 127.0.0.1.
+bench_free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits (10 s at most) until a server listens: bench_wait_listen tcp|udp PORT, or
+# bench_wait_listen unix PATH. Asks ss, so no probe connection reaches the server.
+bench_wait_listen() {
+  for _ in $(seq 200); do
+    case $1 in
+      tcp) ss -ltnH "sport = :$2" | grep -q . && return 0 ;;
+      udp) ss -lunH "sport = :$2" | grep -q . && return 0 ;;
+      unix) ss -lxH | grep -qF " $2 " && return 0 ;;
+    esac
+    sleep 0.05
+  done
+  echo "nothing listens on $1 $2" >&2
+  return 1
+}

@@ -26,30 +26,18 @@ out=$work/out.raw
 dd if=/dev/urandom of="$image" bs=1M count=1024 status=none
 bytes=$(stat -c %s "$image")
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_ready() {  # wait_ready tcp PORT | unix PATH
-  for _ in $(seq 1 200); do
-    if [ "$1" = tcp ]; then (exec 3<>/dev/tcp/127.0.0.1/"$2") 2>/dev/null && return 0
-    else [ -S "$2" ] && return 0; fi
-    sleep 0.05
-  done
-  echo "nbdkit did not start"; return 1
-}
-
 for transport in tcp unix; do
   if [ "$transport" = tcp ]; then
-    port=$(free_port)
+    port=$(bench_free_port)
     nbdkit -f -i 127.0.0.1 -p "$port" file "$image" &
     server_pid=$!
-    wait_ready tcp "$port"
+    bench_wait_listen tcp "$port"
     uri="nbd://127.0.0.1:$port/"
   else
     sock=$work/nbdkit.sock
     nbdkit -f -U "$sock" file "$image" &
     server_pid=$!
-    wait_ready unix "$sock"
-    sleep 0.2
+    bench_wait_listen unix "$sock"
     uri="nbd+unix:///?socket=$sock"
   fi
   # The copy must be right before it is timed.

@@ -31,21 +31,10 @@ fio_iops() {
   python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))' "$work/fio.json"
 }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_ready() {  # wait_ready tcp PORT | unix PATH
-  for _ in $(seq 1 200); do
-    if [ "$1" = tcp ]; then (exec 3<>/dev/tcp/127.0.0.1/"$2") 2>/dev/null && return 0
-    else [ -S "$2" ] && return 0; fi
-    sleep 0.05
-  done
-  echo "server did not start"; return 1
-}
-
 # start_server NAME TRANSPORT -> sets server_pid and uri
 start_server() {
   local name=$1 transport=$2 port sock
-  if [ "$transport" = tcp ]; then port=$(free_port); uri="nbd://127.0.0.1:$port/"
+  if [ "$transport" = tcp ]; then port=$(bench_free_port); uri="nbd://127.0.0.1:$port/"
   else sock=$work/$name.sock; rm -f "$sock"; uri="nbd+unix:///?socket=$sock"; fi
   case $name-$transport in
     netblk-tcp)  "$NETBLK" serve -t -e 0 -f raw -b 127.0.0.1 -p "$port" "$image" & ;;
@@ -56,8 +45,7 @@ start_server() {
     nbdkit-unix) nbdkit -f -U "$sock" file "$image" & ;;
   esac
   server_pid=$!
-  # A unix socket file exists before listen(): give the server a moment after it appears.
-  if [ "$transport" = tcp ]; then wait_ready tcp "$port"; else wait_ready unix "$sock"; sleep 0.2; fi
+  if [ "$transport" = tcp ]; then bench_wait_listen tcp "$port"; else bench_wait_listen unix "$sock"; fi
 }
 stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=; }
 

@@ -22,18 +22,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+port=$(bench_free_port)
 echo "base: 1 GiB of random data; overlay: qcow2, 64 KiB clusters; fio 4k iodepth 32, ${SECS}s per phase"
 head -c 1G /dev/urandom >"$work/base.raw"
-
-wait_port() {
-  for _ in $(seq 1 200); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "server did not start" >&2
-  return 1
-}
 
 start_server() {  # $1 = netblk | qemu-nbd
   rm -f "$work/ov.qcow2"
@@ -44,7 +35,7 @@ start_server() {  # $1 = netblk | qemu-nbd
     qemu-nbd -t -f qcow2 -x disk -b 127.0.0.1 -p "$port" "$work/ov.qcow2" >"$work/server.log" 2>&1 &
   fi
   server_pid=$!
-  wait_port
+  bench_wait_listen tcp "$port"
 }
 
 stop_server() {
