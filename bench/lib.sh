@@ -74,3 +74,20 @@ bench_wait_listen() {
   echo "nothing listens on $1 $2" >&2
   return 1
 }
+
+# A scratch directory $work (under PARENT, /dev/shm by default) and the one server a script
+# runs at a time ($server_pid, set after starting it): both go when the script exits.
+#   bench_workdir NAME [PARENT]
+bench_workdir() {
+  work=$(mktemp -d "${2:-/dev/shm}/netblk-bench-$1.XXXXXX")
+  server_pid=
+  trap 'bench_stop_server; rm -rf "$work"' EXIT
+}
+
+# Stops the server in $server_pid (by PID) and forgets it.
+bench_stop_server() {
+  [ -n "$server_pid" ] || return 0
+  kill "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=
+}

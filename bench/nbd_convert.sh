@@ -14,13 +14,7 @@ NETBLK=${NETBLK:-$here/../build/netblk}
 [ -x "$NETBLK" ] || { echo "no netblk binary at $NETBLK (set NETBLK=)"; exit 1; }
 for p in nbdkit nbdcopy qemu-img python3; do command -v $p >/dev/null || { echo "$p is not installed"; exit 1; }; done
 
-work=$(mktemp -d /dev/shm/netblk-bench-nbdconvert.XXXXXX)
-server_pid=
-cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir nbdconvert
 image=$work/src.raw
 out=$work/out.raw
 dd if=/dev/urandom of="$image" bs=1M count=1024 status=none
@@ -50,5 +44,5 @@ for transport in tcp unix; do
     "'$NETBLK' convert -O raw '$uri' '$out'" \
     "nbdcopy '$uri' '$out'" \
     "qemu-img convert -O raw '$uri' '$out'"
-  kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
+  bench_stop_server
 done

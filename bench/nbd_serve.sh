@@ -15,13 +15,7 @@ NETBLK=${NETBLK:-$here/../build/netblk}
 [ -x "$NETBLK" ] || { echo "no netblk binary at $NETBLK (set NETBLK=)"; exit 1; }
 for p in fio qemu-nbd nbdkit python3; do command -v $p >/dev/null || { echo "$p is not installed"; exit 1; }; done
 
-work=$(mktemp -d /dev/shm/netblk-bench-serve.XXXXXX)
-server_pid=
-cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir serve
 image=$work/disk.raw
 dd if=/dev/urandom of="$image" bs=1M count=1024 status=none
 
@@ -47,7 +41,6 @@ start_server() {
   server_pid=$!
   if [ "$transport" = tcp ]; then bench_wait_listen tcp "$port"; else bench_wait_listen unix "$sock"; fi
 }
-stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=; }
 
 servers=(netblk qemu-nbd nbdkit)
 declare -A results
@@ -64,7 +57,7 @@ for transport in tcp unix; do
         start_server "$s" "$transport"
         iops=$(fio_iops --name=bench --ioengine=nbd --uri="$uri" "${fio_args[@]}" --size=1G \
                  --runtime="$SECS" --time_based --ramp_time=1)
-        stop_server
+        bench_stop_server
         results[$transport.$workload.$s]+="$iops "
         printf '  run %d  %-9s %8d IOPS\n' "$rep" "$s" "$iops"
       done

@@ -14,13 +14,7 @@ source "$here/lib.sh"
 NETBLK=${NETBLK:-$here/../build/netblk}
 REPS=${1:-3}
 SECS=${2:-10}
-work=$(mktemp -d)
-server_pid=
-cleanup() {
-  [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+bench_workdir qcow2serve "${TMPDIR:-/tmp}"
 
 port=$(bench_free_port)
 echo "base: 1 GiB of random data; overlay: qcow2, 64 KiB clusters; fio 4k iodepth 32, ${SECS}s per phase"
@@ -39,9 +33,7 @@ start_server() {  # $1 = netblk | qemu-nbd
 }
 
 stop_server() {
-  kill "$server_pid"
-  wait "$server_pid" 2>/dev/null || true
-  server_pid=
+  bench_stop_server
   qemu-img check -q "$work/ov.qcow2" || { echo "overlay does not check clean after $1" >&2; exit 1; }
 }
 
