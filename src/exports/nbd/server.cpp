@@ -242,13 +242,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
       n -= step;
     }
   }
+  // Handshake replies (transmission replies go through push_out() or write_batch_tls()).
   Task<void> write_all(std::span<const std::byte> bytes) {
     const asio::const_buffer buffer(bytes.data(), bytes.size());
-    co_await write_buffers(std::span(&buffer, 1));
-  }
-  Task<void> write_buffers(std::span<const asio::const_buffer> buffers) {
-    if (tls_) co_return co_await tls_->write(buffers);
-    co_await asio::async_write(socket_, buffers, asio::use_awaitable);
+    if (tls_) co_return co_await tls_->write(std::span(&buffer, 1));
+    co_await asio::async_write(socket_, buffer, asio::use_awaitable);
   }
 
   // ---- handshake --------------------------------------------------------------------
