@@ -112,6 +112,14 @@ class Node {
   struct FileSpan {
     int fd;
     std::uint64_t offset;
+    // The same bytes in a shared mapping of the file, or null. Touching a hole through a
+    // tmpfs mapping allocates a page for it: read only what pages_in_memory()
+    // (core/mapping.hpp) confirms, and read other ranges with read().
+    std::byte* memory = nullptr;
+    // Copying into `memory` is what write() would do (no format, filter or alignment in
+    // between). The copy must use copy_unless_sigbus() and fall back to write() when it
+    // fails (a full tmpfs, a file truncated by another process).
+    bool writable = false;
   };
   virtual std::optional<FileSpan> file_span(std::uint64_t /*offset*/, std::uint64_t /*length*/) const {
     return std::nullopt;

@@ -4,12 +4,15 @@
 // succeeds where the file system can write without blocking). Files on tmpfs/ramfs are
 // memory: their reads and writes never wait for a device and tmpfs refuses RWF_NOWAIT, so
 // small ones (where a hop to the pool costs more than the copy) run on the event loop
-// directly; large ones still go to the pool, where several copies run in parallel.
-// Flushes, zeroing and cold I/O run on the pool.
+// directly; large ones still go to the pool, where several copies run in parallel. Such a
+// file is also mapped, and file_span() offers the mapping to exporters: sending from it or
+// copying into it saves a system call and a copy per request. Flushes, zeroing and cold
+// I/O run on the pool.
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/vfs.h>
 #include <sys/uio.h>
@@ -31,6 +34,7 @@ class FileNode final : public Node {
         no_flush_(ctx.cache_no_flush) {}
 
   ~FileNode() override {
+    unmap();
     if (fd_ >= 0) ::close(fd_);
   }
 
@@ -62,6 +66,7 @@ class FileNode final : public Node {
     caps_.can_grow = !block_device_;
     limits_.request_alignment = direct_ ? 4096 : 1;
     limits_.max_transfer = 0;
+    map();
   }
 
   // Reads from `offset + done` until `buf` is full; past the end reads as zeroes.
@@ -96,9 +101,11 @@ class FileNode final : public Node {
     return j;
   }
   std::string plain_filename() const override { return path_; }
-  std::optional<FileSpan> file_span(std::uint64_t offset, std::uint64_t) const override {
+  std::optional<FileSpan> file_span(std::uint64_t offset, std::uint64_t len) const override {
     if (direct_ || fd_ < 0) return std::nullopt;
-    return FileSpan{fd_, offset};
+    std::byte* memory = nullptr;
+    if (mapping_ && offset <= mapped_len_ && len <= mapped_len_ - offset) memory = mapping_ + offset;
+    return FileSpan{fd_, offset, memory, memory && !caps_.read_only};
   }
   bool has_zero_init() const override { return !block_device_; }
   std::int64_t allocated_bytes() const override {
@@ -181,12 +188,26 @@ class FileNode final : public Node {
   }
 
   Task<void> co_close() override {
+    unmap();
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
     co_return;
   }
 
  private:
+  void map() {
+    if (!memory_backed_ || block_device_ || size_ == 0 || size_ > SIZE_MAX) return;
+    int prot = caps_.read_only ? PROT_READ : PROT_READ | PROT_WRITE;
+    void* p = ::mmap(nullptr, static_cast<std::size_t>(size_), prot, MAP_SHARED, fd_, 0);
+    if (p == MAP_FAILED) return;
+    mapping_ = static_cast<std::byte*>(p);
+    mapped_len_ = static_cast<std::size_t>(size_);
+  }
+  void unmap() {
+    if (mapping_) ::munmap(mapping_, mapped_len_);
+    mapping_ = nullptr;
+  }
+
   std::string path_;
   std::string aio_;
   bool direct_;
@@ -196,6 +217,8 @@ class FileNode final : public Node {
   bool no_flush_;
   int fd_ = -1;
   bool block_device_ = false;
+  std::byte* mapping_ = nullptr;   // the whole file as it was at open, when memory-backed
+  std::size_t mapped_len_ = 0;
 };
 
 void parse_file_filename(const std::string& filename, Json& options) {
