@@ -14,6 +14,8 @@ namespace netblk::test {
 class TempDir {
  public:
   TempDir();
+  // Under `base` instead of $TMPDIR or /tmp (for example /dev/shm, for tmpfs).
+  explicit TempDir(const std::string& base);
   ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;

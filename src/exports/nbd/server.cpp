@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "core/log.hpp"
+#include "core/mapping.hpp"
 #include "nbd/protocol.hpp"
 #include "nbd/tls_session.hpp"
 #include "netblk/buffer.hpp"
@@ -89,6 +90,7 @@ struct Reply {
   // Read data that lies in a file: sent from there with sendfile (data stays empty; no tail).
   int file_fd = -1;
   std::uint64_t file_offset = 0;
+  const std::byte* mapped = nullptr;  // read data in a file mapping, sent from there (no tail)
   std::vector<std::byte> tail;
   std::uint64_t charge = 0;  // bytes counted against kMaxBytesInFlight
 };
@@ -132,9 +134,9 @@ namespace {
 
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  // `use_sendfile` (unix sockets): large reads of a file go out with sendfile.
-  Connection(std::shared_ptr<Server::Impl> server, Socket socket, bool use_sendfile)
-      : use_sendfile_(use_sendfile),
+  // `unix_socket`: large reads of a file go out with sendfile, writes may land in place.
+  Connection(std::shared_ptr<Server::Impl> server, Socket socket, bool unix_socket)
+      : unix_socket_(unix_socket),
         server_(std::move(server)),
         node_(server_->node),
         config_(server_->config),
@@ -521,6 +523,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
         enqueue(reply);
         continue;
       }
+      if (request.type == kCmdWrite && write_in_place(request)) continue;
       Buffer data;
       if (request.type == kCmdWrite && request.length) {
         data = pool_.get(request.length);
@@ -533,6 +536,24 @@ class Connection : public std::enable_shared_from_this<Connection> {
       }
       asio::co_spawn(server_->executor, handle(shared_from_this(), request, reply, std::move(data)), asio::detached);
     }
+  }
+
+  // On a unix socket, a write whose payload is already buffered, to a range that lies in a
+  // writable file mapping (raw over a tmpfs file), is one copy from the input buffer,
+  // answered at once: no buffer, no task, no system call. (Over TCP the faster answers
+  // left fewer replies per segment, and loopback TCP charges each segment's receive to its
+  // sender: 4k randwrite at QD32 went from 225k to 181k IOPS. So TCP keeps the general
+  // path.) False when the request needs the general path.
+  bool write_in_place(const Request& request) {
+    if (!unix_socket_ || request.length == 0 || (request.flags & kCmdFlagFua) || buffered() < request.length) return false;
+    auto span = node_.file_span(request.offset, request.length);
+    if (!span || !span->writable) return false;
+    if (!copy_unless_sigbus(span->memory, input_.data() + in_begin_, request.length)) return false;
+    take(request.length);
+    Reply* reply = acquire_reply();
+    finish_ok(*reply, request);
+    enqueue(reply);
+    return true;
   }
 
   // 0 when the request may run, else the NBD error to answer with.
@@ -644,23 +665,33 @@ class Connection : public std::enable_shared_from_this<Connection> {
       co_return;
     }
     const std::size_t len = static_cast<std::size_t>(r.length);
-    if (use_sendfile_ && !tls_ && len >= kSendfileMinimum) {
+    if (!tls_) {
       if (auto span = node_.file_span(r.offset, len)) {
-        // A range with no data at all still goes out as a hole. SEEK_DATA answers at once
-        // from a data offset (SEEK_HOLE, which scans tmpfs data, is not asked).
-        if (structured_) {
-          off_t data = ::lseek(span->fd, static_cast<off_t>(span->offset), SEEK_DATA);
-          if ((data < 0 && errno == ENXIO) || (data >= 0 && static_cast<std::uint64_t>(data) >= span->offset + len)) {
-            finish_hole(reply, r);
-            co_return;
-          }
+        if (span->memory && pages_in_memory(span->memory, len)) {
+          // In memory: push_out() sends it from the mapping, one copy into the socket.
+          encode_read_header(reply, r, len);
+          reply.mapped = span->memory;
+          reply.data_len = len;
+          co_return;
         }
-        // Sent from the file by push_out(); nothing is read here.
-        encode_read_header(reply, r, len);
-        reply.file_fd = span->fd;
-        reply.file_offset = span->offset;
-        reply.data_len = len;
-        co_return;
+        if (unix_socket_ && len >= kSendfileMinimum) {
+          // A range with no data at all still goes out as a hole. SEEK_DATA answers at once
+          // from a data offset (SEEK_HOLE, which scans tmpfs data, is not asked).
+          if (structured_) {
+            off_t data = ::lseek(span->fd, static_cast<off_t>(span->offset), SEEK_DATA);
+            if ((data < 0 && errno == ENXIO) ||
+                (data >= 0 && static_cast<std::uint64_t>(data) >= span->offset + len)) {
+              finish_hole(reply, r);
+              co_return;
+            }
+          }
+          // Sent from the file by push_out(); nothing is read here.
+          encode_read_header(reply, r, len);
+          reply.file_fd = span->fd;
+          reply.file_offset = span->offset;
+          reply.data_len = len;
+          co_return;
+        }
       }
     }
     // No block_status probe before reading: on some file systems (tmpfs) SEEK_HOLE scans
@@ -755,6 +786,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     reply.data = Buffer();
     reply.data_len = 0;
     reply.file_fd = -1;
+    reply.mapped = nullptr;
     reply.head_len = 0;
     reply.tail.clear();
   }
@@ -832,7 +864,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
           if (n + 3 > iov.size()) break;
           add(q->head.data(), q->head_len);
           if (q->file_fd >= 0) break;
-          add(q->data.data(), q->data_len);
+          add(q->mapped ? q->mapped : q->data.data(), q->data_len);
           add(q->tail.data(), q->tail.size());
         }
         msghdr msg{};
@@ -926,7 +958,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
   bool writer_started() const { return transmission_started_; }
 
-  const bool use_sendfile_;
+  const bool unix_socket_;
   std::shared_ptr<Server::Impl> server_;
   Node& node_;
   const ExportConfig& config_;
