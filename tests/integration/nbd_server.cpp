@@ -354,6 +354,20 @@ TEST(NbdServer, ImageOnTmpfs) {
     s.process.stop();
   }
 
+  // Format probed as raw: a write that would make the first sector probe as qcow2 is
+  // refused on the in-place path too.
+  {
+    auto p = start_serve(dir, {"-t", "-e", "0"}, image, true);
+    std::string header(4096, '\0');
+    header.replace(0, 4, "QFI\xfb");
+    const std::string head = dir / "head.bin";
+    write_file(head, header);
+    auto w = run({"qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -s " + head + " 0 4k", p.uri}, 60s);
+    EXPECT_NE(w.out.find("Operation not permitted"), std::string::npos) << w.out << w.err;
+    EXPECT_NE(read_file(image).substr(0, 4), "QFI\xfb");
+    p.process.stop();
+  }
+
   // The file shrinks under the server; writes past the new end still land (as pwrite
   // would put them) and the server keeps serving.
   auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, image, true);

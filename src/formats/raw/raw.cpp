@@ -45,7 +45,10 @@ class RawNode final : public Node {
   }
 
   std::optional<FileSpan> file_span(std::uint64_t off, std::uint64_t len) const override {
-    return file_->file_span(offset_ + off, len);
+    auto span = file_->file_span(offset_ + off, len);
+    // A write into the first sector of a probed image must pass check_probe_safety().
+    if (span && (caps_.read_only || (probed_ && off < 512))) span->writable = false;
+    return span;
   }
 
  protected:
