@@ -4,13 +4,12 @@
 #include <unistd.h>
 
 #include <array>
-#include <cstdint>
-
+#include <atomic>
 #include <csetjmp>
 #include <csignal>
+#include <cstdint>
 #include <cstring>
 #include <mutex>
-#include <atomic>
 
 namespace netblk {
 namespace {

@@ -373,8 +373,8 @@ TEST(NbdServer, ImageOnTmpfs) {
   auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, image, true);
   ASSERT_EQ(::truncate(image.c_str(), 1 << 20), 0);
   // (4k without FUA: the payload arrives with its header, so the server tries the mapping.)
-  auto w = run({"qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -P 0x5a 8M 4k", "-c", "write -P 0x5a 8196k 60k", "-c",
-                "read -P 0x5a 8M 64k", s.uri},
+  auto w = run({"qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -P 0x5a 8M 4k", "-c",
+                "write -P 0x5a 8196k 60k", "-c", "read -P 0x5a 8M 64k", s.uri},
                60s);
   EXPECT_EQ(w.exit_code, 0) << w.out << w.err;
   EXPECT_EQ(w.out.find("error"), std::string::npos) << w.out;

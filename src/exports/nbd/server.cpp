@@ -545,7 +545,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   // sender: 4k randwrite at QD32 went from 225k to 181k IOPS. So TCP keeps the general
   // path.) False when the request needs the general path.
   bool write_in_place(const Request& request) {
-    if (!unix_socket_ || request.length == 0 || (request.flags & kCmdFlagFua) || buffered() < request.length) return false;
+    if (!unix_socket_ || request.length == 0 || (request.flags & kCmdFlagFua) || buffered() < request.length)
+      return false;
     auto span = node_.file_span(request.offset, request.length);
     if (!span || !span->writable) return false;
     if (!copy_unless_sigbus(span->memory, input_.data() + in_begin_, request.length)) return false;
