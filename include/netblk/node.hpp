@@ -105,8 +105,8 @@ class Node {
   virtual bool has_zero_init() const { return file_ ? file_->has_zero_init() : false; }
 
   // Where bytes [offset, offset + length) of this node lie unchanged in an open file, so an
-  // exporter can let the kernel send them (sendfile) instead of copying them through
-  // memory: the file's descriptor and the offset in it. nullopt when there is no such file
+  // exporter can let the kernel send them (sendfile, or from the file's mapping) instead of
+  // copying them through buffers of its own: the file's descriptor and the offset in it. nullopt when there is no such file
   // (formats that map clusters, filters, remote protocols, O_DIRECT). The caller has
   // checked the range against size(); the descriptor lives until the node is closed.
   struct FileSpan {

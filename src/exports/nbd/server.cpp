@@ -1,9 +1,11 @@
 // The NBD export server. One connection = a reader coroutine that parses requests as they
 // arrive (bounded in-flight count and bytes), one coroutine per request, and a queue of
-// finished replies sent with non-blocking syscalls: gathered into one sendmsg, and read
-// data that lies in a file (raw over file) sent with sendfile on unix sockets. The writer
-// coroutine sends whatever has gathered each time it runs. With TLS
-// the writer sends each batch through the TLS session.
+// finished replies that one writer coroutine sends, whatever has gathered each time it
+// runs, with non-blocking syscalls: one gathered sendmsg, and sendfile for large reads of
+// a file on unix sockets. When the node lies in a file held in memory (raw over tmpfs),
+// reads go out straight from the file's mapping and, on unix sockets, buffered writes are
+// copied into it by the reader (see Node::file_span()). With TLS the writer sends each
+// batch through the TLS session.
 #include "exports/nbd/server.hpp"
 
 #include <sys/sendfile.h>
@@ -666,35 +668,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       co_return;
     }
     const std::size_t len = static_cast<std::size_t>(r.length);
-    if (!tls_) {
-      if (auto span = node_.file_span(r.offset, len)) {
-        if (span->memory && pages_in_memory(span->memory, len)) {
-          // In memory: push_out() sends it from the mapping, one copy into the socket.
-          encode_read_header(reply, r, len);
-          reply.mapped = span->memory;
-          reply.data_len = len;
-          co_return;
-        }
-        if (unix_socket_ && len >= kSendfileMinimum) {
-          // A range with no data at all still goes out as a hole. SEEK_DATA answers at once
-          // from a data offset (SEEK_HOLE, which scans tmpfs data, is not asked).
-          if (structured_) {
-            off_t data = ::lseek(span->fd, static_cast<off_t>(span->offset), SEEK_DATA);
-            if ((data < 0 && errno == ENXIO) ||
-                (data >= 0 && static_cast<std::uint64_t>(data) >= span->offset + len)) {
-              finish_hole(reply, r);
-              co_return;
-            }
-          }
-          // Sent from the file by push_out(); nothing is read here.
-          encode_read_header(reply, r, len);
-          reply.file_fd = span->fd;
-          reply.file_offset = span->offset;
-          reply.data_len = len;
-          co_return;
-        }
-      }
-    }
+    if (!tls_ && reply_from_file(r, reply, len)) co_return;
     // No block_status probe before reading: on some file systems (tmpfs) SEEK_HOLE scans
     // to the end of the file and costs far more than the read. A read that returns only
     // zeroes is still sent as a hole.
@@ -713,6 +687,36 @@ class Connection : public std::enable_shared_from_this<Connection> {
     encode_read_header(reply, r, len);
     reply.data = std::move(buf);
     reply.data_len = len;
+  }
+
+  // A read of a node that lies in a file, answered without reading it here: pages in
+  // memory go out from the file's mapping (one copy, into the socket), large reads on unix
+  // sockets with sendfile. False when the read needs a buffer.
+  bool reply_from_file(const Request& r, Reply& reply, std::size_t len) {
+    auto span = node_.file_span(r.offset, len);
+    if (!span) return false;
+    if (span->memory && pages_in_memory(span->memory, len)) {
+      encode_read_header(reply, r, len);
+      reply.mapped = span->memory;
+      reply.data_len = len;
+      return true;
+    }
+    if (!unix_socket_ || len < kSendfileMinimum) return false;
+    // A range with no data at all still goes out as a hole. SEEK_DATA answers at once from
+    // a data offset (SEEK_HOLE, which scans tmpfs data, is not asked).
+    if (structured_) {
+      off_t data = ::lseek(span->fd, static_cast<off_t>(span->offset), SEEK_DATA);
+      if ((data < 0 && errno == ENXIO) || (data >= 0 && static_cast<std::uint64_t>(data) >= span->offset + len)) {
+        finish_hole(reply, r);
+        return true;
+      }
+    }
+    // Sent from the file by push_out().
+    encode_read_header(reply, r, len);
+    reply.file_fd = span->fd;
+    reply.file_offset = span->offset;
+    reply.data_len = len;
+    return true;
   }
 
   void encode_read_header(Reply& reply, const Request& r, std::size_t len) {
