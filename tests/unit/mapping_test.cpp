@@ -6,7 +6,6 @@
 
 #include <csignal>
 #include <cstring>
-#include <string>
 #include <vector>
 
 #include "core/mapping.hpp"
@@ -15,14 +14,15 @@ namespace {
 
 constexpr std::size_t kSize = 1 << 20;
 
+// A 1 MiB tmpfs file, mapped. Its name is removed at once, so nothing is left behind even
+// by a test process that dies (the death test).
 struct MappedFile {
-  std::string path;
   int fd = -1;
   std::byte* map = nullptr;
   MappedFile() {
     char name[] = "/dev/shm/netblk-mapping-XXXXXX";
     fd = mkstemp(name);
-    path = name;
+    unlink(name);
     EXPECT_EQ(ftruncate(fd, kSize), 0);
     map = static_cast<std::byte*>(mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0));
     EXPECT_NE(map, MAP_FAILED);
@@ -30,7 +30,6 @@ struct MappedFile {
   ~MappedFile() {
     munmap(map, kSize);
     close(fd);
-    unlink(path.c_str());
   }
 };
 
