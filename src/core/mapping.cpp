@@ -38,17 +38,31 @@ void install_handler() {
 
 }  // namespace
 
-bool copy_unless_sigbus(void* dst, const void* src, std::size_t n) noexcept {
+bool run_unless_sigbus(void (*fn)(void*), void* arg) noexcept {
   static std::once_flag installed;
   std::call_once(installed, install_handler);
   sigjmp_buf recover;
   if (sigsetjmp(recover, 0) != 0) return false;
   t_recover = &recover;
   std::atomic_signal_fence(std::memory_order_seq_cst);
-  std::memcpy(dst, src, n);
+  fn(arg);
   std::atomic_signal_fence(std::memory_order_seq_cst);
   t_recover = nullptr;
   return true;
+}
+
+bool copy_unless_sigbus(void* dst, const void* src, std::size_t n) noexcept {
+  struct Copy {
+    void* dst;
+    const void* src;
+    std::size_t n;
+  } copy{dst, src, n};
+  return run_unless_sigbus(
+      [](void* arg) {
+        auto* c = static_cast<Copy*>(arg);
+        std::memcpy(c->dst, c->src, c->n);
+      },
+      &copy);
 }
 
 bool pages_in_memory(const void* p, std::size_t n) noexcept {

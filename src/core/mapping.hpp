@@ -13,6 +13,11 @@ namespace netblk {
 // other SIGBUS (one not raised inside this function) still ends the process.
 bool copy_unless_sigbus(void* dst, const void* src, std::size_t n) noexcept;
 
+// Runs fn(arg), which may read or write file mappings, and returns false when that raised
+// SIGBUS (fn then stopped where it was). fn must not allocate, lock, or own anything that
+// needs destroying: the signal leaves it by a jump.
+bool run_unless_sigbus(void (*fn)(void*), void* arg) noexcept;
+
 // True when every page of [p, p + n) in a file mapping is in memory (one mincore call), so
 // reading it allocates nothing. On tmpfs a page is in memory exactly when it holds data
 // (or was swapped out: false then, and the caller reads another way). Ranges of more than
