@@ -126,6 +126,13 @@ class Node {
   }
 
   Task<void> read(std::uint64_t offset, std::span<std::byte> buf);
+  // Reads [offset, offset + length) into the file `fd` at `fd_offset`, leaving there what
+  // read() and then pwrite() would, but without a caller's buffer in between: the NBD
+  // client moves a reply's payload from its socket into the file with splice(), so the
+  // bytes are copied once. Returns false, having written nothing, when this node has no such
+  // path (the caller then reads and writes), or when the range is not aligned to
+  // limits().request_alignment. On an error the file range may hold part of the data.
+  Task<bool> read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset);
   Task<void> write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags = 0);
   Task<void> write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags = 0);
   Task<void> discard(std::uint64_t offset, std::uint64_t length);
@@ -137,6 +144,7 @@ class Node {
 
  protected:
   virtual Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) = 0;
+  virtual Task<bool> co_read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset);
   virtual Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags);
   virtual Task<void> co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags);
   virtual Task<void> co_discard(std::uint64_t offset, std::uint64_t length);

@@ -1,12 +1,15 @@
 // netblk convert: copy any drive to a new or existing image, as qemu-img convert does.
 // -m workers copy chunks concurrently; without -W the writes land in order. Zero areas
 // (block status, or -S runs of zero bytes) are skipped on a zero-initialised target and
-// written as zeroes elsewhere.
+// written as zeroes elsewhere; -S 0 copies them as data. When the target is a file as is (raw, nothing in between),
+// the source may write data straight into it (Node::read_to_file); zero runs found there
+// afterwards, through the file's mapping, are then zeroed again to free their space.
 #include <iostream>
 
 #include "cli/progress.hpp"
 #include "cli/status_cache.hpp"
 #include "cli/verbs.hpp"
+#include "core/mapping.hpp"
 #include "core/parse.hpp"
 #include "netblk/buffer.hpp"
 
@@ -46,13 +49,10 @@ struct Copy {
     turn_changed.notify_all();
   }
 
+  // Zero areas where -S asks for sparseness (with -S 0 there are none: see worker()).
   Task<void> put_zeroes(std::uint64_t off, std::uint64_t len) {
     if (zero_init) co_return;
-    if (sparse == 0) {
-      co_await dst.write_zeroes(off, len, 0);
-    } else {
-      co_await dst.write_zeroes(off, len, kZeroMayUnmap);
-    }
+    co_await dst.write_zeroes(off, len, kZeroMayUnmap);
   }
 
   Task<void> put_data(std::uint64_t off, std::span<const std::byte> data) {
@@ -78,6 +78,49 @@ struct Copy {
     }
   }
 
+  // Lets the source write [off, off + len) straight into the target's file when the target
+  // is that file as is; -S then needs the file's mapping to find zero runs afterwards.
+  Task<bool> read_into_target(std::uint64_t off, std::uint64_t len) {
+    if (compress) co_return false;
+    const auto span = dst.file_span(off, len);
+    if (!span || !span->writable || (sparse && !span->memory)) co_return false;
+    co_return co_await src.read_to_file(off, len, span->fd, span->offset);
+  }
+
+  // Data the source wrote into the target file, split into runs of `sparse` blocks as
+  // put_data() does: zero runs are zeroed again with unmapping allowed, which frees them.
+  Task<void> sparsify_in_target(std::uint64_t off, std::uint64_t len) {
+    if (sparse == 0) co_return;
+    const auto span = dst.file_span(off, len);
+    if (!span || !span->memory) co_return;
+    struct Scan {
+      const std::byte* data;
+      std::uint64_t len, block;
+      std::vector<char> zero;
+    } scan{span->memory, len, sparse, std::vector<char>((len + sparse - 1) / sparse)};
+    // The pages were just written; a SIGBUS means the file was cut short meanwhile, and the
+    // bytes stay as they are.
+    const bool scanned = run_unless_sigbus(
+        [](void* arg) {
+          auto* s = static_cast<Scan*>(arg);
+          for (std::size_t i = 0; i < s->zero.size(); ++i) {
+            const std::uint64_t at = i * s->block;
+            s->zero[i] = is_zero({s->data + at, static_cast<std::size_t>(std::min(s->block, s->len - at))});
+          }
+        },
+        &scan);
+    if (!scanned) co_return;
+    for (std::size_t i = 0; i < scan.zero.size();) {
+      std::size_t end = i;
+      while (end < scan.zero.size() && scan.zero[end] == scan.zero[i]) ++end;
+      if (scan.zero[i]) {
+        const std::uint64_t at = i * sparse;
+        co_await dst.write_zeroes(off + at, std::min<std::uint64_t>(end * sparse, len) - at, kZeroMayUnmap);
+      }
+      i = end;
+    }
+  }
+
   Task<void> worker() {
     Buffer buf(kChunk);
     while (true) {
@@ -89,21 +132,29 @@ struct Copy {
       struct Segment {
         std::uint64_t off, len;
         bool zero;
+        bool in_target = false;  // the source wrote it into the target already
       };
       std::vector<Segment> segments;
-      for (std::uint64_t p = off; p < off + len;) {
+      // -S 0 copies zero areas as data, so that the target is fully allocated (qemu-img
+      // does not ask the source for its zero areas then either).
+      if (sparse == 0) segments.push_back({off, len, false, false});
+      for (std::uint64_t p = off; sparse != 0 && p < off + len;) {
         ChainStatus s = co_await status.at(p, off + len - p);
         bool zero = (s.status.flags & kStatusZero) != 0;
         if (!segments.empty() && segments.back().zero == zero) segments.back().len += s.status.length;
-        else segments.push_back({p, s.status.length, zero});
+        else segments.push_back({p, s.status.length, zero, false});
         p += s.status.length;
       }
-      for (const auto& s : segments)
-        if (!s.zero) co_await src.read(s.off, buf.span().subspan(s.off - off, s.len));
+      for (auto& s : segments) {
+        if (s.zero) continue;
+        s.in_target = co_await read_into_target(s.off, s.len);
+        if (!s.in_target) co_await src.read(s.off, buf.span().subspan(s.off - off, s.len));
+      }
       co_await wait_turn(index);
       try {
         for (const auto& s : segments) {
           if (s.zero) co_await put_zeroes(s.off, s.len);
+          else if (s.in_target) co_await sparsify_in_target(s.off, s.len);
           else co_await put_data(s.off, std::span<const std::byte>(buf.data() + (s.off - off), s.len));
         }
       } catch (...) {

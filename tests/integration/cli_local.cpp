@@ -106,6 +106,16 @@ TEST(CliLocal, ConvertMakesIdenticalBytes) {
   auto info = json::parse(run_netblk({"info", "--output=json", ours}).out);
   EXPECT_LT(info["actual-size"].get<long>(), 10 << 20);
 
+  // -S 0 allocates everything, zero areas too, as qemu-img's -S 0 does.
+  for (const std::string fmt : {"raw", "qcow2"}) {
+    const std::string full = dir / ("full." + fmt);
+    ASSERT_EQ(run_netblk({"convert", "-S", "0", "-f", "raw", "-O", fmt, src, full}).exit_code, 0);
+    EXPECT_EQ(run({"qemu-img", "compare", "-f", "raw", "-F", fmt, src, full}).exit_code, 0) << fmt;
+    auto map = json::parse(run({"qemu-img", "map", "--output=json", "-f", fmt, full}).out);
+    for (const auto& e : map) EXPECT_TRUE(e["data"].get<bool>()) << fmt << ": " << e.dump();
+    EXPECT_GE(json::parse(run_netblk({"info", "--output=json", full}).out)["actual-size"].get<long>(), 40 << 20) << fmt;
+  }
+
   // -n into an existing image full of other data: zero areas must be written.
   std::string dirty = dir / "dirty.raw";
   write_pattern_file(dirty, 40 << 20, 9);

@@ -23,6 +23,12 @@ using Clock = std::chrono::steady_clock;
 // NBD compact headers carry 32-bit lengths; zero and trim requests are cut below that
 // (QEMU's client cuts them at the max block size; servers accept far more).
 constexpr std::uint64_t kMaxZeroRequest = 1u << 30;
+// read_to_file() asks in requests of this size, this many at a time, and splices their
+// payloads into the file. Measured copying 1 GiB from nbdkit into tmpfs: over a unix socket
+// 256 KiB requests took 0.63 s against 0.72 s for 1 MiB (nbdkit serves small ones from a
+// buffer that stays in its cache); over loopback TCP 1 MiB took 0.64 s, 256 KiB 0.67 s.
+constexpr std::uint64_t kFilePieceUnix = 256u << 10, kFilePieceTcp = 1u << 20;
+constexpr unsigned kFilePiecesInFlightUnix = 16, kFilePiecesInFlightTcp = 4;
 
 class Client : public std::enable_shared_from_this<Client> {
  public:
@@ -318,6 +324,33 @@ class NbdNode final : public Node {
     p.request.length = buf.size();
     p.read_buf = buf;
     co_await client_->run(p, "read");
+  }
+
+  Task<bool> co_read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset) override {
+    if (client_->config().tls) co_return false;  // TLS records cannot be spliced
+    const bool unix_socket = client_->config().address.type == NbdAddress::Type::unix_socket;
+    const std::uint64_t size = unix_socket ? kFilePieceUnix : kFilePieceTcp;
+    const std::uint32_t align = limits().request_alignment;
+    const std::uint64_t piece =
+        std::min<std::uint64_t>(std::max<std::uint64_t>(align, size - size % align), limits().max_transfer);
+    std::uint64_t next = 0;
+    auto worker = [&]() -> Task<void> {
+      while (next < length) {
+        const std::uint64_t at = next;
+        next += std::min(piece, length - at);
+        Pending p(executor());
+        p.request.type = nbd::kCmdRead;
+        p.request.offset = offset + at;
+        p.request.length = next - at;
+        p.read_fd = fd;
+        p.read_fd_offset = fd_offset + at;
+        co_await client_->run(p, "read");
+      }
+    };
+    const auto workers = static_cast<unsigned>(std::min<std::uint64_t>(
+        (length + piece - 1) / piece, unix_socket ? kFilePiecesInFlightUnix : kFilePiecesInFlightTcp));
+    co_await run_concurrently(workers, [&] { return worker(); }, [&] { next = length; });
+    co_return true;
   }
 
   Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags) override {

@@ -13,6 +13,9 @@
 #include <asio/write.hpp>
 #include <cstring>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include "core/log.hpp"
 #include "protocols/nbd/nbd_tls.hpp"
 
@@ -47,6 +50,7 @@ class SocketStream final : public Stream {
     socket_.close(ec);
   }
   int native_handle() override { return socket_.is_open() ? socket_.native_handle() : -1; }
+  int plain_socket() override { return native_handle(); }
   Task<void> wait_ready(bool write) override {
     co_await socket_.async_wait(write ? GenericSocket::wait_write : GenericSocket::wait_read, asio::use_awaitable);
   }
@@ -54,6 +58,30 @@ class SocketStream final : public Stream {
  private:
   GenericSocket socket_;
 };
+
+// pwrite() of all of `data`; 0 or the errno.
+int pwrite_all(int fd, const std::byte* data, std::size_t n, std::uint64_t offset) {
+  while (n) {
+    const ssize_t w = ::pwrite(fd, data, n, static_cast<off_t>(offset));
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return w < 0 ? errno : EIO;
+    data += w;
+    offset += static_cast<std::uint64_t>(w);
+    n -= static_cast<std::size_t>(w);
+  }
+  return 0;
+}
+
+int pwrite_zeroes(int fd, std::uint64_t n, std::uint64_t offset) {
+  static const std::array<std::byte, 64 * 1024> zeroes{};
+  while (n) {
+    const std::size_t k = static_cast<std::size_t>(std::min<std::uint64_t>(n, zeroes.size()));
+    if (int e = pwrite_all(fd, zeroes.data(), k, offset)) return e;
+    offset += k;
+    n -= k;
+  }
+  return 0;
+}
 
 // Server text (error messages) made safe to print on one line.
 std::string printable(std::span<const std::byte> bytes) {
@@ -301,7 +329,8 @@ Task<void> StreamReader::read_exact(std::span<std::byte> out) {
       continue;
     }
     pos_ = 0;
-    end_ = co_await stream_->read_some(buf_);
+    const std::size_t fill = readahead_limit_ ? std::min(buf_.size(), std::max(want, readahead_limit_)) : buf_.size();
+    end_ = co_await stream_->read_some(std::span(buf_).first(fill));
     std::size_t n = std::min(want, end_);
     std::memcpy(out.data() + done, buf_.data(), n);
     pos_ = n;
@@ -316,6 +345,73 @@ Task<void> StreamReader::skip(std::uint64_t n) {
     co_await read_exact(std::span<std::byte>(sink.data(), k));
     n -= k;
   }
+}
+
+Task<int> StreamReader::read_to_file(int fd, std::uint64_t fd_offset, std::uint64_t n) {
+  int error = 0;
+  const auto keep = [&](int e) {
+    if (!error) error = e;
+  };
+  const int socket = stream_->plain_socket();
+  if (socket < 0) {
+    while (n) {
+      if (pos_ == end_) {
+        pos_ = 0;
+        end_ = co_await stream_->read_some(std::span(buf_).first(std::min<std::uint64_t>(n, buf_.size())));
+      }
+      const std::size_t k = static_cast<std::size_t>(std::min<std::uint64_t>(n, end_ - pos_));
+      if (!error) keep(pwrite_all(fd, buf_.data() + pos_, k, fd_offset));
+      pos_ += k;
+      fd_offset += k;
+      n -= k;
+    }
+    co_return error;
+  }
+  if (!pipe_) pipe_ = PayloadPipe::open();
+  PayloadPipe& pipe = *pipe_;
+  // The pipe's bytes go to the file at fd_offset; `n` more are to come after them.
+  const auto drain = [&] {
+    const std::size_t k = pipe.held;
+    keep(pipe.drain_to(fd, fd_offset));
+    if (pipe.broken()) {
+      pipe_.reset();
+      throw std::system_error(EIO, std::generic_category(), "emptying a pipe");
+    }
+    fd_offset += k;
+  };
+  while (n && pos_ < end_) {
+    if (pipe.held >= pipe.room()) drain();
+    const std::size_t k = std::min({static_cast<std::size_t>(n), end_ - pos_, pipe.room() - pipe.held});
+    const ssize_t w = ::write(pipe.write_end(), buf_.data() + pos_, k);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) throw std::system_error(w < 0 ? errno : EIO, std::generic_category(), "writing to a pipe");
+    pos_ += static_cast<std::size_t>(w);
+    pipe.held += static_cast<std::size_t>(w);
+    n -= static_cast<std::uint64_t>(w);
+  }
+  while (n) {
+    if (pipe.held >= pipe.room()) drain();
+    const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(n, pipe.room() - pipe.held));
+    const ssize_t got =
+        ::splice(socket, nullptr, pipe.write_end(), nullptr, want, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
+    if (got > 0) {
+      pipe.held += static_cast<std::size_t>(got);
+      n -= static_cast<std::uint64_t>(got);
+      continue;
+    }
+    if (got == 0) throw std::system_error(asio::error::eof);
+    if (errno == EINTR) continue;
+    if (errno != EAGAIN) throw std::system_error(errno, std::generic_category(), "splice");
+    // EAGAIN: the socket is empty (empty the pipe meanwhile), or the pipe is full (its
+    // pages only partly used).
+    if (pipe.held) {
+      drain();
+      continue;
+    }
+    co_await stream_->wait_ready(false);
+  }
+  drain();
+  co_return error;
 }
 
 bool StreamReader::reset_stream(std::shared_ptr<Stream> stream) {
@@ -429,6 +525,7 @@ void Connection::submit(Pending& p) {
   p.request.cookie = next_cookie_++;
   p.header_size = nbd::encode_request(p.header, p.request, info_.extended);
   pending_.emplace(p.request.cookie, &p);
+  if (p.read_fd >= 0) ++file_reads_;
   p.queued = true;
   send_queue_.push_back(&p);
   if (send_queue_.size() == 1) send_ready_.notify_all();
@@ -451,6 +548,7 @@ void Connection::fail_all(const std::string& why, bool fatal) {
   send_ready_.notify_all();
   auto pending = std::move(pending_);
   pending_.clear();
+  file_reads_ = 0;
   send_queue_.clear();
   for (auto& [cookie, p] : pending) {
     p->queued = false;
@@ -549,6 +647,16 @@ Task<void> Connection::watchdog_loop() {
   }
 }
 
+Task<void> Connection::read_to_file(Pending& p, std::uint64_t at, std::uint64_t n) {
+  failed_file_write(p, co_await reader_->read_to_file(p.read_fd, p.read_fd_offset + at, n));
+}
+
+void Connection::failed_file_write(Pending& p, int error) {
+  if (!error || p.error) return;
+  p.error = error;
+  p.message = std::string("writing the data to its file failed: ") + std::strerror(error);
+}
+
 Task<void> Connection::read_chunk(Pending& p, const nbd::ReplyHeader& h) {
   const std::uint16_t cmd = p.request.type;
   const std::uint64_t req_end = p.request.offset + p.request.length;
@@ -566,7 +674,11 @@ Task<void> Connection::read_chunk(Pending& p, const nbd::ReplyHeader& h) {
       const std::uint64_t n = h.length - nbd::kOffsetDataPrefixSize;
       if (offset < p.request.offset || offset > req_end || n > req_end - offset)
         protocol_error("data chunk outside the request");
-      co_await reader_->read_exact(p.read_buf.subspan(offset - p.request.offset, n));
+      if (p.read_fd >= 0) {
+        co_await read_to_file(p, offset - p.request.offset, n);
+      } else {
+        co_await reader_->read_exact(p.read_buf.subspan(offset - p.request.offset, n));
+      }
       co_return;
     }
     case nbd::kReplyTypeOffsetHole: {
@@ -577,7 +689,11 @@ Task<void> Connection::read_chunk(Pending& p, const nbd::ReplyHeader& h) {
       nbd::OffsetHole hole = nbd::decode_offset_hole(raw);
       if (hole.offset < p.request.offset || hole.offset > req_end || hole.length > req_end - hole.offset)
         protocol_error("hole chunk outside the request");
-      std::memset(p.read_buf.data() + (hole.offset - p.request.offset), 0, hole.length);
+      if (p.read_fd >= 0) {
+        failed_file_write(p, pwrite_zeroes(p.read_fd, hole.length, p.read_fd_offset + (hole.offset - p.request.offset)));
+      } else {
+        std::memset(p.read_buf.data() + (hole.offset - p.request.offset), 0, hole.length);
+      }
       co_return;
     }
     case nbd::kReplyTypeBlockStatus:
@@ -617,8 +733,13 @@ Task<void> Connection::read_chunk(Pending& p, const nbd::ReplyHeader& h) {
 Task<void> Connection::reader_loop() {
   auto self = shared_from_this();
   std::array<std::byte, nbd::kMaxReplyHeaderSize> raw;
+  // A reply's header and a data chunk's offset: what to read before a payload for a file.
+  const std::size_t header_bytes =
+      info_.extended ? nbd::kExtendedReplySize + nbd::kOffsetDataPrefixSize
+                     : (info_.structured ? nbd::kStructuredReplySize + nbd::kOffsetDataPrefixSize : nbd::kSimpleReplySize);
   try {
     while (alive_) {
+      reader_->limit_readahead(file_reads_ ? header_bytes : 0);
       co_await reader_->read_exact(std::span<std::byte>(raw.data(), 4));
       const std::size_t size = nbd::reply_header_size(netblk::load_be32(raw.data()));
       if (size == 0) protocol_error("invalid reply magic");
@@ -633,6 +754,8 @@ Task<void> Connection::reader_loop() {
         if (info_.extended) protocol_error("simple reply after extended headers were negotiated");
         if (h.error) {
           p.error = nbd::nbd_to_errno(h.error);
+        } else if (p.request.type == nbd::kCmdRead && p.read_fd >= 0) {
+          co_await read_to_file(p, 0, p.request.length);
         } else if (p.request.type == nbd::kCmdRead) {
           co_await reader_->read_exact(p.read_buf);
         }
@@ -644,6 +767,7 @@ Task<void> Connection::reader_loop() {
       }
       if (last) {
         pending_.erase(h.cookie);
+        if (p.read_fd >= 0) --file_reads_;
         finish(p);
       }
     }

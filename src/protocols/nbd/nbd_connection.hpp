@@ -22,6 +22,7 @@
 #include "nbd/protocol.hpp"
 #include "netblk/node.hpp"
 #include "protocols/nbd/nbd_config.hpp"
+#include "protocols/nbd/payload_pipe.hpp"
 
 namespace netblk::nbd_client {
 
@@ -37,6 +38,9 @@ class Stream {
   // (for TLS, which does its own non-blocking I/O on the socket).
   virtual int native_handle() { return -1; }
   virtual Task<void> wait_ready(bool /*write*/) { co_return; }
+  // The socket when the stream's bytes are the socket's bytes (no TLS), so they may be
+  // spliced out of it; -1 otherwise.
+  virtual int plain_socket() { return -1; }
 };
 
 // Opens a socket to `address` (TCP with TCP_NODELAY, or unix), closed if `deadline` passes.
@@ -50,6 +54,14 @@ class StreamReader {
   explicit StreamReader(std::shared_ptr<Stream> stream) : stream_(std::move(stream)), buf_(64 * 1024) {}
   Task<void> read_exact(std::span<std::byte> out);
   Task<void> skip(std::uint64_t n);
+  // Reads `n` bytes into the file `fd` at `fd_offset` (pwrite semantics). From a plain
+  // socket they are spliced through a pipe (the kernel copies them once, pipe to file);
+  // otherwise they go through the buffer. When the file fails the stream stays in step
+  // (the rest is consumed) and its errno is returned; 0 otherwise.
+  Task<int> read_to_file(int fd, std::uint64_t fd_offset, std::uint64_t n);
+  // Refills of the buffer read at most max(`bytes`, what is asked for); 0: fill it. While
+  // payloads go to files, reading only a reply's header keeps its data for splice().
+  void limit_readahead(std::size_t bytes) noexcept { readahead_limit_ = bytes; }
   // Continues on another stream (after STARTTLS); false if bytes were still buffered.
   bool reset_stream(std::shared_ptr<Stream> stream);
 
@@ -57,6 +69,8 @@ class StreamReader {
   std::shared_ptr<Stream> stream_;
   std::vector<std::byte> buf_;
   std::size_t pos_ = 0, end_ = 0;
+  std::size_t readahead_limit_ = 0;
+  std::optional<PayloadPipe> pipe_;  // for read_to_file, made on first use
 };
 
 // What the handshake learned about the export.
@@ -82,7 +96,9 @@ struct Pending {
   explicit Pending(const Executor& ex) : done(ex) {}
   nbd::Request request;                       // type, flags, offset, length (cookie set by submit)
   std::span<const std::byte> write_data;      // NBD_CMD_WRITE payload
-  std::span<std::byte> read_buf;              // NBD_CMD_READ destination
+  std::span<std::byte> read_buf;              // NBD_CMD_READ destination, or:
+  int read_fd = -1;                           // a file to pwrite the data to, at
+  std::uint64_t read_fd_offset = 0;           // this offset (for request.offset)
   std::vector<nbd::Extent> extents;           // NBD_CMD_BLOCK_STATUS answer (base:allocation)
   int error = 0;                              // errno from the server or the protocol
   std::string message;
@@ -130,6 +146,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Task<void> watchdog_loop();
   Task<void> read_chunk(Pending& p, const nbd::ReplyHeader& h);
   void finish(Pending& p);
+  // Reads n bytes of p's data into its file, `at` bytes past the request's offset.
+  Task<void> read_to_file(Pending& p, std::uint64_t at, std::uint64_t n);
+  // Records a failed write of a read's data to its file (read_fd) as the request's error.
+  void failed_file_write(Pending& p, int error);
   void release_written();
   void fail_all(const std::string& why, bool fatal);
   [[noreturn]] void protocol_error(const std::string& what) const;
@@ -144,6 +164,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool notified_ = false;
   std::uint64_t next_cookie_ = 1;
   std::unordered_map<std::uint64_t, Pending*> pending_;
+  std::size_t file_reads_ = 0;  // reads in pending_ whose data goes to a file
   std::vector<Pending*> send_queue_;
   std::vector<Pending*> writing_;  // taken from send_queue_, being written now
   AsyncCondition send_ready_;
