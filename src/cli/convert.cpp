@@ -1,9 +1,12 @@
 // netblk convert: copy any drive to a new or existing image, as qemu-img convert does.
 // -m workers copy chunks concurrently; without -W the writes land in order. Zero areas
 // (block status, or -S runs of zero bytes) are skipped on a zero-initialised target and
-// written as zeroes elsewhere; -S 0 copies them as data. When the target is a file as is (raw, nothing in between),
-// the source may write data straight into it (Node::read_to_file); zero runs found there
-// afterwards, through the file's mapping, are then zeroed again to free their space.
+// written as zeroes elsewhere; -S 0 copies them as data. When the target is a file as is
+// (raw, nothing in between), the source may put data straight into it
+// (Node::read_to_file); zero runs found there afterwards are zeroed again to free them.
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <iostream>
 
 #include "cli/progress.hpp"
@@ -79,43 +82,58 @@ struct Copy {
   }
 
   // Lets the source write [off, off + len) straight into the target's file when the target
-  // is that file as is; -S then needs the file's mapping to find zero runs afterwards.
+  // is that file as is (raw over file).
   Task<bool> read_into_target(std::uint64_t off, std::uint64_t len) {
     if (compress) co_return false;
     const auto span = dst.file_span(off, len);
-    if (!span || !span->writable || (sparse && !span->memory)) co_return false;
+    if (!span || !span->writable) co_return false;
     co_return co_await src.read_to_file(off, len, span->fd, span->offset);
   }
 
   // Data the source wrote into the target file, split into runs of `sparse` blocks as
   // put_data() does: zero runs are zeroed again with unmapping allowed, which frees them.
-  Task<void> sparsify_in_target(std::uint64_t off, std::uint64_t len) {
+  // The blocks are looked at through a mapping of the just-written range, made populated
+  // on a worker thread (a fault per few pages cost more); `buf` serves when that fails.
+  Task<void> sparsify_in_target(std::uint64_t off, std::uint64_t len, Buffer& buf) {
     if (sparse == 0) co_return;
     const auto span = dst.file_span(off, len);
-    if (!span || !span->memory) co_return;
+    if (!span) co_return;
     struct Scan {
       const std::byte* data;
       std::uint64_t len, block;
       std::vector<char> zero;
-    } scan{span->memory, len, sparse, std::vector<char>((len + sparse - 1) / sparse)};
-    // The pages were just written; a SIGBUS means the file was cut short meanwhile, and the
-    // bytes stay as they are.
-    const bool scanned = run_unless_sigbus(
-        [](void* arg) {
-          auto* s = static_cast<Scan*>(arg);
-          for (std::size_t i = 0; i < s->zero.size(); ++i) {
-            const std::uint64_t at = i * s->block;
-            s->zero[i] = is_zero({s->data + at, static_cast<std::size_t>(std::min(s->block, s->len - at))});
-          }
-        },
-        &scan);
-    if (!scanned) co_return;
+      void run() noexcept {
+        for (std::size_t i = 0; i < zero.size(); ++i) {
+          const std::uint64_t at = i * block;
+          zero[i] = is_zero({data + at, static_cast<std::size_t>(std::min(block, len - at))});
+        }
+      }
+    } scan{nullptr, len, sparse, std::vector<char>((len + sparse - 1) / sparse)};
+    const int fd = span->fd;
+    const std::uint64_t at = span->offset;
+    // A SIGBUS means the file was cut short meanwhile: the bytes then stay as they are.
+    const int scanned = co_await offload([&scan, fd, at]() -> int {
+      static const auto page = static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
+      const std::uint64_t start = at / page * page, length = at + scan.len - start;
+      void* map = mmap(nullptr, length, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, static_cast<off_t>(start));
+      if (map == MAP_FAILED) return -1;
+      scan.data = static_cast<const std::byte*>(map) + (at - start);
+      const bool done = run_unless_sigbus([](void* s) { static_cast<Scan*>(s)->run(); }, &scan);
+      munmap(map, length);
+      return done ? 1 : 0;
+    });
+    if (scanned == 0) co_return;
+    if (scanned < 0) {
+      co_await dst.read(off, buf.span().first(len));
+      scan.data = buf.data();
+      scan.run();
+    }
     for (std::size_t i = 0; i < scan.zero.size();) {
       std::size_t end = i;
       while (end < scan.zero.size() && scan.zero[end] == scan.zero[i]) ++end;
       if (scan.zero[i]) {
-        const std::uint64_t at = i * sparse;
-        co_await dst.write_zeroes(off + at, std::min<std::uint64_t>(end * sparse, len) - at, kZeroMayUnmap);
+        const std::uint64_t first = i * sparse;
+        co_await dst.write_zeroes(off + first, std::min<std::uint64_t>(end * sparse, len) - first, kZeroMayUnmap);
       }
       i = end;
     }
@@ -148,14 +166,16 @@ struct Copy {
       for (auto& s : segments) {
         if (s.zero) continue;
         s.in_target = co_await read_into_target(s.off, s.len);
-        if (!s.in_target) co_await src.read(s.off, buf.span().subspan(s.off - off, s.len));
+        // Already in the target: its zero runs are freed now, out of turn (raw files only
+        // take this path, and their allocation does not depend on the order of writes).
+        if (s.in_target) co_await sparsify_in_target(s.off, s.len, buf);
+        else co_await src.read(s.off, buf.span().subspan(s.off - off, s.len));
       }
       co_await wait_turn(index);
       try {
         for (const auto& s : segments) {
           if (s.zero) co_await put_zeroes(s.off, s.len);
-          else if (s.in_target) co_await sparsify_in_target(s.off, s.len);
-          else co_await put_data(s.off, std::span<const std::byte>(buf.data() + (s.off - off), s.len));
+          else if (!s.in_target) co_await put_data(s.off, std::span<const std::byte>(buf.data() + (s.off - off), s.len));
         }
       } catch (...) {
         pass_turn();
