@@ -66,6 +66,12 @@ struct Capabilities {
   bool can_grow = false;
 };
 
+// What Node::read_to_file() throws when writing its file failed: the file's errno.
+class FileWriteError : public Error {
+ public:
+  using Error::Error;
+};
+
 class Node {
  public:
   explicit Node(Executor executor) : executor_(std::move(executor)) {}
@@ -131,7 +137,8 @@ class Node {
   // client moves a reply's payload from its socket into the file with splice(), so the
   // bytes are copied once. Returns false, having written nothing, when this node has no such
   // path (the caller then reads and writes), or when the range is not aligned to
-  // limits().request_alignment. On an error the file range may hold part of the data.
+  // limits().request_alignment. On an error the file range may hold part of the data; a
+  // failure to write the file (not of the node) is thrown as FileWriteError.
   Task<bool> read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset);
   Task<void> write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags = 0);
   Task<void> write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags = 0);

@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <iostream>
 
 #include "cli/progress.hpp"
@@ -87,7 +88,13 @@ struct Copy {
     if (compress) co_return false;
     const auto span = dst.file_span(off, len);
     if (!span || !span->writable) co_return false;
-    co_return co_await src.read_to_file(off, len, span->fd, span->offset);
+    int failed = 0;
+    try {
+      co_return co_await src.read_to_file(off, len, span->fd, span->offset);
+    } catch (const FileWriteError& e) {
+      failed = e.code();
+    }
+    throw Error(failed, dst.display_name() + ": write failed: " + std::strerror(failed));
   }
 
   // Data the source wrote into the target file, split into runs of `sparse` blocks as

@@ -335,8 +335,18 @@ TEST(NbdClient, ConvertSplicesIntoRawTarget) {
   expect_ok(run_nb({"convert", "-S", "0", "-O", "raw", kit_url, full}, 120s), "convert -S 0");
   EXPECT_EQ(file_hash(full), file_hash(img));
   EXPECT_GE(allocated_bytes(full), std::uint64_t{32} << 20);
-  // The same over TLS goes through buffers (TLS records cannot be spliced): covered by the
-  // TLS tests below.
+  // A target that cannot take the data fails the copy with one line naming the target
+  // (here writes past 8 MiB fail with EFBIG), as a failed write() does.
+  const std::string small = dir / "small.raw";
+  ASSERT_EQ(run({"truncate", "-s", "32M", small}).exit_code, 0);
+  RunResult r = run({"bash", "-c",
+                     "trap '' XFSZ; ulimit -f 8192; exec " + netblk_binary() + " convert -n -O raw '" + kit_url +
+                         "' " + small},
+                    60s);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.err, "netblk: " + small + ": write failed: File too large\n");
+  // Over TLS payloads go through buffers (TLS records cannot be spliced): the TLS tests
+  // below.
 }
 
 TEST(NbdClient, NbdkitMemoryWriteAndReadBack) {

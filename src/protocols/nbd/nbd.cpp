@@ -114,6 +114,7 @@ class Client : public std::enable_shared_from_this<Client> {
           throw Error(EIO, name_ + ": " + what + " failed: the connection to the server was lost (" + p.message + ")");
         continue;
       }
+      if (p.file_write_failed) throw FileWriteError(p.error, name_ + ": " + p.message);
       if (p.error) {
         std::string msg = name_ + ": " + what + " failed: " + (p.message.empty() ? std::strerror(p.error) : p.message);
         throw Error(p.error, msg);

@@ -654,6 +654,7 @@ Task<void> Connection::read_to_file(Pending& p, std::uint64_t at, std::uint64_t 
 void Connection::failed_file_write(Pending& p, int error) {
   if (!error || p.error) return;
   p.error = error;
+  p.file_write_failed = true;
   p.message = std::string("writing the data to its file failed: ") + std::strerror(error);
 }
 

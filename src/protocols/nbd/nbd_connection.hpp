@@ -102,6 +102,7 @@ struct Pending {
   std::vector<nbd::Extent> extents;           // NBD_CMD_BLOCK_STATUS answer (base:allocation)
   int error = 0;                              // errno from the server or the protocol
   std::string message;
+  bool file_write_failed = false;             // error is read_fd's, not the server's
   bool lost = false;                          // the connection died first: retry elsewhere
   bool replied = false;
   bool queued = false;                        // still waiting in the send queue
@@ -113,7 +114,7 @@ struct Pending {
     extents.clear();
     error = 0;
     message.clear();
-    lost = replied = queued = false;
+    lost = replied = queued = file_write_failed = false;
     done.reset();
   }
 };
