@@ -352,7 +352,7 @@ Task<int> StreamReader::read_to_file(int fd, std::uint64_t fd_offset, std::uint6
   const auto keep = [&](int e) {
     if (!error) error = e;
   };
-  const int socket = stream_->plain_socket();
+  const int socket = splice_works_ ? stream_->plain_socket() : -1;
   if (socket < 0) {
     while (n) {
       if (pos_ == end_) {
@@ -401,6 +401,13 @@ Task<int> StreamReader::read_to_file(int fd, std::uint64_t fd_offset, std::uint6
     }
     if (got == 0) throw std::system_error(asio::error::eof);
     if (errno == EINTR) continue;
+    if (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) {
+      // A socket that takes no splice: the rest goes through the buffer, as later reads do.
+      splice_works_ = false;
+      drain();
+      keep(co_await read_to_file(fd, fd_offset, n));
+      co_return error;
+    }
     if (errno != EAGAIN) throw std::system_error(errno, std::generic_category(), "splice");
     // EAGAIN: the socket is empty (empty the pipe meanwhile), or the pipe is full (its
     // pages only partly used).

@@ -71,6 +71,7 @@ class StreamReader {
   std::size_t pos_ = 0, end_ = 0;
   std::size_t readahead_limit_ = 0;
   std::optional<PayloadPipe> pipe_;  // for read_to_file, made on first use
+  bool splice_works_ = true;
 };
 
 // What the handshake learned about the export.

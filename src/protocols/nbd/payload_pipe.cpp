@@ -49,8 +49,10 @@ void PayloadPipe::close() noexcept {
 
 int PayloadPipe::drain_to(int fd, std::uint64_t offset) noexcept {
   int error = 0;
+  bool copy = false;  // the file takes no splice: read the pipe and pwrite
+  std::array<char, 64 * 1024> scratch;
   while (held) {
-    if (!error) {
+    if (!error && !copy) {
       loff_t off = static_cast<loff_t>(offset);
       const ssize_t w = ::splice(fds_[0], nullptr, fd, &off, held, SPLICE_F_MOVE);
       if (w > 0) {
@@ -59,9 +61,13 @@ int PayloadPipe::drain_to(int fd, std::uint64_t offset) noexcept {
         continue;
       }
       if (w < 0 && errno == EINTR) continue;
+      if (w < 0 && (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP)) {
+        copy = true;
+        continue;
+      }
       error = (w == 0 || errno == EAGAIN) ? EIO : errno;
     }
-    std::array<char, 64 * 1024> scratch;
+    // Copying (or dropping, after a failed write) through user memory.
     const ssize_t r = ::read(fds_[0], scratch.data(), std::min(held, scratch.size()));
     if (r < 0 && errno == EINTR) continue;
     if (r <= 0) {
@@ -70,6 +76,14 @@ int PayloadPipe::drain_to(int fd, std::uint64_t offset) noexcept {
       break;
     }
     held -= static_cast<std::size_t>(r);
+    for (ssize_t done = 0; !error && done < r;) {
+      const ssize_t w = ::pwrite(fd, scratch.data() + done, static_cast<std::size_t>(r - done),
+                                 static_cast<off_t>(offset) + done);
+      if (w < 0 && errno == EINTR) continue;
+      if (w <= 0) error = w < 0 ? errno : EIO;
+      else done += w;
+    }
+    offset += static_cast<std::uint64_t>(r);
   }
   return error;
 }

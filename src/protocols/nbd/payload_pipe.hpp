@@ -25,9 +25,9 @@ class PayloadPipe {
   // Bytes in the pipe, as counted by the caller.
   std::size_t held = 0;
 
-  // Moves the `held` bytes into `fd` at `offset`. After a failed write the rest is read out
-  // and dropped, so the pipe is empty either way (unless reading it fails: broken()).
-  // Returns 0 or the file's errno.
+  // Moves the `held` bytes into `fd` at `offset` (through user memory when the file takes
+  // no splice). After a failed write the rest is read out and dropped, so the pipe is empty
+  // either way (unless reading it fails: broken()). Returns 0 or the file's errno.
   int drain_to(int fd, std::uint64_t offset) noexcept;
   bool broken() const noexcept { return broken_; }
 
