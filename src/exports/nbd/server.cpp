@@ -24,6 +24,7 @@
 #include <asio/write.hpp>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <deque>
 #include <list>
 #include <system_error>
@@ -123,8 +124,9 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   AsyncCondition changed;  // any of the above changed
   std::unique_ptr<asio::steady_timer> grace_timer;  // closes what stop() could not finish
 
-  Task<void> accept_tcp(asio::ip::tcp::acceptor& acceptor);
-  Task<void> accept_unix(asio::local::stream_protocol::acceptor& acceptor);
+  // Accepts clients on a TCP or unix acceptor while there is room for them.
+  template <class Acceptor>
+  Task<void> accept_loop(Acceptor& acceptor);
   Task<bool> wait_for_slot();
   void start_connection(Socket socket, bool tcp);
   void connection_done();
@@ -1039,28 +1041,13 @@ void Server::Impl::connection_done() {
   changed.notify_all();
 }
 
-Task<void> Server::Impl::accept_tcp(asio::ip::tcp::acceptor& acceptor) {
+template <class Acceptor>
+Task<void> Server::Impl::accept_loop(Acceptor& acceptor) {
+  constexpr bool tcp = std::is_same_v<Acceptor, asio::ip::tcp::acceptor>;
   auto self = shared_from_this();
   while (co_await wait_for_slot()) {
     std::error_code ec;
-    asio::ip::tcp::socket s = co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
-    if (stopping) break;
-    if (ec) {
-      NETBLK_LOG(warn, "nbd: accept failed: {}", ec.message());
-      co_await sleep_for(std::chrono::milliseconds(100));
-      continue;
-    }
-    start_connection(Socket(std::move(s)), true);
-  }
-  --accept_loops;
-  changed.notify_all();
-}
-
-Task<void> Server::Impl::accept_unix(asio::local::stream_protocol::acceptor& acceptor) {
-  auto self = shared_from_this();
-  while (co_await wait_for_slot()) {
-    std::error_code ec;
-    asio::local::stream_protocol::socket s =
+    typename Acceptor::protocol_type::socket s =
         co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
     if (stopping) break;
     if (ec) {
@@ -1068,7 +1055,7 @@ Task<void> Server::Impl::accept_unix(asio::local::stream_protocol::acceptor& acc
       co_await sleep_for(std::chrono::milliseconds(100));
       continue;
     }
-    start_connection(Socket(std::move(s)), false);
+    start_connection(Socket(std::move(s)), tcp);
   }
   --accept_loops;
   changed.notify_all();
@@ -1151,11 +1138,11 @@ Task<void> Server::run() {
   auto impl = impl_;
   for (auto& a : impl->tcp_acceptors) {
     ++impl->accept_loops;
-    asio::co_spawn(impl->executor, impl->accept_tcp(*a), asio::detached);
+    asio::co_spawn(impl->executor, impl->accept_loop(*a), asio::detached);
   }
   if (impl->unix_acceptor) {
     ++impl->accept_loops;
-    asio::co_spawn(impl->executor, impl->accept_unix(*impl->unix_acceptor), asio::detached);
+    asio::co_spawn(impl->executor, impl->accept_loop(*impl->unix_acceptor), asio::detached);
   }
   if (impl->accept_loops == 0 && impl->active == 0) throw Error(EINVAL, "nbd server: nothing to listen on");
   while (!(impl->stopping && impl->active == 0 && impl->accept_loops == 0)) co_await impl->changed.wait();
