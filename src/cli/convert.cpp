@@ -22,6 +22,31 @@ namespace {
 
 constexpr std::uint64_t kChunk = 2u << 20;  // a multiple of every qcow2 cluster size
 
+// Marks which `block`-byte blocks of [data, data + len) are all zero (the last may be
+// short). Allocates nothing, so it may run under run_unless_sigbus().
+void mark_zero_blocks(const std::byte* data, std::uint64_t len, std::uint64_t block, std::span<char> zero) noexcept {
+  for (std::size_t i = 0; i < zero.size(); ++i) {
+    const std::uint64_t at = i * block;
+    zero[i] = is_zero({data + at, static_cast<std::size_t>(std::min(block, len - at))});
+  }
+}
+
+// The runs of blocks marked alike, as byte ranges [first, end) of the `len` bytes.
+struct BlockRun {
+  std::uint64_t first, end;
+  bool zero;
+};
+std::vector<BlockRun> block_runs(std::span<const char> zero, std::uint64_t block, std::uint64_t len) {
+  std::vector<BlockRun> runs;
+  for (std::size_t i = 0; i < zero.size();) {
+    std::size_t end = i;
+    while (end < zero.size() && zero[end] == zero[i]) ++end;
+    runs.push_back(BlockRun{i * block, std::min<std::uint64_t>(end * block, len), zero[i] != 0});
+    i = end;
+  }
+  return runs;
+}
+
 struct Copy {
   Node& src;
   Node& dst;
@@ -65,20 +90,13 @@ struct Copy {
       co_await dst.write(off, data, flags);
       co_return;
     }
-    // Split into runs of zero and non-zero blocks of `sparse` bytes.
-    std::size_t pos = 0;
-    while (pos < data.size()) {
-      std::size_t n = std::min<std::size_t>(sparse, data.size() - pos);
-      bool zero = is_zero(data.subspan(pos, n));
-      std::size_t end = pos + n;
-      while (end < data.size()) {
-        std::size_t m = std::min<std::size_t>(sparse, data.size() - end);
-        if (is_zero(data.subspan(end, m)) != zero) break;
-        end += m;
-      }
-      if (zero) co_await put_zeroes(off + pos, end - pos);
-      else co_await dst.write(off + pos, data.subspan(pos, end - pos), flags);
-      pos = end;
+    // Runs of zero and non-zero blocks of `sparse` bytes.
+    std::vector<char> zero((data.size() + sparse - 1) / sparse);
+    mark_zero_blocks(data.data(), data.size(), sparse, zero);
+    const std::vector<BlockRun> runs = block_runs(zero, sparse, data.size());
+    for (const BlockRun& r : runs) {
+      if (r.zero) co_await put_zeroes(off + r.first, r.end - r.first);
+      else co_await dst.write(off + r.first, data.subspan(r.first, r.end - r.first), flags);
     }
   }
 
@@ -109,12 +127,7 @@ struct Copy {
       const std::byte* data;
       std::uint64_t len, block;
       std::vector<char> zero;
-      void run() noexcept {
-        for (std::size_t i = 0; i < zero.size(); ++i) {
-          const std::uint64_t at = i * block;
-          zero[i] = is_zero({data + at, static_cast<std::size_t>(std::min(block, len - at))});
-        }
-      }
+      void run() noexcept { mark_zero_blocks(data, len, block, zero); }
     } scan{nullptr, len, sparse, std::vector<char>((len + sparse - 1) / sparse)};
     const int fd = span->fd;
     const std::uint64_t at = span->offset;
@@ -135,15 +148,9 @@ struct Copy {
       scan.data = buf.data();
       scan.run();
     }
-    for (std::size_t i = 0; i < scan.zero.size();) {
-      std::size_t end = i;
-      while (end < scan.zero.size() && scan.zero[end] == scan.zero[i]) ++end;
-      if (scan.zero[i]) {
-        const std::uint64_t first = i * sparse;
-        co_await dst.write_zeroes(off + first, std::min<std::uint64_t>(end * sparse, len) - first, kZeroMayUnmap);
-      }
-      i = end;
-    }
+    const std::vector<BlockRun> runs = block_runs(scan.zero, sparse, len);
+    for (const BlockRun& r : runs)
+      if (r.zero) co_await dst.write_zeroes(off + r.first, r.end - r.first, kZeroMayUnmap);
   }
 
   Task<void> worker() {

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "block/driver.hpp"
+#include "core/file_io.hpp"
 #include "core/log.hpp"
 #include "core/secrets.hpp"
 #include "netblk/buffer.hpp"
@@ -367,16 +368,9 @@ struct Stream : std::enable_shared_from_this<Stream> {
     progress.notify_all();
   }
   bool write_file(const std::byte* data, std::size_t n, std::uint64_t at) {
-    while (n > 0) {
-      ssize_t w = ::pwrite(fd, data, n, static_cast<off_t>(at));
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) {
-        set_cache_failure(w < 0 ? errno : ENOSPC);
-        return false;
-      }
-      data += w;
-      n -= static_cast<std::size_t>(w);
-      at += static_cast<std::uint64_t>(w);
+    if (int err = pwrite_fully(fd, data, n, at)) {
+      set_cache_failure(err);
+      return false;
     }
     return true;
   }

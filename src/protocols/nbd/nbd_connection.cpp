@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "core/file_io.hpp"
 #include "core/log.hpp"
 #include "protocols/nbd/nbd_tls.hpp"
 
@@ -59,24 +60,11 @@ class SocketStream final : public Stream {
   GenericSocket socket_;
 };
 
-// pwrite() of all of `data`; 0 or the errno.
-int pwrite_all(int fd, const std::byte* data, std::size_t n, std::uint64_t offset) {
-  while (n) {
-    const ssize_t w = ::pwrite(fd, data, n, static_cast<off_t>(offset));
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return w < 0 ? errno : EIO;
-    data += w;
-    offset += static_cast<std::uint64_t>(w);
-    n -= static_cast<std::size_t>(w);
-  }
-  return 0;
-}
-
 int pwrite_zeroes(int fd, std::uint64_t n, std::uint64_t offset) {
   static const std::array<std::byte, 64 * 1024> zeroes{};
   while (n) {
     const std::size_t k = static_cast<std::size_t>(std::min<std::uint64_t>(n, zeroes.size()));
-    if (int e = pwrite_all(fd, zeroes.data(), k, offset)) return e;
+    if (int e = pwrite_fully(fd, zeroes.data(), k, offset)) return e;
     offset += k;
     n -= k;
   }
@@ -360,7 +348,7 @@ Task<int> StreamReader::read_to_file(int fd, std::uint64_t fd_offset, std::uint6
         end_ = co_await stream_->read_some(std::span(buf_).first(std::min<std::uint64_t>(n, buf_.size())));
       }
       const std::size_t k = static_cast<std::size_t>(std::min<std::uint64_t>(n, end_ - pos_));
-      if (!error) keep(pwrite_all(fd, buf_.data() + pos_, k, fd_offset));
+      if (!error) keep(pwrite_fully(fd, buf_.data() + pos_, k, fd_offset));
       pos_ += k;
       fd_offset += k;
       n -= k;

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <utility>
 
+#include "core/file_io.hpp"
 #include "netblk/error.hpp"
 
 namespace netblk::nbd_client {
@@ -76,13 +77,7 @@ int PayloadPipe::drain_to(int fd, std::uint64_t offset) noexcept {
       break;
     }
     held -= static_cast<std::size_t>(r);
-    for (ssize_t done = 0; !error && done < r;) {
-      const ssize_t w = ::pwrite(fd, scratch.data() + done, static_cast<std::size_t>(r - done),
-                                 static_cast<off_t>(offset) + done);
-      if (w < 0 && errno == EINTR) continue;
-      if (w <= 0) error = w < 0 ? errno : EIO;
-      else done += w;
-    }
+    if (!error) error = pwrite_fully(fd, scratch.data(), static_cast<std::size_t>(r), offset);
     offset += static_cast<std::uint64_t>(r);
   }
   return error;
