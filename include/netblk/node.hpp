@@ -112,9 +112,10 @@ class Node {
 
   // Where bytes [offset, offset + length) of this node lie unchanged in an open file, so an
   // exporter can let the kernel send them (sendfile, or from the file's mapping) instead of
-  // copying them through buffers of its own: the file's descriptor and the offset in it. nullopt when there is no such file
-  // (formats that map clusters, filters, remote protocols, O_DIRECT). The caller has
-  // checked the range against size(); the descriptor lives until the node is closed.
+  // copying them through buffers of its own: the file's descriptor and the offset in it.
+  // nullopt when there is no such file (formats that map clusters, filters, remote
+  // protocols, O_DIRECT). The caller has checked the range against size(); the descriptor
+  // lives until the node is closed.
   struct FileSpan {
     int fd;
     std::uint64_t offset;
@@ -122,9 +123,10 @@ class Node {
     // tmpfs mapping allocates a page for it: read only what pages_in_memory()
     // (core/mapping.hpp) confirms, and read other ranges with read().
     std::byte* memory = nullptr;
-    // Copying into `memory` is what write() would do (no format, filter or alignment in
-    // between). The copy must use copy_unless_sigbus() and fall back to write() when it
-    // fails (a full tmpfs, a file truncated by another process).
+    // Copying into `memory`, or writing the descriptor's range, is what write() would do
+    // (no format, filter or alignment in between); offered only with `memory`. A copy must
+    // use copy_unless_sigbus() and fall back to write() when it fails (a full tmpfs, a
+    // file truncated by another process).
     bool writable = false;
   };
   virtual std::optional<FileSpan> file_span(std::uint64_t /*offset*/, std::uint64_t /*length*/) const {

@@ -4,9 +4,6 @@
 // written as zeroes elsewhere; -S 0 copies them as data. When the target is a file as is
 // (raw, nothing in between), the source may put data straight into it
 // (Node::read_to_file); zero runs found there afterwards are zeroed again to free them.
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <cstring>
 #include <iostream>
 
@@ -101,7 +98,7 @@ struct Copy {
   }
 
   // Lets the source write [off, off + len) straight into the target's file when the target
-  // is that file as is (raw over file).
+  // is that file as is (file_span() says writable: raw over a memory-backed file).
   Task<bool> read_into_target(std::uint64_t off, std::uint64_t len) {
     if (compress) co_return false;
     const auto span = dst.file_span(off, len);
@@ -117,37 +114,28 @@ struct Copy {
 
   // Data the source wrote into the target file, split into runs of `sparse` blocks as
   // put_data() does: zero runs are zeroed again with unmapping allowed, which frees them.
-  // The blocks are looked at through a mapping of the just-written range, made populated
-  // on a worker thread (a fault per few pages cost more); `buf` serves when that fails.
-  Task<void> sparsify_in_target(std::uint64_t off, std::uint64_t len, Buffer& buf) {
+  // The blocks are looked at through the file's mapping (a target is offered as writable
+  // only with one), on a worker thread: seeing pages that never passed through our memory
+  // costs page-table work (0.1 s per GiB), which then overlaps the receiving.
+  Task<void> sparsify_in_target(std::uint64_t off, std::uint64_t len) {
     if (sparse == 0) co_return;
     const auto span = dst.file_span(off, len);
-    if (!span) co_return;
+    if (!span || !span->memory) co_return;
     struct Scan {
       const std::byte* data;
       std::uint64_t len, block;
       std::vector<char> zero;
-      void run() noexcept { mark_zero_blocks(data, len, block, zero); }
-    } scan{nullptr, len, sparse, std::vector<char>((len + sparse - 1) / sparse)};
-    const int fd = span->fd;
-    const std::uint64_t at = span->offset;
+    } scan{span->memory, len, sparse, std::vector<char>((len + sparse - 1) / sparse)};
     // A SIGBUS means the file was cut short meanwhile: the bytes then stay as they are.
-    const int scanned = co_await offload([&scan, fd, at]() -> int {
-      static const auto page = static_cast<std::uint64_t>(sysconf(_SC_PAGESIZE));
-      const std::uint64_t start = at / page * page, length = at + scan.len - start;
-      void* map = mmap(nullptr, length, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, static_cast<off_t>(start));
-      if (map == MAP_FAILED) return -1;
-      scan.data = static_cast<const std::byte*>(map) + (at - start);
-      const bool done = run_unless_sigbus([](void* s) { static_cast<Scan*>(s)->run(); }, &scan);
-      munmap(map, length);
-      return done ? 1 : 0;
+    const bool scanned = co_await offload([&scan] {
+      return run_unless_sigbus(
+          [](void* arg) {
+            auto* s = static_cast<Scan*>(arg);
+            mark_zero_blocks(s->data, s->len, s->block, s->zero);
+          },
+          &scan);
     });
-    if (scanned == 0) co_return;
-    if (scanned < 0) {
-      co_await dst.read(off, buf.span().first(len));
-      scan.data = buf.data();
-      scan.run();
-    }
+    if (!scanned) co_return;
     const std::vector<BlockRun> runs = block_runs(scan.zero, sparse, len);
     for (const BlockRun& r : runs)
       if (r.zero) co_await dst.write_zeroes(off + r.first, r.end - r.first, kZeroMayUnmap);
@@ -182,7 +170,7 @@ struct Copy {
         s.in_target = co_await read_into_target(s.off, s.len);
         // Already in the target: its zero runs are freed now, out of turn (raw files only
         // take this path, and their allocation does not depend on the order of writes).
-        if (s.in_target) co_await sparsify_in_target(s.off, s.len, buf);
+        if (s.in_target) co_await sparsify_in_target(s.off, s.len);
         else co_await src.read(s.off, buf.span().subspan(s.off - off, s.len));
       }
       co_await wait_turn(index);

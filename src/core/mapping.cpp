@@ -14,7 +14,7 @@
 namespace netblk {
 namespace {
 
-// Where the SIGBUS handler jumps to on this thread; null outside copy_unless_sigbus().
+// Where the SIGBUS handler jumps to on this thread; null outside run_unless_sigbus().
 thread_local sigjmp_buf* volatile t_recover = nullptr;
 
 void on_sigbus(int, siginfo_t*, void*) {

@@ -308,8 +308,8 @@ std::uint64_t allocated_bytes(const std::string& path) {
   return static_cast<std::uint64_t>(st.st_blocks) * 512;
 }
 
-// Into a raw file, convert has the NBD client splice each reply's payload into the target
-// (Node::read_to_file); here into tmpfs, where allocation is exact. The same bytes over TCP
+// Into a raw file in tmpfs, convert has the NBD client splice each reply's payload into the
+// target (Node::read_to_file); allocation there is exact. The same bytes over TCP
 // and a unix socket, with structured and simple replies, from nbdkit and qemu-nbd; zero
 // blocks inside data are left unallocated as qemu-img leaves them (-S 4k), and -S 0
 // allocates everything.

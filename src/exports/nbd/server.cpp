@@ -24,10 +24,10 @@
 #include <asio/write.hpp>
 #include <cstdlib>
 #include <cstring>
-#include <type_traits>
 #include <deque>
 #include <list>
 #include <system_error>
+#include <type_traits>
 #include <vector>
 
 #include "core/log.hpp"
