@@ -66,6 +66,13 @@ struct Capabilities {
   bool can_grow = false;
 };
 
+// What Node::read_to_file() did.
+enum class FileRead {
+  unsupported,     // nothing: the caller reads and writes itself
+  written,         // every byte is in the file
+  zeros_left_out,  // every block but the all-zero ones is in the file (the caller allowed it)
+};
+
 // What Node::read_to_file() throws when writing its file failed: the file's errno.
 class FileWriteError : public Error {
  public:
@@ -137,11 +144,15 @@ class Node {
   // Reads [offset, offset + length) into the file `fd` at `fd_offset`, leaving there what
   // read() and then pwrite() would, but without a caller's buffer in between: the NBD
   // client moves a reply's payload from its socket into the file with splice(), so the
-  // bytes are copied once. Returns false, having written nothing, when this node has no such
-  // path (the caller then reads and writes), or when the range is not aligned to
-  // limits().request_alignment. On an error the file range may hold part of the data; a
+  // bytes are copied once; the HTTP(S) client writes from libcurl's own buffer. Answers
+  // unsupported, having written nothing, when this node has no such path (the caller then
+  // reads and writes), or when the range is not aligned to limits().request_alignment.
+  // `zero_block` nonzero says the file range reads as zeros already: a node may then leave
+  // out the blocks of that many bytes (counted from `offset`) that are all zero, and answers
+  // zeros_left_out when it did look. On an error the file range may hold part of the data; a
   // failure to write the file (not of the node) is thrown as FileWriteError.
-  Task<bool> read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset);
+  Task<FileRead> read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset,
+                              std::uint64_t zero_block = 0);
   Task<void> write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags = 0);
   Task<void> write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags = 0);
   Task<void> discard(std::uint64_t offset, std::uint64_t length);
@@ -153,7 +164,8 @@ class Node {
 
  protected:
   virtual Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) = 0;
-  virtual Task<bool> co_read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset);
+  virtual Task<FileRead> co_read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset,
+                                         std::uint64_t zero_block);
   virtual Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags);
   virtual Task<void> co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags);
   virtual Task<void> co_discard(std::uint64_t offset, std::uint64_t length);

@@ -67,14 +67,17 @@ Task<std::list<Node::WriteRange>::iterator> Node::lock_write_range(std::uint64_t
   co_return std::prev(write_ranges_.end());
 }
 
-Task<bool> Node::read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset) {
+Task<FileRead> Node::read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset,
+                                  std::uint64_t zero_block) {
   check_range(offset, length, "read");
   const std::uint64_t align = limits_.request_alignment ? limits_.request_alignment : 1;
-  if (offset % align || length % align) co_return false;
-  co_return co_await co_read_to_file(offset, length, fd, fd_offset);
+  if (offset % align || length % align) co_return FileRead::unsupported;
+  co_return co_await co_read_to_file(offset, length, fd, fd_offset, zero_block);
 }
 
-Task<bool> Node::co_read_to_file(std::uint64_t, std::uint64_t, int, std::uint64_t) { co_return false; }
+Task<FileRead> Node::co_read_to_file(std::uint64_t, std::uint64_t, int, std::uint64_t, std::uint64_t) {
+  co_return FileRead::unsupported;
+}
 
 std::string Node::display_name() const {
   std::string f = plain_filename();

@@ -98,14 +98,16 @@ struct Copy {
   }
 
   // Lets the source write [off, off + len) straight into the target's file when the target
-  // is that file as is (file_span() says writable: raw over a memory-backed file).
-  Task<bool> read_into_target(std::uint64_t off, std::uint64_t len) {
-    if (compress) co_return false;
+  // is that file as is (file_span() says writable: raw over a memory-backed file). On a
+  // zero-initialised target the source may leave out the -S blocks that are all zero, as
+  // put_data() would.
+  Task<FileRead> read_into_target(std::uint64_t off, std::uint64_t len) {
+    if (compress) co_return FileRead::unsupported;
     const auto span = dst.file_span(off, len);
-    if (!span || !span->writable) co_return false;
+    if (!span || !span->writable) co_return FileRead::unsupported;
     int failed = 0;
     try {
-      co_return co_await src.read_to_file(off, len, span->fd, span->offset);
+      co_return co_await src.read_to_file(off, len, span->fd, span->offset, zero_init ? sparse : 0);
     } catch (const FileWriteError& e) {
       failed = e.code();
     }
@@ -167,11 +169,12 @@ struct Copy {
       }
       for (auto& s : segments) {
         if (s.zero) continue;
-        s.in_target = co_await read_into_target(s.off, s.len);
+        const FileRead put = co_await read_into_target(s.off, s.len);
+        s.in_target = put != FileRead::unsupported;
         // Already in the target: its zero runs are freed now, out of turn (raw files only
         // take this path, and their allocation does not depend on the order of writes).
-        if (s.in_target) co_await sparsify_in_target(s.off, s.len);
-        else co_await src.read(s.off, buf.span().subspan(s.off - off, s.len));
+        if (put == FileRead::written) co_await sparsify_in_target(s.off, s.len);
+        else if (put == FileRead::unsupported) co_await src.read(s.off, buf.span().subspan(s.off - off, s.len));
       }
       co_await wait_turn(index);
       try {

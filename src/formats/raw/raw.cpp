@@ -55,8 +55,9 @@ class RawNode final : public Node {
   Task<void> co_read(std::uint64_t off, std::span<std::byte> buf) override {
     co_await file_->read(offset_ + off, buf);
   }
-  Task<bool> co_read_to_file(std::uint64_t off, std::uint64_t len, int fd, std::uint64_t fd_offset) override {
-    co_return co_await file_->read_to_file(offset_ + off, len, fd, fd_offset);
+  Task<FileRead> co_read_to_file(std::uint64_t off, std::uint64_t len, int fd, std::uint64_t fd_offset,
+                                 std::uint64_t zero_block) override {
+    co_return co_await file_->read_to_file(offset_ + off, len, fd, fd_offset, zero_block);
   }
   Task<void> co_write(std::uint64_t off, std::span<const std::byte> buf, unsigned flags) override {
     if (probed_ && off < 512) check_probe_safety(off, buf);

@@ -327,8 +327,11 @@ class NbdNode final : public Node {
     co_await client_->run(p, "read");
   }
 
-  Task<bool> co_read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset) override {
-    if (client_->config().tls) co_return false;  // TLS records cannot be spliced
+  // Spliced payloads never pass through our memory, so zero blocks are not looked for here
+  // (the caller finds them in the file afterwards).
+  Task<FileRead> co_read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset,
+                                 std::uint64_t) override {
+    if (client_->config().tls) co_return FileRead::unsupported;  // TLS records cannot be spliced
     const bool unix_socket = client_->config().address.type == NbdAddress::Type::unix_socket;
     const std::uint64_t size = unix_socket ? kFilePieceUnix : kFilePieceTcp;
     const std::uint32_t align = limits().request_alignment;
@@ -351,7 +354,7 @@ class NbdNode final : public Node {
     const auto workers = static_cast<unsigned>(std::min<std::uint64_t>(
         (length + piece - 1) / piece, unix_socket ? kFilePiecesInFlightUnix : kFilePiecesInFlightTcp));
     co_await run_concurrently(workers, [&] { return worker(); }, [&] { next = length; });
-    co_return true;
+    co_return FileRead::written;
   }
 
   Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags) override {
