@@ -29,6 +29,7 @@
 #include "netblk/buffer.hpp"
 #include "protocols/curl/curl_loop.hpp"
 #include "protocols/curl/headers.hpp"
+#include "protocols/curl/tls.hpp"
 #include "protocols/curl/url.hpp"
 
 namespace netblk::curlproto {
@@ -53,6 +54,8 @@ constexpr std::size_t kStreamPiece = 1u << 20;
 constexpr std::uint64_t kStreamKeep = 16u << 20;
 constexpr std::size_t kStreamSpare = 4;
 constexpr long kConnections = 8;
+constexpr std::size_t kPageSize = 4096;            // read_to_file() writes whole pages
+constexpr std::uint64_t kMaxZeroBlock = 1u << 20;  // and looks for zero blocks up to this size
 constexpr int kMaxRetries = 5;
 constexpr long kTftpBlockSize = 65464;  // RFC 2348's maximum
 
@@ -206,6 +209,7 @@ struct Session {
       curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
       curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, static_cast<long>(config.timeout));
     }
+    prefer_aes128_gcm(h);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, config.sslverify ? 1L : 0L);
     curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, config.sslverify ? 2L : 0L);
     if (share) curl_easy_setopt(h, CURLOPT_SHARE, share);
@@ -659,8 +663,9 @@ struct Stream : std::enable_shared_from_this<Stream> {
   }
 };
 
-// FTP's sequential stream: one whole-file transfer whose bytes go straight into the
-// buffers of the reads waiting for them. Bytes nobody waits for yet are kept in memory
+// A sequential stream (FTP's reads, HTTP's reads into a file): one transfer from the first
+// read's offset to the end of the file, whose bytes go straight into the buffers (or files)
+// of the reads waiting for them. Bytes nobody waits for yet are kept in memory
 // (up to kStreamBuffer) for the reads that come for them soon; past that, the stream
 // pauses until a read wants more. A byte that has left the buffer is fetched again with a
 // range request of its own.
@@ -670,10 +675,21 @@ struct DirectStream {
   struct Waiter {
     Waiter(const Executor& ex, std::uint64_t o, std::span<std::byte> b) : offset(o), buf(b), ready(ex) {}
     std::uint64_t offset;
-    std::span<std::byte> buf;
+    std::span<std::byte> buf;  // for a file: only its size counts
+    FileStreamWriter* file = nullptr;  // the bytes go into a file instead
     std::uint64_t filled = 0;
+    int write_error = 0;
     bool ok = false;
     AsyncEvent ready;
+    // Takes bytes that follow what it has.
+    void take(const char* data, std::size_t n) {
+      if (file) {
+        if (!write_error) write_error = file->append(data, n);
+      } else {
+        std::memcpy(buf.data() + filled, data, n);
+      }
+      filled += n;
+    }
   };
   struct Piece {
     std::uint64_t offset;
@@ -717,12 +733,11 @@ struct DirectStream {
       std::uint64_t wend = w->offset + w->buf.size();
       std::uint64_t from = w->offset + w->filled, to = std::min(wend, end);
       if (from >= head && from < to) {
-        std::memcpy(w->buf.data() + (from - w->offset), data + (from - head), to - from);
-        w->filled += to - from;
+        w->take(data + (from - head), to - from);
         to_waiters += to - from;
       }
-      if (w->filled == w->buf.size()) {
-        w->ok = true;
+      if (w->filled == w->buf.size() || w->write_error) {
+        w->ok = !w->write_error;
         w->ready.set();
         it = waiters.erase(it);
       } else {
@@ -762,17 +777,19 @@ struct DirectStream {
     }
   }
 
-  // Copies from the kept pieces into buf from `offset` on; returns how many bytes it could.
-  std::uint64_t copy_kept(std::uint64_t offset, std::span<std::byte> buf) {
+  // Gives the waiter what the kept pieces hold from where it stands; returns how many bytes
+  // it could.
+  std::uint64_t copy_kept(Waiter& w) {
     std::uint64_t done = 0;
+    const std::uint64_t offset = w.offset + w.filled, want = w.buf.size() - w.filled;
     for (auto& p : pieces) {
       std::uint64_t pos = offset + done;
-      if (done == buf.size()) break;
+      if (done == want) break;
       if (pos < p.offset) break;  // a hole
       std::uint64_t pend = p.offset + p.bytes.size();
       if (pos >= pend) continue;
-      std::uint64_t m = std::min<std::uint64_t>(buf.size() - done, pend - pos);
-      std::memcpy(buf.data() + done, p.bytes.data() + (pos - p.offset), m);
+      std::uint64_t m = std::min<std::uint64_t>(want - done, pend - pos);
+      w.take(p.bytes.data() + (pos - p.offset), m);
       const std::uint64_t before = p.taken;
       p.taken = std::min<std::uint64_t>(p.bytes.size(), p.taken + m);  // overlapping reads count once
       untaken -= p.taken - before;
@@ -789,7 +806,19 @@ struct DirectStream {
   static Task<void> run(std::shared_ptr<DirectStream> self) {
     Session& s = *self->session;
     Exchange ex;
-    ex.sink = [raw = self.get()](const char* data, std::size_t n) { return raw->deliver(data, n); };
+    bool checked = false;
+    ex.sink = [raw = self.get(), &ex, &checked](const char* data, std::size_t n) -> std::size_t {
+      // HTTP: only the bytes from `start` on, as asked for (200 for the whole file from 0).
+      if (!checked && raw->session->config.family == Family::http) {
+        checked = true;
+        const int st = ex.facts.status;
+        const bool from_start = raw->start == 0 ? st == 200 || st == 206 : st == 206;
+        const bool right_range = !ex.facts.content_range || !ex.facts.content_range->first ||
+                                 *ex.facts.content_range->first == raw->start;
+        if (!from_start || !right_range) return 0;
+      }
+      return raw->deliver(data, n);
+    };
     Easy e = s.easy(ex);
     if (self->start) curl_easy_setopt(e.get(), CURLOPT_RESUME_FROM_LARGE, static_cast<curl_off_t>(self->start));
     self->easy = e.get();
@@ -813,20 +842,26 @@ struct DirectStream {
   // Reads [offset, offset + buf.size()) from the stream. False when the stream cannot
   // bring it (passed and forgotten, ended, failed): use a range request.
   Task<bool> read(std::uint64_t offset, std::span<std::byte> buf, const std::shared_ptr<DirectStream>& self) {
+    Waiter w(session->executor, offset, buf);
+    co_return co_await wait_for(w, self);
+  }
+
+  // Gives `w` its bytes from the stream; false when the stream cannot bring them all (the
+  // waiter's `filled` then says how many it got).
+  Task<bool> wait_for(Waiter& w, const std::shared_ptr<DirectStream>& self) {
+    const std::uint64_t offset = w.offset;
     if (!started) {
       started = true;
       start = head = offset;
       asio::co_spawn(session->executor, run(self), asio::detached);
     }
-    std::uint64_t have = 0;
     if (offset < head) {
-      have = copy_kept(offset, buf);
-      if (have == buf.size()) co_return true;
-      if (offset + have < head) co_return false;  // a hole in what was kept
+      copy_kept(w);
+      if (w.write_error) co_return false;
+      if (w.filled == w.buf.size()) co_return true;
+      if (offset + w.filled < head) co_return false;  // a hole in what was kept
     }
     if (ended) co_return false;
-    Waiter w(session->executor, offset, buf);
-    w.filled = have;
     auto it = waiters.emplace(offset, &w);
     if (paused && easy) {
       paused = false;
@@ -950,6 +985,42 @@ class CurlNode final : public Node {
       co_await fetch_with_readahead(offset, buf);
       co_return;
     }
+  }
+
+  // HTTP(S): the bytes go into the file from libcurl's own buffer (no copy into a caller's
+  // buffer, no hand-over to a writer thread), and zero blocks are seen while they are still
+  // in cache. Sequential reads (a convert's chunks) share one stream, as FTP's do: a range
+  // request per chunk costs a round trip each, and on a small machine a second connection
+  // takes a core from the server. A read the stream cannot serve, or the rest of one when
+  // the stream ends early, is a range request of its own.
+  Task<FileRead> co_read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset,
+                                 std::uint64_t zero_block) override {
+    if (!ranges_ || stream_first_ || session_->config.family != Family::http) co_return FileRead::unsupported;
+    // Larger -S blocks would be kept whole in memory: leave those to the caller.
+    const bool skip = zero_block && zero_block <= kMaxZeroBlock;
+    FileStreamWriter writer(fd, fd_offset, skip ? zero_block : kPageSize, skip);
+    if (!direct_) direct_ = std::make_shared<DirectStream>(session_);
+    std::uint64_t streamed = 0;
+    if (direct_->can_serve(offset)) {
+      auto keep = direct_;
+      DirectStream::Waiter w(executor(), offset, {static_cast<std::byte*>(nullptr), static_cast<std::size_t>(length)});
+      w.file = &writer;
+      const bool all = co_await keep->wait_for(w, keep);
+      if (w.write_error) throw FileWriteError(w.write_error, std::strerror(w.write_error));
+      streamed = all ? length : w.filled;
+    }
+    if (streamed < length) {
+      const bool ranged = co_await fetch_to(offset + streamed, length - streamed,
+                                            [&writer](std::uint64_t, const char* data, std::size_t n) {
+                                              return writer.append(data, n);
+                                            });
+      if (!ranged) {
+        if (streamed == 0) co_return FileRead::unsupported;  // nothing written: the caller reads
+        throw Error(EIO, session_->name() + ": the server stopped honouring byte ranges");
+      }
+    }
+    if (const int err = writer.finish()) throw FileWriteError(err, std::strerror(err));
+    co_return skip ? FileRead::zeros_left_out : FileRead::written;
   }
 
   Task<BlockStatus> co_block_status(std::uint64_t, std::uint64_t length) override {
@@ -1130,11 +1201,28 @@ class CurlNode final : public Node {
     if (!ranged) co_await fall_back_to_stream(offset, buf);
   }
 
-  // One range request into `a` then `b`, resumed where it stopped on transient failures.
-  // Returns false when the server ignored the range (answered 200 with the whole file).
+  // One range request into `a` then `b` (see fetch_to).
   Task<bool> fetch(std::uint64_t offset, std::span<std::byte> a, std::span<std::byte> b) {
+    co_return co_await fetch_to(offset, a.size() + b.size(), [a, b](std::uint64_t pos, const char* data, std::size_t n) {
+      while (n) {
+        std::span<std::byte> to = pos < a.size() ? a.subspan(pos) : b.subspan(pos - a.size());
+        const std::size_t m = std::min(n, to.size());
+        std::memcpy(to.data(), data, m);
+        pos += m, data += m, n -= m;
+      }
+      return 0;
+    });
+  }
+
+  // One range request of `total` bytes, resumed where it stopped on transient failures.
+  // `place(pos, data, n)` puts body bytes at `pos` of the range (each call follows the one
+  // before) and returns 0, or an errno: the transfer then ends with a FileWriteError.
+  // Returns false when the server ignored the range (answered 200 with the whole file),
+  // before any byte was placed.
+  template <class Place>
+  Task<bool> fetch_to(std::uint64_t offset, std::uint64_t total, Place place) {
     Session& s = *session_;
-    const std::uint64_t total = a.size() + b.size();
+    int place_error = 0;
     std::uint64_t got = 0;
     for (int attempt = 0;; ++attempt) {
       const std::uint64_t start = offset + got;
@@ -1159,18 +1247,9 @@ class CurlNode final : public Node {
           }
         }
         std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(n, total - got));
-        std::size_t done = 0;
-        while (done < take) {
-          std::uint64_t pos = got + done;
-          std::size_t m;
-          if (pos < a.size()) {
-            m = std::min<std::size_t>(take - done, a.size() - pos);
-            std::memcpy(a.data() + pos, data + done, m);
-          } else {
-            m = take - done;
-            std::memcpy(b.data() + (pos - a.size()), data + done, m);
-          }
-          done += m;
+        if (const int err = place(got, data, take)) {
+          place_error = err;
+          return 0;
         }
         got += take;
         if (got == total && take < n) return 0;  // more than asked (a 200 answer): stop here
@@ -1185,6 +1264,7 @@ class CurlNode final : public Node {
         curl_easy_setopt(e.get(), CURLOPT_FORBID_REUSE, 1L);
       }
       CURLcode rc = co_await s.loop.perform(e.get());
+      if (place_error) throw FileWriteError(place_error, std::strerror(place_error));
       if (got == total && (rc == CURLE_OK || rc == CURLE_WRITE_ERROR)) co_return true;
       long status = response_code(e.get());
       if (ignored_range) {
