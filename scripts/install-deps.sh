@@ -7,7 +7,7 @@ packages=(
   # build
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
   libasio-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
-  zlib1g-dev libzstd-dev libcurl4-openssl-dev libgnutls28-dev
+  zlib1g-dev libzstd-dev libcurl4-openssl-dev libssl-dev libgnutls28-dev
   # reference tools and real servers for the tests and benchmarks
   qemu-utils qemu-block-extra nbdkit nbd-server nbd-client libnbd-bin fio
   nginx-light libnginx-mod-http-echo vsftpd tftpd-hpa curl openssl ca-certificates

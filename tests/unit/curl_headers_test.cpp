@@ -124,3 +124,27 @@ TEST(CurlOptions, RejectedBeforeConnecting) {
             std::string::npos);
   EXPECT_NE(open_error("json:{\"file.driver\":\"tftp\"}").find("url"), std::string::npos);
 }
+
+// The HTTPS/FTPS cipher order: AES-128-GCM just before the AES-256-GCM suite of the same
+// key exchange; nothing else moves, nothing is added.
+#include "protocols/curl/tls.hpp"
+
+TEST(CurlTls, Aes128GcmMovesJustBeforeItsAes256Partner) {
+  using netblk::curlproto::aes128_gcm_first;
+  EXPECT_EQ(aes128_gcm_first({"TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256"}),
+            (std::vector<std::string>{"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384",
+                                      "TLS_CHACHA20_POLY1305_SHA256"}));
+  EXPECT_EQ(aes128_gcm_first({"ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+                              "DHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305",
+                              "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256", "AES256-GCM-SHA384",
+                              "AES128-GCM-SHA256"}),
+            (std::vector<std::string>{"ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-AES256-GCM-SHA384",
+                                      "ECDHE-RSA-AES128-GCM-SHA256", "ECDHE-RSA-AES256-GCM-SHA384",
+                                      "DHE-RSA-AES256-GCM-SHA384", "ECDHE-ECDSA-CHACHA20-POLY1305",
+                                      "AES128-GCM-SHA256", "AES256-GCM-SHA384"}));
+  // A partner that is not allowed stays out; one already ahead stays where it is.
+  EXPECT_EQ(aes128_gcm_first({"ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305"}),
+            (std::vector<std::string>{"ECDHE-RSA-AES256-GCM-SHA384", "ECDHE-RSA-CHACHA20-POLY1305"}));
+  EXPECT_EQ(aes128_gcm_first({"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384"}),
+            (std::vector<std::string>{"TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384"}));
+}
