@@ -2,7 +2,9 @@
 // and converts it with the CLI, checking every byte against the file it was served from.
 #pragma once
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <random>
@@ -95,6 +97,62 @@ inline void check_convert(const std::vector<std::string>& extra, const std::stri
   EXPECT_TRUE(read_all(out / "out.raw") == want) << "converted bytes differ for " << source;
 }
 
+
+// Data with zero runs of every kind: single 4 KiB blocks inside data, a run that starts and
+// ends inside blocks, one across a 2 MiB chunk boundary, and a zero tail shorter than a
+// block. The first block is data (qemu-img always allocates a new raw file's first block).
+inline void write_sparse_pattern(const std::string& path) {
+  std::string data((9u << 20) + 3000, '\0');
+  std::mt19937_64 rng(5);
+  for (auto& c : data) c = static_cast<char>(rng() | 1);
+  auto zero = [&](std::uint64_t at, std::uint64_t n) { std::fill_n(data.begin() + static_cast<long>(at), n, '\0'); };
+  for (std::uint64_t block : {3u, 17u, 18u, 300u, 1000u, 2047u}) zero(block * 4096, 4096);
+  zero(40000, 12000);
+  zero((2u << 20) - 100000, 3u << 20);
+  zero((8u << 20) + 5000, 50000);
+  zero(data.size() - 1500, 1500);
+  write_file(path, data);
+}
+
+inline std::uint64_t allocated_bytes(const std::string& path) {
+  struct stat st {};
+  EXPECT_EQ(stat(path.c_str(), &st), 0) << path;
+  return static_cast<std::uint64_t>(st.st_blocks) * 512;
+}
+
+// What a sparse copy of `content` takes in tmpfs: a page for every 4 KiB block (the last
+// may be short) that holds a byte other than zero.
+inline std::uint64_t nonzero_pages(const std::string& content) {
+  std::uint64_t pages = 0;
+  for (std::size_t at = 0; at < content.size(); at += 4096) {
+    const std::size_t n = std::min<std::size_t>(4096, content.size() - at);
+    if (content.find_first_not_of('\0', at) < at + n) ++pages;
+  }
+  return pages * 4096;
+}
+
+// Converts `source` into a raw file in tmpfs, where convert lets the source write into the
+// target (Node::read_to_file): the bytes are `want`'s; -S 4k leaves every all-zero 4 KiB
+// block unallocated and -S 0 allocates everything; a target that takes no more than 4 MiB
+// (RLIMIT_FSIZE) fails the copy with one line naming it.
+inline void check_convert_into_tmpfs(const std::string& source, const std::string& want) {
+  TempDir out("/dev/shm");
+  const std::string sparse = out / "sparse.raw", full = out / "full.raw", small = out / "small.raw";
+  auto r = nb({"convert", "-O", "raw", source, sparse});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(read_all(sparse) == want) << "converted bytes differ for " << source;
+  EXPECT_EQ(allocated_bytes(sparse), nonzero_pages(want)) << source;
+  r = nb({"convert", "-S", "0", "-O", "raw", source, full});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_TRUE(read_all(full) == want) << "converted bytes differ for " << source << " -S 0";
+  EXPECT_GE(allocated_bytes(full), want.size()) << source;
+  ASSERT_EQ(run({"truncate", "-s", std::to_string(want.size()), small}).exit_code, 0);
+  r = run({"bash", "-c",
+           "trap '' XFSZ; ulimit -f 4096; exec " + netblk_binary() + " convert -n -O raw '" + source + "' " + small},
+          120s);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_EQ(r.err, "netblk: " + small + ": write failed: File too large\n");
+}
 
 // Points the helper library at the netblk binary of this build.
 inline void use_this_build() {

@@ -26,7 +26,8 @@ class Vsftpd {
     run({"chmod", "755", root, dir / "empty"});
     write_pattern_file(root + "/disk.img", kDiskSize, 11);
     write_pattern_file(root + "/big.img", kBigSize, 12);
-    run({"chmod", "a+r", root + "/disk.img", root + "/big.img"});
+    write_sparse_pattern(root + "/sparse.img");
+    run({"chmod", "a+r", root + "/disk.img", root + "/big.img", root + "/sparse.img"});
     content = read_all(root + "/disk.img");
     auto cert = run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
                      "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", dir / "key.pem", "-out",
@@ -145,6 +146,13 @@ TEST_F(CurlFtp, ImplicitFtpsVerifiesUnlessSslverifyOff) {
 TEST_F(CurlFtp, FtpsReadsFarAheadOfTheStream) {
   // FTPS reads like FTP: one stream, and range requests (fresh TLS connections) far from it.
   check_far_reads(server->ftps_spec("big.img", false), read_all(server->root + "/big.img"));
+}
+
+// Into tmpfs the stream's bytes go from libcurl's buffer into the target, over FTP and FTPS.
+TEST_F(CurlFtp, ConvertWritesTheStreamIntoRawTarget) {
+  const std::string want = read_all(server->root + "/sparse.img");
+  check_convert_into_tmpfs(server->ftp_url("sparse.img"), want);
+  check_convert_into_tmpfs(server->ftps_spec("sparse.img", false), want);
 }
 
 TEST_F(CurlFtp, MissingFileIsAnError) {

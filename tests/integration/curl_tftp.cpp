@@ -26,7 +26,8 @@ class Tftpd {
     write_file(root + "/empty.img", "");
     // Larger than what the stream keeps in memory: early bytes come back from the cache file.
     write_pattern_file(root + "/large.img", kLargeSize, 22);
-    run({"chmod", "a+r", root + "/disk.img", root + "/empty.img", root + "/large.img"});
+    write_sparse_pattern(root + "/sparse.img");
+    run({"chmod", "a+r", root + "/disk.img", root + "/empty.img", root + "/large.img", root + "/sparse.img"});
     content = read_all(root + "/disk.img");
     port = free_port();
     tftpd = Process({"/usr/sbin/in.tftpd", "-L", "-a", "127.0.0.1:" + std::to_string(port), "-s", "-u", "nobody",
@@ -80,6 +81,11 @@ TEST_F(CurlTftp, ReadsTheRightBytes) {
                                                     "\",\"file.timeout\":3}"});
   ASSERT_EQ(json_form.exit_code, 0) << json_form.err;
   EXPECT_EQ(json::parse(json_form.out)["virtual-size"], kDiskSize);
+}
+
+// Into tmpfs the stream writes each block into the target itself (after acknowledging it).
+TEST_F(CurlTftp, ConvertWritesBlocksIntoRawTarget) {
+  check_convert_into_tmpfs(server->url("sparse.img"), read_all(server->root + "/sparse.img"));
 }
 
 TEST_F(CurlTftp, EmptyFile) {

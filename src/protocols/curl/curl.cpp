@@ -326,8 +326,15 @@ struct Stream : std::enable_shared_from_this<Stream> {
   // A read waiting for bytes the stream has not passed yet.
   struct Target {
     std::uint64_t offset;  // of buf[0]
-    std::span<std::byte> buf;
+    std::span<std::byte> buf;  // for a file: only its size counts
+    FileStreamWriter* file = nullptr;  // the bytes go into a file instead
+    int write_error = 0;
+    std::vector<char> deferred;  // TFTP: bytes for `file` not written yet
     std::uint64_t end() const { return offset + buf.size(); }
+    void write_deferred() {
+      if (!deferred.empty() && !write_error) write_error = file->append(deferred.data(), deferred.size());
+      deferred.clear();
+    }
   };
 
   explicit Stream(std::shared_ptr<Session> s) : session(std::move(s)), progress(session->executor), done(session->executor) {}
@@ -338,7 +345,7 @@ struct Stream : std::enable_shared_from_this<Stream> {
   int fd = -1;
   std::uint64_t streamed = 0;           // the stream has passed [0, streamed)
   std::optional<std::uint64_t> size;    // announced (tsize, Content-Length) or final
-  bool started = false, finished = false, closing = false, flush_posted = false;
+  bool started = false, finished = false, closing = false, flush_posted = false, deferred_posted = false;
   bool keep_all = false;                // a hole was wanted: every byte goes to the cache file
   bool refilling = false;
   std::optional<Error> failure;         // the transfer failed (bytes below `streamed` stay good)
@@ -394,6 +401,15 @@ struct Stream : std::enable_shared_from_this<Stream> {
       pieces.pop_front();
     }
   }
+  void write_deferred_soon() {
+    if (deferred_posted) return;
+    deferred_posted = true;
+    asio::post(session->executor, [self = shared_from_this()] {
+      self->deferred_posted = false;
+      for (auto& [off, t] : self->targets)
+        if (t->file) t->write_deferred();
+    });
+  }
   void flush_soon() {
     if (flush_posted) return;
     flush_posted = true;
@@ -445,7 +461,17 @@ struct Stream : std::enable_shared_from_this<Stream> {
       if (off >= to) break;
       std::uint64_t a = std::max(from, t->offset), b = std::min(to, t->end());
       if (a >= b) continue;
-      std::memcpy(t->buf.data() + (a - t->offset), data + (a - from), b - a);
+      if (!t->file) {
+        std::memcpy(t->buf.data() + (a - t->offset), data + (a - from), b - a);
+      } else if (session->config.family == Family::tftp) {
+        // TFTP sends a block only when the one before is acknowledged, and libcurl
+        // acknowledges after this callback: write the file after the acknowledgement has
+        // gone, while the server sends the next block.
+        t->deferred.insert(t->deferred.end(), data + (a - from), data + (b - from));
+        write_deferred_soon();
+      } else if (!t->write_error) {
+        t->write_error = t->file->append(data + (a - from), b - a);
+      }
       if (a <= covered_to) covered_to = std::max(covered_to, b);
     }
     streamed = to;
@@ -613,13 +639,46 @@ struct Stream : std::enable_shared_from_this<Stream> {
     from_file(end);
   }
 
+  // Puts [offset, offset + length) into `file` straight from the stream, in order. False,
+  // having written nothing, when the stream has passed `offset` already (read() then
+  // serves it from memory or the cache file).
+  static Task<bool> read_to_file(std::shared_ptr<Stream> self, std::uint64_t offset, std::uint64_t length,
+                                 FileStreamWriter& file) {
+    if (!self->started) self->start();
+    if (offset < self->streamed) co_return false;
+    const std::uint64_t end = offset + length;
+    Target target{offset, {static_cast<std::byte*>(nullptr), static_cast<std::size_t>(length)}, &file, 0, {}};
+    auto registered = self->targets.emplace(offset, &target);
+    auto waiting_it = self->waiting.insert(end);
+    struct Unregister {
+      Stream* s;
+      std::multimap<std::uint64_t, Target*>::iterator it;
+      std::multiset<std::uint64_t>::iterator waiting;
+      ~Unregister() {
+        s->targets.erase(it);
+        s->waiting.erase(waiting);
+      }
+    } unregister{self.get(), registered, waiting_it};
+    while (self->streamed < end && !self->finished && !self->failure && !self->cache_failure)
+      co_await self->progress.wait();
+    target.write_deferred();
+    if (target.write_error) throw FileWriteError(target.write_error, std::strerror(target.write_error));
+    if (self->cache_failure) throw *self->cache_failure;
+    if (self->streamed < end) {
+      if (self->failure) throw *self->failure;
+      throw Error(EIO, self->session->name() + ": the transfer ended at byte " + std::to_string(self->streamed) +
+                           ", before the announced size (" + std::to_string(self->size.value_or(0)) + ")");
+    }
+    co_return true;
+  }
+
   // Reads [offset, offset + buf.size()): what the stream has passed from memory or the
   // cache file (holes refilled first), the rest straight from the stream into buf.
   static Task<void> read(std::shared_ptr<Stream> self, std::uint64_t offset, std::span<std::byte> buf) {
     const std::uint64_t end = offset + buf.size();
     if (!self->started) self->start();
     // Register for the part the stream has not passed yet before anything can suspend.
-    Target target{std::max(offset, self->streamed), buf.subspan(std::min<std::uint64_t>(buf.size(), self->streamed > offset ? self->streamed - offset : 0))};
+    Target target{std::max(offset, self->streamed), buf.subspan(std::min<std::uint64_t>(buf.size(), self->streamed > offset ? self->streamed - offset : 0)), nullptr, 0, {}};
     std::optional<std::multimap<std::uint64_t, Target*>::iterator> registered;
     if (!target.buf.empty()) registered = self->targets.emplace(target.offset, &target);
     struct Unregister {
@@ -987,36 +1046,44 @@ class CurlNode final : public Node {
     }
   }
 
-  // HTTP(S): the bytes go into the file from libcurl's own buffer (no copy into a caller's
-  // buffer, no hand-over to a writer thread), and zero blocks are seen while they are still
-  // in cache. Sequential reads (a convert's chunks) share one stream, as FTP's do: a range
-  // request per chunk costs a round trip each, and on a small machine a second connection
-  // takes a core from the server. A read the stream cannot serve, or the rest of one when
-  // the stream ends early, is a range request of its own.
+  // The bytes go into the file from libcurl's own buffer (no copy into a caller's buffer,
+  // no hand-over to a writer thread), and zero blocks are seen while they are still in
+  // cache. Without ranges (TFTP, servers without them) the reads come from the one stream
+  // there is. With ranges, sequential reads (a convert's chunks) share one stream, as FTP's
+  // memory reads do: a range request per chunk costs a round trip each, and on a small
+  // machine a second connection takes a core from the server. A read the stream cannot
+  // serve, or the rest of one when the stream ends early, is a range request of its own.
   Task<FileRead> co_read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset,
                                  std::uint64_t zero_block) override {
-    if (!ranges_ || stream_first_ || session_->config.family != Family::http) co_return FileRead::unsupported;
     // Larger -S blocks would be kept whole in memory: leave those to the caller.
     const bool skip = zero_block && zero_block <= kMaxZeroBlock;
     FileStreamWriter writer(fd, fd_offset, skip ? zero_block : kPageSize, skip);
-    if (!direct_) direct_ = std::make_shared<DirectStream>(session_);
-    std::uint64_t streamed = 0;
-    if (direct_->can_serve(offset)) {
-      auto keep = direct_;
-      DirectStream::Waiter w(executor(), offset, {static_cast<std::byte*>(nullptr), static_cast<std::size_t>(length)});
-      w.file = &writer;
-      const bool all = co_await keep->wait_for(w, keep);
-      if (w.write_error) throw FileWriteError(w.write_error, std::strerror(w.write_error));
-      streamed = all ? length : w.filled;
-    }
-    if (streamed < length) {
-      const bool ranged = co_await fetch_to(offset + streamed, length - streamed,
-                                            [&writer](std::uint64_t, const char* data, std::size_t n) {
-                                              return writer.append(data, n);
-                                            });
-      if (!ranged) {
-        if (streamed == 0) co_return FileRead::unsupported;  // nothing written: the caller reads
-        throw Error(EIO, session_->name() + ": the server stopped honouring byte ranges");
+    if (!ranges_) {
+      if (!stream_) {
+        stream_ = make_stream();
+        stream_->size = size_;
+      }
+      if (!co_await Stream::read_to_file(stream_, offset, length, writer)) co_return FileRead::unsupported;
+    } else {
+      if (!direct_) direct_ = std::make_shared<DirectStream>(session_);
+      std::uint64_t streamed = 0;
+      if (direct_->can_serve(offset)) {
+        auto keep = direct_;
+        DirectStream::Waiter w(executor(), offset, {static_cast<std::byte*>(nullptr), static_cast<std::size_t>(length)});
+        w.file = &writer;
+        const bool all = co_await keep->wait_for(w, keep);
+        if (w.write_error) throw FileWriteError(w.write_error, std::strerror(w.write_error));
+        streamed = all ? length : w.filled;
+      }
+      if (streamed < length) {
+        const bool ranged = co_await fetch_to(offset + streamed, length - streamed,
+                                              [&writer](std::uint64_t, const char* data, std::size_t n) {
+                                                return writer.append(data, n);
+                                              });
+        if (!ranged) {
+          if (streamed == 0) co_return FileRead::unsupported;  // nothing written: the caller reads
+          throw Error(EIO, session_->name() + ": the server stopped honouring byte ranges");
+        }
       }
     }
     if (const int err = writer.finish()) throw FileWriteError(err, std::strerror(err));
