@@ -144,7 +144,7 @@ class Node {
   // Reads [offset, offset + length) into the file `fd` at `fd_offset`, leaving there what
   // read() and then pwrite() would, but without a caller's buffer in between: the NBD
   // client moves a reply's payload from its socket into the file with splice(), so the
-  // bytes are copied once; the HTTP(S) client writes from libcurl's own buffer. Answers
+  // bytes are copied once; the curl drivers write from libcurl's own buffer. Answers
   // unsupported, having written nothing, when this node has no such path (the caller then
   // reads and writes), or when the range is not aligned to limits().request_alignment.
   // `zero_block` nonzero says the file range reads as zeros already: a node may then leave
