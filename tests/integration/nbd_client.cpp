@@ -459,28 +459,39 @@ TEST(NbdClient, StalledServerIsDetected) {
 }
 
 TEST(NbdClient, ServerRestartDuringConvertLosesNothing) {
-  // Into a file on disk the data goes through buffers; into tmpfs it is spliced.
-  for (const bool tmpfs : {false, true}) {
-    auto dir = tmpfs ? std::make_unique<TempDir>("/dev/shm") : std::make_unique<TempDir>();
+  // Into a file on disk the data goes through buffers; into tmpfs it is spliced, and over a
+  // unix socket every other read goes through a second connection on a thread of its own:
+  // both connections must come back.
+  struct Case {
+    bool tmpfs, unix_socket;
+  };
+  for (const Case c : {Case{false, false}, Case{true, false}, Case{true, true}}) {
+    const std::string what = std::string(c.tmpfs ? "tmpfs" : "disk") + (c.unix_socket ? ", unix socket" : ", TCP");
+    auto dir = c.tmpfs ? std::make_unique<TempDir>("/dev/shm") : std::make_unique<TempDir>();
     const std::string img = *dir / "big.raw";
     write_pattern_file(img, 256 << 20, 3);
     const std::uint16_t port = free_port();
+    const std::string sock = *dir / "nbd.sock";
+    auto start = [&](const std::vector<std::string>& args) {
+      return c.unix_socket ? start_nbdkit_unix(sock, args) : start_nbdkit_tcp(port, args);
+    };
+    const std::string url = c.unix_socket ? "nbd+unix:///?socket=" + sock : "nbd://127.0.0.1:" + port_text(port);
     const std::string out = *dir / "out.raw";
     // Throttled so that the kill lands in the middle of the copy.
-    auto server = std::make_unique<Process>(start_nbdkit_tcp(port, {"--filter=rate", "file", img, "rate=64M"}));
-    Process convert({netblk_binary(), "convert", "-O", "raw", "nbd://127.0.0.1:" + port_text(port), out},
-                    *dir / "convert.log");
+    auto server = std::make_unique<Process>(start({"--filter=rate", "file", img, "rate=64M"}));
+    Process convert({netblk_binary(), "convert", "-O", "raw", url, out}, *dir / "convert.log");
     std::this_thread::sleep_for(1500ms);
-    ASSERT_TRUE(convert.running()) << read_file(*dir / "convert.log");
+    ASSERT_TRUE(convert.running()) << what << ": " << read_file(*dir / "convert.log");
     server->stop(SIGKILL);
     server.reset();
+    std::filesystem::remove(sock);
     std::this_thread::sleep_for(700ms);  // down for a while: the client must wait, not fail
-    Process restarted = start_nbdkit_tcp(port, {"file", img});
+    Process restarted = start({"file", img});
     const int code = convert.wait(180s);
     const std::string log = read_file(*dir / "convert.log");
-    ASSERT_EQ(code, 0) << log;
-    EXPECT_NE(log.find("reconnected"), std::string::npos) << log;
-    EXPECT_EQ(file_hash(out), file_hash(img)) << (tmpfs ? "tmpfs" : "disk");
+    ASSERT_EQ(code, 0) << what << ": " << log;
+    EXPECT_NE(log.find("reconnected"), std::string::npos) << what << ": " << log;
+    EXPECT_EQ(file_hash(out), file_hash(img)) << what;
   }
 }
 

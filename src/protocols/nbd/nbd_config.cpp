@@ -308,6 +308,7 @@ NbdConfig config_from_options(spec::Options& o) {
     if (*t == 0) e.invalid("x-io-timeout", "must be at least 1");
     c.io_timeout = std::chrono::seconds(*t);
   }
+  c.connections_given = e.has("x-connections");
   c.connections = static_cast<unsigned>(e.uint("x-connections", default_connections(), 16));
   if (c.connections == 0) e.invalid("x-connections", "must be at least 1");
   e.finish();

@@ -43,6 +43,7 @@ struct NbdConfig {
   // netblk's own (x-connections): connections to open when the server allows multi-conn
   // (1 = never more). Default: default_connections().
   unsigned connections = 4;
+  bool connections_given = false;  // x-connections was set
 };
 
 // Half the CPUs, between 1 and 4. Extra connections pay when the server or the network
