@@ -323,7 +323,7 @@ class SideReceiver {
           auto client = std::make_shared<Client>(ctx_.get_executor(), config_);
           try {
             co_await client->open();
-          } catch (const Error& e) {
+          } catch (const std::exception& e) {
             NETBLK_LOG(debug, "{}: no second connection for file reads: {}", client->name(), e.what());
             co_return false;
           }
