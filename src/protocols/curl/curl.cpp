@@ -316,6 +316,23 @@ void refused_by_proxy(const Session& s, CURL* e) {
 // Bytes handed to waiting reads are not written to the cache file: a copy streams each byte
 // exactly once. Should a read come back for such bytes (a hole), a second transfer from the
 // start fills the holes, and from then on every byte goes to the cache file.
+// Where a read's bytes go: the caller's buffer, or a file through a FileStreamWriter (which
+// takes them in order). A failed file write is kept; it ends the read.
+struct ReadDestination {
+  std::span<std::byte> buf;  // for a file: only its size counts
+  FileStreamWriter* file = nullptr;
+  int write_error = 0;
+  std::uint64_t size() const { return buf.size(); }
+  // Puts `n` bytes at `at` of the read (for a file, `at` follows what it has).
+  void put(std::uint64_t at, const char* data, std::size_t n) {
+    if (!file) std::memcpy(buf.data() + at, data, n);
+    else if (!write_error) write_error = file->append(data, n);
+  }
+  static ReadDestination into_file(std::uint64_t length, FileStreamWriter& writer) {
+    return {{static_cast<std::byte*>(nullptr), static_cast<std::size_t>(length)}, &writer};
+  }
+};
+
 struct Stream : std::enable_shared_from_this<Stream> {
   struct Piece {
     std::uint64_t offset = 0;
@@ -325,14 +342,12 @@ struct Stream : std::enable_shared_from_this<Stream> {
   };
   // A read waiting for bytes the stream has not passed yet.
   struct Target {
-    std::uint64_t offset;  // of buf[0]
-    std::span<std::byte> buf;  // for a file: only its size counts
-    FileStreamWriter* file = nullptr;  // the bytes go into a file instead
-    int write_error = 0;
-    std::vector<char> deferred;  // TFTP: bytes for `file` not written yet
-    std::uint64_t end() const { return offset + buf.size(); }
+    std::uint64_t offset;  // of the first byte
+    ReadDestination to;
+    std::vector<char> deferred;  // TFTP: bytes for the file not written yet
+    std::uint64_t end() const { return offset + to.size(); }
     void write_deferred() {
-      if (!deferred.empty() && !write_error) write_error = file->append(deferred.data(), deferred.size());
+      if (!deferred.empty() && !to.write_error) to.write_error = to.file->append(deferred.data(), deferred.size());
       deferred.clear();
     }
   };
@@ -407,7 +422,7 @@ struct Stream : std::enable_shared_from_this<Stream> {
     asio::post(session->executor, [self = shared_from_this()] {
       self->deferred_posted = false;
       for (auto& [off, t] : self->targets)
-        if (t->file) t->write_deferred();
+        if (t->to.file) t->write_deferred();
     });
   }
   void flush_soon() {
@@ -461,16 +476,14 @@ struct Stream : std::enable_shared_from_this<Stream> {
       if (off >= to) break;
       std::uint64_t a = std::max(from, t->offset), b = std::min(to, t->end());
       if (a >= b) continue;
-      if (!t->file) {
-        std::memcpy(t->buf.data() + (a - t->offset), data + (a - from), b - a);
-      } else if (session->config.family == Family::tftp) {
+      if (t->to.file && session->config.family == Family::tftp) {
         // TFTP sends a block only when the one before is acknowledged, and libcurl
         // acknowledges after this callback: write the file after the acknowledgement has
         // gone, while the server sends the next block.
         t->deferred.insert(t->deferred.end(), data + (a - from), data + (b - from));
         write_deferred_soon();
-      } else if (!t->write_error) {
-        t->write_error = t->file->append(data + (a - from), b - a);
+      } else {
+        t->to.put(a - t->offset, data + (a - from), b - a);
       }
       if (a <= covered_to) covered_to = std::max(covered_to, b);
     }
@@ -647,7 +660,7 @@ struct Stream : std::enable_shared_from_this<Stream> {
     if (!self->started) self->start();
     if (offset < self->streamed) co_return false;
     const std::uint64_t end = offset + length;
-    Target target{offset, {static_cast<std::byte*>(nullptr), static_cast<std::size_t>(length)}, &file, 0, {}};
+    Target target{offset, ReadDestination::into_file(length, file), {}};
     auto registered = self->targets.emplace(offset, &target);
     auto waiting_it = self->waiting.insert(end);
     struct Unregister {
@@ -662,7 +675,7 @@ struct Stream : std::enable_shared_from_this<Stream> {
     while (self->streamed < end && !self->finished && !self->failure && !self->cache_failure)
       co_await self->progress.wait();
     target.write_deferred();
-    if (target.write_error) throw FileWriteError(target.write_error, std::strerror(target.write_error));
+    if (const int err = target.to.write_error) throw FileWriteError(err, std::strerror(err));
     if (self->cache_failure) throw *self->cache_failure;
     if (self->streamed < end) {
       if (self->failure) throw *self->failure;
@@ -678,9 +691,11 @@ struct Stream : std::enable_shared_from_this<Stream> {
     const std::uint64_t end = offset + buf.size();
     if (!self->started) self->start();
     // Register for the part the stream has not passed yet before anything can suspend.
-    Target target{std::max(offset, self->streamed), buf.subspan(std::min<std::uint64_t>(buf.size(), self->streamed > offset ? self->streamed - offset : 0)), nullptr, 0, {}};
+    Target target{std::max(offset, self->streamed),
+                  {buf.subspan(std::min<std::uint64_t>(buf.size(), self->streamed > offset ? self->streamed - offset : 0))},
+                  {}};
     std::optional<std::multimap<std::uint64_t, Target*>::iterator> registered;
-    if (!target.buf.empty()) registered = self->targets.emplace(target.offset, &target);
+    if (target.to.size()) registered = self->targets.emplace(target.offset, &target);
     struct Unregister {
       Stream* s;
       std::optional<std::multimap<std::uint64_t, Target*>::iterator>& it;
@@ -688,7 +703,7 @@ struct Stream : std::enable_shared_from_this<Stream> {
         if (it) s->targets.erase(*it);
       }
     } unregister{self.get(), registered};
-    const std::uint64_t passed_end = end - target.buf.size();  // [offset, passed_end) was passed already
+    const std::uint64_t passed_end = end - target.to.size();  // [offset, passed_end) was passed already
     if (offset < passed_end) {
       while (self->has_hole(offset, passed_end) && !self->cache_failure) {
         if (self->refill_failure) throw *self->refill_failure;
@@ -732,21 +747,15 @@ struct DirectStream {
   explicit DirectStream(std::shared_ptr<Session> s) : session(std::move(s)), done(session->executor) {}
 
   struct Waiter {
-    Waiter(const Executor& ex, std::uint64_t o, std::span<std::byte> b) : offset(o), buf(b), ready(ex) {}
+    Waiter(const Executor& ex, std::uint64_t o, ReadDestination d) : offset(o), to(d), ready(ex) {}
     std::uint64_t offset;
-    std::span<std::byte> buf;  // for a file: only its size counts
-    FileStreamWriter* file = nullptr;  // the bytes go into a file instead
+    ReadDestination to;
     std::uint64_t filled = 0;
-    int write_error = 0;
     bool ok = false;
     AsyncEvent ready;
     // Takes bytes that follow what it has.
     void take(const char* data, std::size_t n) {
-      if (file) {
-        if (!write_error) write_error = file->append(data, n);
-      } else {
-        std::memcpy(buf.data() + filled, data, n);
-      }
+      to.put(filled, data, n);
       filled += n;
     }
   };
@@ -769,7 +778,7 @@ struct DirectStream {
   // True when a waiter wants bytes at or after `pos`.
   bool wanted_from(std::uint64_t pos) const {
     for (const auto& [off, w] : waiters)
-      if (off + w->buf.size() > pos) return true;
+      if (off + w->to.size() > pos) return true;
     return false;
   }
 
@@ -789,14 +798,14 @@ struct DirectStream {
     std::uint64_t to_waiters = 0;
     for (auto it = waiters.begin(); it != waiters.end();) {
       Waiter* w = it->second;
-      std::uint64_t wend = w->offset + w->buf.size();
+      std::uint64_t wend = w->offset + w->to.size();
       std::uint64_t from = w->offset + w->filled, to = std::min(wend, end);
       if (from >= head && from < to) {
         w->take(data + (from - head), to - from);
         to_waiters += to - from;
       }
-      if (w->filled == w->buf.size() || w->write_error) {
-        w->ok = !w->write_error;
+      if (w->filled == w->to.size() || w->to.write_error) {
+        w->ok = !w->to.write_error;
         w->ready.set();
         it = waiters.erase(it);
       } else {
@@ -840,7 +849,7 @@ struct DirectStream {
   // it could.
   std::uint64_t copy_kept(Waiter& w) {
     std::uint64_t done = 0;
-    const std::uint64_t offset = w.offset + w.filled, want = w.buf.size() - w.filled;
+    const std::uint64_t offset = w.offset + w.filled, want = w.to.size() - w.filled;
     for (auto& p : pieces) {
       std::uint64_t pos = offset + done;
       if (done == want) break;
@@ -901,7 +910,7 @@ struct DirectStream {
   // Reads [offset, offset + buf.size()) from the stream. False when the stream cannot
   // bring it (passed and forgotten, ended, failed): use a range request.
   Task<bool> read(std::uint64_t offset, std::span<std::byte> buf, const std::shared_ptr<DirectStream>& self) {
-    Waiter w(session->executor, offset, buf);
+    Waiter w(session->executor, offset, {buf});
     co_return co_await wait_for(w, self);
   }
 
@@ -916,8 +925,8 @@ struct DirectStream {
     }
     if (offset < head) {
       copy_kept(w);
-      if (w.write_error) co_return false;
-      if (w.filled == w.buf.size()) co_return true;
+      if (w.to.write_error) co_return false;
+      if (w.filled == w.to.size()) co_return true;
       if (offset + w.filled < head) co_return false;  // a hole in what was kept
     }
     if (ended) co_return false;
@@ -1069,10 +1078,9 @@ class CurlNode final : public Node {
       std::uint64_t streamed = 0;
       if (direct_->can_serve(offset)) {
         auto keep = direct_;
-        DirectStream::Waiter w(executor(), offset, {static_cast<std::byte*>(nullptr), static_cast<std::size_t>(length)});
-        w.file = &writer;
+        DirectStream::Waiter w(executor(), offset, ReadDestination::into_file(length, writer));
         const bool all = co_await keep->wait_for(w, keep);
-        if (w.write_error) throw FileWriteError(w.write_error, std::strerror(w.write_error));
+        if (const int err = w.to.write_error) throw FileWriteError(err, std::strerror(err));
         streamed = all ? length : w.filled;
       }
       if (streamed < length) {
