@@ -314,7 +314,6 @@ class SideReceiver {
   SideReceiver(const SideReceiver&) = delete;
   SideReceiver& operator=(const SideReceiver&) = delete;
 
-  Executor executor() { return ctx_.get_executor(); }
   // Connects; false when the server refuses a second connection.
   Task<bool> open() {
     co_return co_await asio::co_spawn(
