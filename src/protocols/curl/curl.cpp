@@ -237,6 +237,16 @@ struct Session {
   }
 };
 
+// How an HTTP answer to a request for the bytes from `start` on fits it: 200 is the whole
+// file, which fits only from 0; 206 must start where asked.
+enum class RangeAnswer { fits, whole_file, wrong };
+RangeAnswer judge_range_answer(const ResponseFacts& f, std::uint64_t start) {
+  if (f.status == 200) return start == 0 ? RangeAnswer::fits : RangeAnswer::whole_file;
+  if (f.status != 206) return RangeAnswer::wrong;
+  if (f.content_range && f.content_range->first && *f.content_range->first != start) return RangeAnswer::wrong;
+  return RangeAnswer::fits;
+}
+
 long response_code(CURL* e) {
   long code = 0;
   curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &code);
@@ -652,6 +662,21 @@ struct Stream : std::enable_shared_from_this<Stream> {
     from_file(end);
   }
 
+  // Waits until the stream has passed `end`, or has ended or failed before.
+  Task<void> wait_until_passed(std::uint64_t end) {
+    while (streamed < end && !finished && !failure && !cache_failure) co_await progress.wait();
+  }
+  // Throws when the stream cannot bring the bytes up to `end`: its cache file failed, or
+  // the transfer failed or ended before them.
+  void check_passed(std::uint64_t end) const {
+    if (cache_failure) throw *cache_failure;
+    if (streamed < end) {
+      if (failure) throw *failure;
+      throw Error(EIO, session->name() + ": the transfer ended at byte " + std::to_string(streamed) +
+                           ", before the announced size (" + std::to_string(size.value_or(0)) + ")");
+    }
+  }
+
   // Puts [offset, offset + length) into `file` straight from the stream, in order. False,
   // having written nothing, when the stream has passed `offset` already (read() then
   // serves it from memory or the cache file).
@@ -672,16 +697,10 @@ struct Stream : std::enable_shared_from_this<Stream> {
         s->waiting.erase(waiting);
       }
     } unregister{self.get(), registered, waiting_it};
-    while (self->streamed < end && !self->finished && !self->failure && !self->cache_failure)
-      co_await self->progress.wait();
+    co_await self->wait_until_passed(end);
     target.write_deferred();
     if (const int err = target.to.write_error) throw FileWriteError(err, std::strerror(err));
-    if (self->cache_failure) throw *self->cache_failure;
-    if (self->streamed < end) {
-      if (self->failure) throw *self->failure;
-      throw Error(EIO, self->session->name() + ": the transfer ended at byte " + std::to_string(self->streamed) +
-                           ", before the announced size (" + std::to_string(self->size.value_or(0)) + ")");
-    }
+    self->check_passed(end);
     co_return true;
   }
 
@@ -725,15 +744,9 @@ struct Stream : std::enable_shared_from_this<Stream> {
         std::multiset<std::uint64_t>::iterator it;
         ~Unwait() { set.erase(it); }
       } unwait{self->waiting, waiting_it};
-      while (self->streamed < end && !self->finished && !self->failure && !self->cache_failure)
-        co_await self->progress.wait();
+      co_await self->wait_until_passed(end);
     }
-    if (self->cache_failure) throw *self->cache_failure;
-    if (self->streamed < end) {
-      if (self->failure) throw *self->failure;
-      throw Error(EIO, self->session->name() + ": the transfer ended at byte " + std::to_string(self->streamed) +
-                           ", before the announced size (" + std::to_string(self->size.value_or(0)) + ")");
-    }
+    self->check_passed(end);
   }
 };
 
@@ -879,11 +892,7 @@ struct DirectStream {
       // HTTP: only the bytes from `start` on, as asked for (200 for the whole file from 0).
       if (!checked && raw->session->config.family == Family::http) {
         checked = true;
-        const int st = ex.facts.status;
-        const bool from_start = raw->start == 0 ? st == 200 || st == 206 : st == 206;
-        const bool right_range = !ex.facts.content_range || !ex.facts.content_range->first ||
-                                 *ex.facts.content_range->first == raw->start;
-        if (!from_start || !right_range) return 0;
+        if (judge_range_answer(ex.facts, raw->start) != RangeAnswer::fits) return 0;
       }
       return raw->deliver(data, n);
     };
@@ -1306,19 +1315,16 @@ class CurlNode final : public Node {
       ex.sink = [&](const char* data, std::size_t n) -> std::size_t {
         if (!checked && s.config.family == Family::http) {
           checked = true;
-          int st = ex.facts.status;
-          if (st == 200 && start == 0) {
-            // The whole file from its start: take what we asked for, then stop.
-          } else if (st == 200) {
-            ignored_range = true;
-            return 0;
-          } else if (st != 206) {
-            bad_status = true;
-            return 0;
-          } else if (ex.facts.content_range && ex.facts.content_range->first &&
-                     *ex.facts.content_range->first != start) {
-            bad_status = true;
-            return 0;
+          // A whole file from 0 fits: take what we asked for, then stop.
+          switch (judge_range_answer(ex.facts, start)) {
+            case RangeAnswer::fits:
+              break;
+            case RangeAnswer::whole_file:
+              ignored_range = true;
+              return 0;
+            case RangeAnswer::wrong:
+              bad_status = true;
+              return 0;
           }
         }
         std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(n, total - got));
