@@ -101,6 +101,38 @@ class AsyncCondition {
   asio::steady_timer timer_;
 };
 
+// A counting semaphore for coroutines on one executor: acquire() suspends while all
+// `count` permits are out; the returned Permit gives its permit back when destroyed.
+class AsyncSemaphore {
+ public:
+  AsyncSemaphore(const Executor& ex, unsigned count) : free_(count), changed_(ex) {}
+  class Permit {
+   public:
+    explicit Permit(AsyncSemaphore* owner) noexcept : owner_(owner) {}
+    Permit(Permit&& other) noexcept : owner_(std::exchange(other.owner_, nullptr)) {}
+    Permit& operator=(Permit&&) = delete;
+    ~Permit() {
+      if (owner_) owner_->release();
+    }
+
+   private:
+    AsyncSemaphore* owner_;
+  };
+  Task<Permit> acquire() {
+    while (free_ == 0) co_await changed_.wait();
+    --free_;
+    co_return Permit(this);
+  }
+
+ private:
+  void release() {
+    ++free_;
+    changed_.notify_all();
+  }
+  unsigned free_;
+  AsyncCondition changed_;
+};
+
 // Runs `count` coroutines `make()` concurrently on the caller's executor and waits for all
 // of them. On a failure `on_failure()` is called (so the others can stop early); once all
 // have ended, the first exception is rethrown.
