@@ -102,33 +102,31 @@ class AsyncCondition {
 };
 
 // A counting semaphore for coroutines on one executor: acquire() suspends while all
-// `count` permits are out; the returned Permit gives its permit back when destroyed.
+// `count` permits are out and then takes one; a Permit built right after it gives that
+// permit back when destroyed. (acquire() returns nothing: GCC 12 may destroy a
+// non-trivial object returned from a coroutine twice.)
 class AsyncSemaphore {
  public:
   AsyncSemaphore(const Executor& ex, unsigned count) : free_(count), changed_(ex) {}
+  Task<void> acquire() {
+    while (free_ == 0) co_await changed_.wait();
+    --free_;
+  }
   class Permit {
    public:
-    explicit Permit(AsyncSemaphore* owner) noexcept : owner_(owner) {}
-    Permit(Permit&& other) noexcept : owner_(std::exchange(other.owner_, nullptr)) {}
-    Permit& operator=(Permit&&) = delete;
+    explicit Permit(AsyncSemaphore& owner) noexcept : owner_(&owner) {}
+    Permit(const Permit&) = delete;
+    Permit& operator=(const Permit&) = delete;
     ~Permit() {
-      if (owner_) owner_->release();
+      ++owner_->free_;
+      owner_->changed_.notify_all();
     }
 
    private:
     AsyncSemaphore* owner_;
   };
-  Task<Permit> acquire() {
-    while (free_ == 0) co_await changed_.wait();
-    --free_;
-    co_return Permit(this);
-  }
 
  private:
-  void release() {
-    ++free_;
-    changed_.notify_all();
-  }
   unsigned free_;
   AsyncCondition changed_;
 };

@@ -20,7 +20,8 @@ TEST(AsyncSemaphore, NeverLetsMoreThanItsCountRunAndEveryoneFinishes) {
         10,
         [&]() -> Task<void> {
           for (int round = 0; round < 3; ++round) {
-            const AsyncSemaphore::Permit permit = co_await permits.acquire();
+            co_await permits.acquire();
+            const AsyncSemaphore::Permit permit(permits);
             most = std::max(most, ++running);
             co_await sleep_for(1ms);
             --running;
@@ -39,11 +40,13 @@ TEST(AsyncSemaphore, APermitComesBackWhenItsHolderThrows) {
     Executor ex = co_await asio::this_coro::executor;
     AsyncSemaphore permits(ex, 1);
     try {
-      const AsyncSemaphore::Permit permit = co_await permits.acquire();
+      co_await permits.acquire();
+      const AsyncSemaphore::Permit permit(permits);
       throw std::runtime_error("failed while holding the permit");
     } catch (const std::runtime_error&) {
     }
-    const AsyncSemaphore::Permit again = co_await permits.acquire();
+    co_await permits.acquire();
+    const AsyncSemaphore::Permit again(permits);
     ++after;
   });
   EXPECT_EQ(after, 1u);

@@ -33,11 +33,10 @@ std::string dirname_of(const std::string& path) {
 // Holds clusters [first, end) of the guest against concurrent writers.
 class Qcow2Node::RangeLock {
  public:
-  RangeLock(Qcow2Node* n, std::uint64_t a, std::uint64_t b) : n_(n), a_(a), b_(b) {}
-  RangeLock(RangeLock&& o) noexcept : n_(std::exchange(o.n_, nullptr)), a_(o.a_), b_(o.b_) {}
-  RangeLock& operator=(RangeLock&&) = delete;
+  RangeLock(Qcow2Node* n, std::uint64_t a, std::uint64_t b) noexcept : n_(n), a_(a), b_(b) {}  // adopts lock_clusters()
+  RangeLock(const RangeLock&) = delete;
+  RangeLock& operator=(const RangeLock&) = delete;
   ~RangeLock() {
-    if (!n_) return;
     auto& v = n_->locked_ranges_;
     for (auto it = v.begin(); it != v.end(); ++it)
       if (it->first == a_ && it->second == b_) {
@@ -206,7 +205,8 @@ Task<std::shared_ptr<L2Table>> Qcow2Node::get_l2(std::uint64_t l1_index) {
     it->second->last_use = ++use_clock_;
     co_return it->second;
   }
-  auto lock = co_await meta_.lock();
+  co_await meta_.lock();
+  const AsyncMutex::Lock lock(meta_);
   off = l1_[l1_index] & kOffsetMask;  // may have changed while we waited
   if (!off) co_return nullptr;
   co_return co_await load_l2_locked(off);
@@ -265,7 +265,8 @@ Task<std::shared_ptr<L2Table>> Qcow2Node::l2_for_write(std::uint64_t l1_index) {
       co_return it->second;
     }
   }
-  auto lock = co_await meta_.lock();
+  co_await meta_.lock();
+  const AsyncMutex::Lock lock(meta_);
   std::uint64_t off = l1_[l1_index] & kOffsetMask;
   std::shared_ptr<L2Table> t;
   if (off) {
@@ -461,7 +462,7 @@ Task<BlockStatus> Qcow2Node::co_block_status(std::uint64_t offset, std::uint64_t
 
 // ---- writing ----
 
-Task<Qcow2Node::RangeLock> Qcow2Node::lock_clusters(std::uint64_t first, std::uint64_t end) {
+Task<void> Qcow2Node::lock_clusters(std::uint64_t first, std::uint64_t end) {
   auto overlaps = [&] {
     for (const auto& [a, b] : locked_ranges_)
       if (a < end && first < b) return true;
@@ -469,7 +470,6 @@ Task<Qcow2Node::RangeLock> Qcow2Node::lock_clusters(std::uint64_t first, std::ui
   };
   while (overlaps()) co_await range_changed_.wait();
   locked_ranges_.emplace_back(first, end);
-  co_return RangeLock(this, first, end);
 }
 
 void Qcow2Node::release_entry(std::uint64_t e) {
@@ -497,7 +497,8 @@ Task<void> Qcow2Node::co_write(std::uint64_t offset, std::span<const std::byte> 
 Task<void> Qcow2Node::write_in_l2(std::uint64_t offset, std::span<const std::byte> data, unsigned flags) {
   const std::uint64_t end = offset + data.size();
   const std::uint64_t first = offset >> cb_, last = (end - 1) >> cb_;
-  auto range = co_await lock_clusters(first, last + 1);
+  co_await lock_clusters(first, last + 1);
+  const RangeLock range(this, first, last + 1);
   auto t = co_await l2_for_write(offset >> (cb_ + l2_bits_));
   Pin pin(t);
   const std::uint64_t index_mask = (std::uint64_t{1} << l2_bits_) - 1;
@@ -543,7 +544,8 @@ Task<void> Qcow2Node::write_in_l2(std::uint64_t offset, std::span<const std::byt
         co_await read_guest(cstart + sa, tmp.span());
         std::memcpy(tmp.data() + (a - sa), src, b - a);
         co_await file_->write(host + sa, tmp.span());
-        auto lock = co_await meta_.lock();
+        co_await meta_.lock();
+        const AsyncMutex::Lock lock(meta_);
         t->e[idx * 2 + 1] = (t->e[idx * 2 + 1] | want) & ~(want << 32);
         t->dirty = true;
         continue;
@@ -570,11 +572,13 @@ Task<void> Qcow2Node::write_in_l2(std::uint64_t offset, std::span<const std::byt
         std::memcpy(padded.data(), out.data(), *n);
         std::uint64_t chost;
         {
-          auto lock = co_await meta_.lock();
+          co_await meta_.lock();
+          const AsyncMutex::Lock lock(meta_);
           chost = co_await allocate_compressed(sectors * 512);
         }
         co_await file_->write(chost, padded.span());
-        auto lock = co_await meta_.lock();
+        co_await meta_.lock();
+        const AsyncMutex::Lock lock(meta_);
         const std::uint64_t old = t->e[idx * stride_];
         t->e[idx * stride_] = encode_compressed(chost, sectors, cb_);
         if (ext_l2_) t->e[idx * 2 + 1] = 0;
@@ -592,7 +596,8 @@ Task<void> Qcow2Node::write_in_l2(std::uint64_t offset, std::span<const std::byt
   const std::uint64_t n = allocs.size();
   std::uint64_t host;
   {
-    auto lock = co_await meta_.lock();
+    co_await meta_.lock();
+    const AsyncMutex::Lock lock(meta_);
     host = co_await allocate_clusters(n);
   }
   bool direct = true;
@@ -611,7 +616,8 @@ Task<void> Qcow2Node::write_in_l2(std::uint64_t offset, std::span<const std::byt
     }
     co_await file_->write(host, buf.span());
   }
-  auto lock = co_await meta_.lock();
+  co_await meta_.lock();
+  const AsyncMutex::Lock lock(meta_);
   for (std::uint64_t j = 0; j < n; ++j) {
     const std::uint64_t idx = allocs[j].gc & index_mask;
     const std::uint64_t old = t->e[idx * stride_];
@@ -662,13 +668,15 @@ Task<void> Qcow2Node::zero_or_discard(std::uint64_t first, std::uint64_t count, 
   while (count) {
     const std::uint64_t n = std::min(count, per_table - (first & index_mask));
     const std::uint64_t l1i = first >> l2_bits_;
-    auto range = co_await lock_clusters(first, first + n);
+    co_await lock_clusters(first, first + n);
+    const RangeLock range(this, first, first + n);
     const bool table_present = (l1_[l1i] & kOffsetMask) != 0;
     // Without a table the clusters are unallocated: zero already without a backing file.
     if (table_present || (backing_ && (!discard || v3))) {
       auto t = co_await l2_for_write(l1i);
       Pin pin(t);
-      auto lock = co_await meta_.lock();
+      co_await meta_.lock();
+      const AsyncMutex::Lock lock(meta_);
       for (std::uint64_t gc = first; gc < first + n; ++gc) {
         const std::uint64_t idx = gc & index_mask;
         const std::uint64_t old = t->e[idx * stride_];
@@ -708,7 +716,8 @@ Task<void> Qcow2Node::zero_or_discard(std::uint64_t first, std::uint64_t count, 
 
 Task<void> Qcow2Node::co_flush() {
   {
-    auto lock = co_await meta_.lock();
+    co_await meta_.lock();
+    const AsyncMutex::Lock lock(meta_);
     co_await flush_metadata_locked();
   }
   co_await file_->flush();

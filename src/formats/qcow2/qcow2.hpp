@@ -24,37 +24,29 @@ namespace netblk::qcow2 {
 
 // A mutex for coroutines on one executor. Waiters are served first come, first served,
 // and unlock() wakes exactly one of them (no thundering herd with many requests in flight).
+// lock() takes it and returns nothing; a Lock built right after it unlocks when destroyed.
+// (GCC 12 may destroy a non-trivial object returned from a coroutine twice.)
 class AsyncMutex {
  public:
   explicit AsyncMutex(const Executor& ex) : ex_(ex) {}
   class Lock {
    public:
-    Lock() = default;
-    explicit Lock(AsyncMutex* m) : m_(m) {}
-    Lock(Lock&& o) noexcept : m_(std::exchange(o.m_, nullptr)) {}
-    Lock& operator=(Lock&& o) noexcept {
-      release();
-      m_ = std::exchange(o.m_, nullptr);
-      return *this;
-    }
-    ~Lock() { release(); }
-    void release() {
-      if (m_) m_->unlock();
-      m_ = nullptr;
-    }
+    explicit Lock(AsyncMutex& m) noexcept : m_(&m) {}  // adopts what lock() took
+    Lock(const Lock&) = delete;
+    Lock& operator=(const Lock&) = delete;
+    ~Lock() { m_->unlock(); }
 
    private:
-    AsyncMutex* m_ = nullptr;
+    AsyncMutex* m_;
   };
-  Task<Lock> lock() {
+  Task<void> lock() {
     if (!locked_) {
       locked_ = true;
-      co_return Lock(this);
+      co_return;
     }
     auto turn = std::make_shared<AsyncEvent>(ex_);
     waiters_.push_back(turn);
     co_await turn->wait();  // the lock was handed over to us by unlock()
-    co_return Lock(this);
   }
   void unlock() {
     if (waiters_.empty()) {
@@ -154,7 +146,9 @@ class Qcow2Node final : public Node {
   // Writing helpers.
   Task<void> write_in_l2(std::uint64_t offset, std::span<const std::byte> data, unsigned flags);
   Task<void> zero_or_discard(std::uint64_t first_cluster, std::uint64_t count, bool discard, unsigned flags);
-  Task<RangeLock> lock_clusters(std::uint64_t first, std::uint64_t end);
+  // Waits until no writer holds any of clusters [first, end) and takes them; a RangeLock
+  // built right after it gives them back.
+  Task<void> lock_clusters(std::uint64_t first, std::uint64_t end);
   void release_entry(std::uint64_t l2_entry);  // queues the clusters an old entry used
 
   // Refcounts (meta_ held).

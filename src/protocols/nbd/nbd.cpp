@@ -381,7 +381,8 @@ Task<void> read_pieces_to_file(Client& client, Executor ex, std::uint64_t offset
   std::uint64_t next = 0;
   auto worker = [&]() -> Task<void> {
     while (next < length) {
-      const AsyncSemaphore::Permit permit = co_await client.file_pieces().acquire();
+      co_await client.file_pieces().acquire();
+      const AsyncSemaphore::Permit permit(client.file_pieces());
       if (next >= length) break;
       const std::uint64_t at = next;
       next += std::min(piece, length - at);
