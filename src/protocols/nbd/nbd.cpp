@@ -448,8 +448,8 @@ class NbdNode final : public Node {
     const std::uint32_t align = limits().request_alignment;
     const std::uint64_t piece =
         std::min<std::uint64_t>(std::max<std::uint64_t>(align, size - size % align), limits().max_transfer);
-    const auto workers =
-        static_cast<unsigned>(std::min<std::uint64_t>((length + piece - 1) / piece, file_pieces_in_flight(client_->config())));
+    const auto workers = static_cast<unsigned>(
+        std::min<std::uint64_t>((length + piece - 1) / piece, file_pieces_in_flight(client_->config())));
     // Every other call goes to the side connection, when there is one: a unix socket, a
     // server that allows several connections, a second CPU, and x-connections not set to 1.
     if (!side_tried_) {
