@@ -13,8 +13,10 @@
 #include <asio/thread_pool.hpp>
 #include <asio/use_awaitable.hpp>
 #include <chrono>
+#include <deque>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -101,34 +103,48 @@ class AsyncCondition {
   asio::steady_timer timer_;
 };
 
-// A counting semaphore for coroutines on one executor: acquire() suspends while all
-// `count` permits are out and then takes one; a Permit built right after it gives that
-// permit back when destroyed. (acquire() returns nothing: GCC 12 may destroy a
-// non-trivial object returned from a coroutine twice.)
+// A counting semaphore for coroutines on one executor (a mutex with count 1). acquire()
+// takes a permit, waiting while all `count` are out; waiters are served first come, first
+// served, and a permit given back wakes exactly one of them (no thundering herd with many
+// requests in flight). A Permit built right after acquire() gives the permit back when
+// destroyed. (acquire() returns nothing: GCC 12 may destroy a non-trivial object returned
+// from a coroutine twice.)
 class AsyncSemaphore {
  public:
-  AsyncSemaphore(const Executor& ex, unsigned count) : free_(count), changed_(ex) {}
+  AsyncSemaphore(const Executor& ex, unsigned count) : ex_(ex), free_(count) {}
   Task<void> acquire() {
-    while (free_ == 0) co_await changed_.wait();
-    --free_;
+    if (free_ > 0 && waiters_.empty()) {
+      --free_;
+      co_return;
+    }
+    auto turn = std::make_shared<AsyncEvent>(ex_);
+    waiters_.push_back(turn);
+    co_await turn->wait();  // release() handed its permit over to us
   }
   class Permit {
    public:
     explicit Permit(AsyncSemaphore& owner) noexcept : owner_(&owner) {}
     Permit(const Permit&) = delete;
     Permit& operator=(const Permit&) = delete;
-    ~Permit() {
-      ++owner_->free_;
-      owner_->changed_.notify_all();
-    }
+    ~Permit() { owner_->release(); }
 
    private:
     AsyncSemaphore* owner_;
   };
 
  private:
+  void release() {
+    if (waiters_.empty()) {
+      ++free_;
+      return;
+    }
+    auto next = std::move(waiters_.front());
+    waiters_.pop_front();
+    next->set();
+  }
+  Executor ex_;
+  std::deque<std::shared_ptr<AsyncEvent>> waiters_;
   unsigned free_;
-  AsyncCondition changed_;
 };
 
 // Runs `count` coroutines `make()` concurrently on the caller's executor and waits for all

@@ -41,8 +41,8 @@ Task<std::vector<Qcow2Node::SnapshotInfo>> Qcow2Node::read_snapshot_table(std::u
 Task<CheckResult> Qcow2Node::check(unsigned fix) {
   CheckResult r;
   if (fix && caps_.read_only) throw Error(EROFS, name() + ": the image must be writable to be repaired");
-  co_await meta_.lock();
-  const AsyncMutex::Lock lock(meta_);
+  co_await meta_.acquire();
+  const AsyncSemaphore::Permit lock(meta_);
   co_await flush_metadata_locked();
 
   const std::uint64_t fsz = file_->size();

@@ -65,7 +65,7 @@ class Qcow2Node::Pin {
 };
 
 Qcow2Node::Qcow2Node(const OpenContext& ctx, std::unique_ptr<Node> file, Header header)
-    : Node(ctx.executor), h_(std::move(header)), meta_(ctx.executor), range_changed_(ctx.executor) {
+    : Node(ctx.executor), h_(std::move(header)), meta_(ctx.executor, 1), range_changed_(ctx.executor) {
   cb_ = h_.cluster_bits;
   cs_ = std::uint64_t{1} << cb_;
   ext_l2_ = h_.extended_l2();
@@ -205,8 +205,8 @@ Task<std::shared_ptr<L2Table>> Qcow2Node::get_l2(std::uint64_t l1_index) {
     it->second->last_use = ++use_clock_;
     co_return it->second;
   }
-  co_await meta_.lock();
-  const AsyncMutex::Lock lock(meta_);
+  co_await meta_.acquire();
+  const AsyncSemaphore::Permit lock(meta_);
   off = l1_[l1_index] & kOffsetMask;  // may have changed while we waited
   if (!off) co_return nullptr;
   co_return co_await load_l2_locked(off);
@@ -265,8 +265,8 @@ Task<std::shared_ptr<L2Table>> Qcow2Node::l2_for_write(std::uint64_t l1_index) {
       co_return it->second;
     }
   }
-  co_await meta_.lock();
-  const AsyncMutex::Lock lock(meta_);
+  co_await meta_.acquire();
+  const AsyncSemaphore::Permit lock(meta_);
   std::uint64_t off = l1_[l1_index] & kOffsetMask;
   std::shared_ptr<L2Table> t;
   if (off) {
@@ -544,8 +544,8 @@ Task<void> Qcow2Node::write_in_l2(std::uint64_t offset, std::span<const std::byt
         co_await read_guest(cstart + sa, tmp.span());
         std::memcpy(tmp.data() + (a - sa), src, b - a);
         co_await file_->write(host + sa, tmp.span());
-        co_await meta_.lock();
-        const AsyncMutex::Lock lock(meta_);
+        co_await meta_.acquire();
+        const AsyncSemaphore::Permit lock(meta_);
         t->e[idx * 2 + 1] = (t->e[idx * 2 + 1] | want) & ~(want << 32);
         t->dirty = true;
         continue;
@@ -572,13 +572,13 @@ Task<void> Qcow2Node::write_in_l2(std::uint64_t offset, std::span<const std::byt
         std::memcpy(padded.data(), out.data(), *n);
         std::uint64_t chost;
         {
-          co_await meta_.lock();
-          const AsyncMutex::Lock lock(meta_);
+          co_await meta_.acquire();
+          const AsyncSemaphore::Permit lock(meta_);
           chost = co_await allocate_compressed(sectors * 512);
         }
         co_await file_->write(chost, padded.span());
-        co_await meta_.lock();
-        const AsyncMutex::Lock lock(meta_);
+        co_await meta_.acquire();
+        const AsyncSemaphore::Permit lock(meta_);
         const std::uint64_t old = t->e[idx * stride_];
         t->e[idx * stride_] = encode_compressed(chost, sectors, cb_);
         if (ext_l2_) t->e[idx * 2 + 1] = 0;
@@ -596,8 +596,8 @@ Task<void> Qcow2Node::write_in_l2(std::uint64_t offset, std::span<const std::byt
   const std::uint64_t n = allocs.size();
   std::uint64_t host;
   {
-    co_await meta_.lock();
-    const AsyncMutex::Lock lock(meta_);
+    co_await meta_.acquire();
+    const AsyncSemaphore::Permit lock(meta_);
     host = co_await allocate_clusters(n);
   }
   bool direct = true;
@@ -616,8 +616,8 @@ Task<void> Qcow2Node::write_in_l2(std::uint64_t offset, std::span<const std::byt
     }
     co_await file_->write(host, buf.span());
   }
-  co_await meta_.lock();
-  const AsyncMutex::Lock lock(meta_);
+  co_await meta_.acquire();
+  const AsyncSemaphore::Permit lock(meta_);
   for (std::uint64_t j = 0; j < n; ++j) {
     const std::uint64_t idx = allocs[j].gc & index_mask;
     const std::uint64_t old = t->e[idx * stride_];
@@ -675,8 +675,8 @@ Task<void> Qcow2Node::zero_or_discard(std::uint64_t first, std::uint64_t count, 
     if (table_present || (backing_ && (!discard || v3))) {
       auto t = co_await l2_for_write(l1i);
       Pin pin(t);
-      co_await meta_.lock();
-      const AsyncMutex::Lock lock(meta_);
+      co_await meta_.acquire();
+      const AsyncSemaphore::Permit lock(meta_);
       for (std::uint64_t gc = first; gc < first + n; ++gc) {
         const std::uint64_t idx = gc & index_mask;
         const std::uint64_t old = t->e[idx * stride_];
@@ -716,8 +716,8 @@ Task<void> Qcow2Node::zero_or_discard(std::uint64_t first, std::uint64_t count, 
 
 Task<void> Qcow2Node::co_flush() {
   {
-    co_await meta_.lock();
-    const AsyncMutex::Lock lock(meta_);
+    co_await meta_.acquire();
+    const AsyncSemaphore::Permit lock(meta_);
     co_await flush_metadata_locked();
   }
   co_await file_->flush();

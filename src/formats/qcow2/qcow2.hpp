@@ -10,7 +10,6 @@
 // a flush survives. Guest data is written before the L2 entry that points at it changes.
 #pragma once
 #include <cstdint>
-#include <deque>
 #include <map>
 #include <memory>
 #include <set>
@@ -21,49 +20,6 @@
 #include "formats/qcow2/header.hpp"
 
 namespace netblk::qcow2 {
-
-// A mutex for coroutines on one executor. Waiters are served first come, first served,
-// and unlock() wakes exactly one of them (no thundering herd with many requests in flight).
-// lock() takes it and returns nothing; a Lock built right after it unlocks when destroyed.
-// (GCC 12 may destroy a non-trivial object returned from a coroutine twice.)
-class AsyncMutex {
- public:
-  explicit AsyncMutex(const Executor& ex) : ex_(ex) {}
-  class Lock {
-   public:
-    explicit Lock(AsyncMutex& m) noexcept : m_(&m) {}  // adopts what lock() took
-    Lock(const Lock&) = delete;
-    Lock& operator=(const Lock&) = delete;
-    ~Lock() { m_->unlock(); }
-
-   private:
-    AsyncMutex* m_;
-  };
-  Task<void> lock() {
-    if (!locked_) {
-      locked_ = true;
-      co_return;
-    }
-    auto turn = std::make_shared<AsyncEvent>(ex_);
-    waiters_.push_back(turn);
-    co_await turn->wait();  // the lock was handed over to us by unlock()
-  }
-  void unlock() {
-    if (waiters_.empty()) {
-      locked_ = false;
-      return;
-    }
-    auto next = std::move(waiters_.front());
-    waiters_.pop_front();
-    next->set();
-  }
-  bool locked() const { return locked_; }
-
- private:
-  Executor ex_;
-  std::deque<std::shared_ptr<AsyncEvent>> waiters_;
-  bool locked_ = false;
-};
 
 // What `check` found (qemu-img check's ImageCheck).
 struct CheckResult {
@@ -201,7 +157,7 @@ class Qcow2Node final : public Node {
   std::vector<std::uint64_t> pending_free_;  // clusters to decrement after the next metadata flush
   std::uint64_t comp_cluster_ = 0, comp_used_ = 0;  // compressed data packing
 
-  AsyncMutex meta_;
+  AsyncSemaphore meta_;  // a mutex: count 1
   std::vector<std::pair<std::uint64_t, std::uint64_t>> locked_ranges_;
   AsyncCondition range_changed_;
 
