@@ -2,8 +2,9 @@
 #
 #   bench_run NAME REPS UNIT_BYTES "netblk command" "reference command" ["another reference"...]
 #
-# Runs every command REPS times, interleaved (A B C A B C ...), so that machine noise hits
-# them alike; prints each run's time, then each command's median seconds and throughput
+# Runs every command REPS times, interleaved (A B C, B C A, C A B, ...), so that machine
+# noise hits them alike; prints each repetition's times (in the order the commands are
+# given), then each command's median seconds and throughput
 # (UNIT_BYTES / seconds, when UNIT_BYTES > 0) and the ratio of the first command's speed to
 # each other's (> 1 means netblk is faster). A command may use $BENCH_REP (the repetition
 # number) and must leave no state the next repetition sees. A command that fails stops the
@@ -24,8 +25,14 @@ bench_run() {
   local tmp; tmp=$(mktemp -d)
   echo "== $name ($reps repetitions, interleaved)"
   local rep i t0 t1
+  local k line
   for ((rep = 1; rep <= reps; rep++)); do
-    for ((i = 0; i < n; i++)); do
+    line="  run $rep:"
+    # Each repetition starts one command later (A B C, B C A, C A B, ...): no command always
+    # follows the same other one, and so none always inherits what that one left behind
+    # (memory it freed, pages it made cold).
+    for ((k = 0; k < n; k++)); do
+      i=$(((k + rep - 1) % n))
       [ -n "$BENCH_PREPARE" ] && eval "$BENCH_PREPARE"
       export BENCH_REP=$rep
       t0=$(bench_now)
@@ -35,6 +42,8 @@ bench_run() {
       t1=$(bench_now)
       echo "$t1 - $t0" | bc -l >>"$tmp/times.$i"
     done
+    for ((i = 0; i < n; i++)); do line+=$(printf ' %.3f' "$(sed -n "${rep}p" "$tmp/times.$i")"); done
+    echo "$line"
   done
   local -a med
   for ((i = 0; i < n; i++)); do
