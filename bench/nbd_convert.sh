@@ -4,12 +4,16 @@
 # /dev/shm, over TCP and over a unix socket. Runs are interleaved; medians of REPS
 # repetitions and the ratios netblk/other are printed (> 1 means netblk is faster).
 #
-#   bench/nbd_convert.sh [REPS=3]
+#   bench/nbd_convert.sh [REPS=9]
+#
+# On the 2-CPU development VMs, in some hours one copy in four or five takes 2-4x as long,
+# whichever tool runs it. A median of 3 lands on such a copy when two are slow (one run
+# in six to ten), a median of 9 only when five are (one in twenty to fifty).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 
-REPS=${1:-3}
+REPS=${1:-9}
 NETBLK=${NETBLK:-$here/../build/netblk}
 [ -x "$NETBLK" ] || { echo "no netblk binary at $NETBLK (set NETBLK=)"; exit 1; }
 for p in nbdkit nbdcopy qemu-img python3; do command -v $p >/dev/null || { echo "$p is not installed"; exit 1; }; done
