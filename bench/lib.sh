@@ -24,13 +24,11 @@ bench_run() {
   local n=${#cmds[@]}
   local tmp; tmp=$(mktemp -d)
   echo "== $name ($reps repetitions, interleaved)"
-  local rep i t0 t1
-  local k line
+  local rep i k t0 t1 line
   for ((rep = 1; rep <= reps; rep++)); do
     line="  run $rep:"
     # Each repetition starts one command later (A B C, B C A, C A B, ...): no command always
-    # follows the same other one, and so none always inherits what that one left behind
-    # (memory it freed, pages it made cold).
+    # follows the same other one, and so none always starts from what that one left behind.
     for ((k = 0; k < n; k++)); do
       i=$(((k + rep - 1) % n))
       [ -n "$BENCH_PREPARE" ] && eval "$BENCH_PREPARE"
