@@ -11,7 +11,7 @@ trap 'rm -rf "$dir"' EXIT
 size=$((1 << 30))
 head -c $size /dev/urandom >"$dir/src.raw"
 cat "$dir/src.raw" >/dev/null   # into the page cache
-BENCH_PREPARE="rm -f '$dir/dst.raw'"
+BENCH_PREPARE="rm -f '$dir/dst.raw'; bench_warm_memory 1536"
 bench_run "convert 1 GiB raw -> raw (local file)" "$reps" $size \
   "$netblk convert -f raw -O raw '$dir/src.raw' '$dir/dst.raw'" \
   "qemu-img convert -f raw -O raw '$dir/src.raw' '$dir/dst.raw'"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # HTTP, HTTPS, FTP, FTPS and TFTP: netblk convert vs qemu-img convert -m 1 vs curl -o,
 # each copying one 256 MiB file (served from the page cache by nginx, vsftpd and in.tftpd
-# on 127.0.0.1) to a raw file in /dev/shm that is removed before every run.
+# on 127.0.0.1) to a raw file in /dev/shm that is removed before every run (and memory
+# warmed: see bench_warm_memory).
 # QEMU has no TFTP, and its ftps:// stalls on every read, so those rows are curl only.
 # ONLY picks some rows (a space-separated list of http https ftp tftp ftps).
 #   NETBLK=path/to/netblk REPS=5 [ONLY="tftp ftps"] bench/curl.sh
@@ -80,7 +81,7 @@ bench_wait_listen tcp $http && bench_wait_listen tcp $https && bench_wait_listen
   bench_wait_listen udp $tftp || exit 1
 
 out=/dev/shm/netblk-bench-out.raw
-BENCH_PREPARE="rm -f $out"
+BENCH_PREPARE="rm -f $out; bench_warm_memory 512"
 # Each tool under a timeout, named as itself in the ratio lines.
 netblk() { timeout 300 "$NETBLK" "$@"; }
 qemu-img() { timeout 300 /usr/bin/qemu-img "$@"; }

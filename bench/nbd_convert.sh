@@ -6,9 +6,9 @@
 #
 #   bench/nbd_convert.sh [REPS=9]
 #
-# On the 2-CPU development VMs, in some hours one copy in four or five takes 2-4x as long,
-# whichever tool runs it. A median of 3 lands on such a copy when two are slow (one run
-# in six to ten), a median of 9 only when five are (one in twenty to fifty).
+# Before every copy the target is removed and 1.5 GiB of memory is written and freed
+# (bench_warm_memory: on the development VMs, copies whose pages came from memory handed
+# back to the host took 2-4x as long, whichever tool ran them).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
@@ -42,8 +42,8 @@ for transport in tcp unix; do
   rm -f "$out"
   "$NETBLK" convert -O raw "$uri" "$out"
   cmp "$image" "$out" || { echo "netblk convert over $transport produced different bytes"; exit 1; }
-  # Every tool writes a fresh raw file of the same size.
-  BENCH_PREPARE="rm -f '$out'"
+  # Every tool writes a fresh raw file of the same size, into memory the host backs.
+  BENCH_PREPARE="rm -f '$out'; bench_warm_memory 1536"
   bench_run "convert 1 GiB from nbdkit over $transport" "$REPS" "$bytes" \
     "'$NETBLK' convert -O raw '$uri' '$out'" \
     "nbdcopy '$uri' '$out'" \
