@@ -1,6 +1,7 @@
 #include "spec/options.hpp"
 
 #include "core/parse.hpp"
+#include "core/secrets.hpp"
 #include "spec/tree.hpp"
 
 namespace netblk::spec {
@@ -79,6 +80,33 @@ std::optional<std::uint64_t> Options::uint(const std::string& key, std::uint64_t
 
 std::uint64_t Options::uint(const std::string& key, std::uint64_t fallback, std::uint64_t max) {
   return uint(key, max).value_or(fallback);
+}
+
+std::optional<std::chrono::seconds> Options::seconds(const std::string& key, std::uint64_t max) {
+  const Json* v = find(key);
+  if (!v) return std::nullopt;
+  std::uint64_t n = 0;
+  if (v->is_number_unsigned()) {
+    n = v->get<std::uint64_t>();
+  } else if (v->is_number_integer()) {
+    invalid(key, "must not be negative");
+  } else if (v->is_string()) {
+    const std::string s = v->get<std::string>();
+    if (s.starts_with("-")) invalid(key, "must not be negative");
+    if (s.empty() || s.size() > 19 || s.find_first_not_of("0123456789") != std::string::npos)
+      invalid(key, "expects a number");
+    n = std::stoull(s);
+  } else {
+    invalid(key, "expects a number");
+  }
+  if (n > max) invalid(key, "must be at most " + std::to_string(max));
+  return std::chrono::seconds(n);
+}
+
+std::optional<Options::Secret> Options::secret(const std::string& key) {
+  auto id = str(key);
+  if (!id) return std::nullopt;
+  return Secret{*id, secrets::lookup(*id)};
 }
 
 Options Options::group(const std::string& key) {

@@ -1,6 +1,7 @@
 // Typed, validated reading of one node's options. Every getter marks its key as used;
 // finish() rejects whatever is left with QEMU's wording, naming the option.
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <set>
@@ -30,6 +31,18 @@ class Options {
   bool boolean(const std::string& key, bool fallback);
   std::optional<std::uint64_t> uint(const std::string& key, std::uint64_t max = UINT64_MAX);
   std::uint64_t uint(const std::string& key, std::uint64_t fallback, std::uint64_t max);
+  // A whole number of seconds (QEMU's timeouts and delays: a JSON number or a string of
+  // digits), at most `max`. Negative: "must not be negative"; anything else that is not a
+  // number: "expects a number".
+  std::optional<std::chrono::seconds> seconds(const std::string& key, std::uint64_t max = 1000000000);
+  // The `--object secret` named by option `key` (`password-secret=ID`): its id, for
+  // options() and canonical names, and its value, for the driver alone. nullopt when the
+  // option is absent; Error "No secret with id 'ID'" when no such object was defined.
+  struct Secret {
+    std::string id;
+    std::string value;
+  };
+  std::optional<Secret> secret(const std::string& key);
   // A nested group ("server"); absent → empty group. Its unknown keys are reported by its
   // own finish().
   Options group(const std::string& key);

@@ -1,6 +1,7 @@
 // The drive syntaxes: k=v lists, dotted keys and lists, json: names, typed options.
 #include <gtest/gtest.h>
 
+#include "core/secrets.hpp"
 #include "spec/options.hpp"
 #include "spec/tree.hpp"
 
@@ -133,6 +134,31 @@ TEST(Options, BadValues) {
   EXPECT_NE(error_of([&] { o.str("d"); }).find("expects a value"), std::string::npos);
   EXPECT_NE(error_of([&] { o.size("e"); }).find("12Q"), std::string::npos);
   EXPECT_NE(error_of([&] { o.required_str("missing"); }).find("'missing' is required"), std::string::npos);
+}
+
+TEST(Options, Seconds) {
+  Options o(Json::parse(R"({"a":"30","b":7,"c":"-1","d":-1,"e":"soon","f":"11","g":{"x":1}})"), Options::Kind::protocol,
+            "x", "server.");
+  EXPECT_EQ(*o.seconds("a"), std::chrono::seconds(30));
+  EXPECT_EQ(*o.seconds("b"), std::chrono::seconds(7));
+  EXPECT_FALSE(o.seconds("missing"));
+  EXPECT_EQ(error_of([&] { o.seconds("c"); }), "Parameter 'server.c' must not be negative");
+  EXPECT_EQ(error_of([&] { o.seconds("d"); }), "Parameter 'server.d' must not be negative");
+  EXPECT_EQ(error_of([&] { o.seconds("e"); }), "Parameter 'server.e' expects a number");
+  EXPECT_EQ(error_of([&] { o.seconds("f", 10); }), "Parameter 'server.f' must be at most 10");
+  EXPECT_NE(error_of([&] { o.seconds("g"); }).find("expects a value"), std::string::npos);
+}
+
+TEST(Options, SecretIsLookedUpByIdAndTheIdIsKept) {
+  secrets::define(Json::parse(R"({"qom-type":"secret","id":"pw","data":"hunter2"})"));
+  Options o(Json::parse(R"({"password-secret":"pw","other-secret":"nope"})"), Options::Kind::protocol, "x");
+  auto s = o.secret("password-secret");
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->id, "pw");
+  EXPECT_EQ(s->value, "hunter2");
+  EXPECT_FALSE(o.secret("cookie-secret"));
+  EXPECT_NE(error_of([&] { o.secret("other-secret"); }).find("No secret with id 'nope'"), std::string::npos);
+  secrets::clear();
 }
 
 TEST(JsonName, NumberOverflowIsAnError) {
