@@ -25,8 +25,10 @@ namespace netblk {
 // Option trees, canonical names and json: specs.
 using Json = nlohmann::ordered_json;
 
-// Flags for write().
-inline constexpr unsigned kWriteFua = 1u << 0;  // durable before completion
+// Flags for write(), and kWriteFua also for write_zeroes() and discard(): the request is
+// durable before it completes. A driver without Capabilities::can_fua never sees it; the
+// node flushes after the request instead.
+inline constexpr unsigned kWriteFua = 1u << 0;
 // A whole-cluster write the format may store compressed (qcow2; `convert -c`).
 inline constexpr unsigned kWriteCompressed = 1u << 3;
 // Flags for write_zeroes().
@@ -50,12 +52,16 @@ struct Limits {
   std::uint32_t request_alignment = 1;  // offsets and lengths of read/write are multiples
   std::uint64_t max_transfer = 0;       // largest single request; 0 = no limit
   std::uint32_t preferred_alignment = 4096;
+  // Largest single co_write_zeroes / co_discard request; 0 = no limit. Longer requests
+  // are split here, aligned to request_alignment.
+  std::uint64_t max_zero = 0;
+  std::uint64_t max_discard = 0;
 };
 
 struct Capabilities {
   bool read_only = false;
   bool can_flush = false;      // co_flush does something durable
-  bool can_fua = false;        // co_write honours kWriteFua itself
+  bool can_fua = false;        // co_write, co_write_zeroes and co_discard honour kWriteFua
   bool can_zero = false;       // co_write_zeroes is efficient (not a buffer write)
   bool can_discard = false;    // co_discard may free space
   bool has_block_status = false;
@@ -155,7 +161,8 @@ class Node {
                               std::uint64_t zero_block = 0);
   Task<void> write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags = 0);
   Task<void> write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags = 0);
-  Task<void> discard(std::uint64_t offset, std::uint64_t length);
+  // Advisory: shrunk to whole aligned blocks. kWriteFua is the only flag.
+  Task<void> discard(std::uint64_t offset, std::uint64_t length, unsigned flags = 0);
   Task<void> flush();
   // The status of [offset, offset + result.length), result.length in (0, length].
   Task<BlockStatus> block_status(std::uint64_t offset, std::uint64_t length);
@@ -168,7 +175,7 @@ class Node {
                                          std::uint64_t zero_block);
   virtual Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags);
   virtual Task<void> co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags);
-  virtual Task<void> co_discard(std::uint64_t offset, std::uint64_t length);
+  virtual Task<void> co_discard(std::uint64_t offset, std::uint64_t length, unsigned flags);
   virtual Task<void> co_flush();
   virtual Task<BlockStatus> co_block_status(std::uint64_t offset, std::uint64_t length);
   virtual Task<void> co_close();
@@ -184,6 +191,9 @@ class Node {
   void check_range(std::uint64_t offset, std::uint64_t length, const char* op) const;
   Task<void> write_aligned(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags);
   Task<void> write_unlocked(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags);
+  // The aligned middle of write_zeroes / discard: split at max_zero / max_discard, under
+  // the write-range lock on nodes that demand alignment.
+  Task<void> zero_or_discard_aligned(std::uint64_t offset, std::uint64_t length, unsigned flags, bool zero);
 
   // On nodes that demand alignment, writes in flight hold their aligned ranges: a
   // read-modify-write holds its range alone, so the neighbouring bytes it rewrites cannot

@@ -177,6 +177,9 @@ Task<void> Node::write_zeroes(std::uint64_t offset, std::uint64_t length, unsign
   if (caps_.read_only) throw Error(EPERM, display_name() + ": the image is read-only");
   if (length == 0) co_return;
   const std::uint64_t align = limits_.request_alignment ? limits_.request_alignment : 1;
+  // FUA once for the whole request: the parts go without it, one flush follows.
+  const bool flush_after = (flags & kWriteFua) && !caps_.can_fua;
+  if (flush_after) flags &= ~kWriteFua;
   // Unaligned head and tail go through write(); the aligned middle through the driver.
   std::uint64_t head_end = std::min(offset + length, (offset + align - 1) / align * align);
   std::uint64_t tail_start = std::max(head_end, (offset + length) / align * align);
@@ -184,35 +187,45 @@ Task<void> Node::write_zeroes(std::uint64_t offset, std::uint64_t length, unsign
     Buffer z = Buffer::zeroed(head_end - offset);
     co_await write(offset, z.span(), flags & kWriteFua);
   }
-  if (tail_start > head_end) {
-    if (align == 1) {
-      co_await co_write_zeroes(head_end, tail_start - head_end, flags);
-    } else {
-      auto held = co_await lock_write_range(head_end, tail_start, false);
-      RangeLock lock(this, held);
-      co_await co_write_zeroes(head_end, tail_start - head_end, flags);
-    }
-  }
+  if (tail_start > head_end) co_await zero_or_discard_aligned(head_end, tail_start - head_end, flags, true);
   if (offset + length > tail_start) {
     Buffer z = Buffer::zeroed(offset + length - tail_start);
     co_await write(tail_start, z.span(), flags & kWriteFua);
   }
+  if (flush_after) co_await co_flush();
 }
 
-Task<void> Node::discard(std::uint64_t offset, std::uint64_t length) {
+Task<void> Node::discard(std::uint64_t offset, std::uint64_t length, unsigned flags) {
   check_range(offset, length, "discard");
   if (caps_.read_only) throw Error(EPERM, display_name() + ": the image is read-only");
+  flags &= kWriteFua;
+  const bool flush_after = (flags & kWriteFua) && !caps_.can_fua;
+  if (flush_after) flags &= ~kWriteFua;
   const std::uint64_t align = limits_.request_alignment ? limits_.request_alignment : 1;
   // Discard is advisory: shrink to whole aligned blocks and drop the rest.
   std::uint64_t start = (offset + align - 1) / align * align;
   std::uint64_t end = (offset + length) / align * align;
-  if (end <= start) co_return;
-  if (align == 1) {
-    co_await co_discard(start, end - start);
-  } else {
-    auto held = co_await lock_write_range(start, end, false);
-    RangeLock lock(this, held);
-    co_await co_discard(start, end - start);
+  if (end > start) co_await zero_or_discard_aligned(start, end - start, flags, false);
+  if (flush_after) co_await co_flush();
+}
+
+Task<void> Node::zero_or_discard_aligned(std::uint64_t offset, std::uint64_t length, unsigned flags, bool zero) {
+  const std::uint64_t align = limits_.request_alignment ? limits_.request_alignment : 1;
+  std::uint64_t chunk = zero ? limits_.max_zero : limits_.max_discard;
+  if (chunk) chunk = std::max<std::uint64_t>(align, chunk - chunk % align);
+  else chunk = length;
+  for (std::uint64_t done = 0; done < length;) {
+    const std::uint64_t n = std::min(chunk, length - done);
+    if (align == 1) {
+      if (zero) co_await co_write_zeroes(offset + done, n, flags);
+      else co_await co_discard(offset + done, n, flags);
+    } else {
+      auto held = co_await lock_write_range(offset + done, offset + done + n, false);
+      RangeLock lock(this, held);
+      if (zero) co_await co_write_zeroes(offset + done, n, flags);
+      else co_await co_discard(offset + done, n, flags);
+    }
+    done += n;
   }
 }
 
@@ -272,7 +285,7 @@ Task<void> Node::co_write_zeroes(std::uint64_t offset, std::uint64_t length, uns
   }
 }
 
-Task<void> Node::co_discard(std::uint64_t, std::uint64_t) { co_return; }
+Task<void> Node::co_discard(std::uint64_t, std::uint64_t, unsigned) { co_return; }
 Task<void> Node::co_flush() { co_return; }
 Task<BlockStatus> Node::co_block_status(std::uint64_t, std::uint64_t length) {
   co_return BlockStatus{length, kStatusData | kStatusAllocated};

@@ -60,9 +60,9 @@ class CopyOnReadNode final : public Node {
     Busy busy = co_await enter(offset, offset + length, false);
     co_await file_->write_zeroes(offset, length, flags);
   }
-  Task<void> co_discard(std::uint64_t offset, std::uint64_t length) override {
+  Task<void> co_discard(std::uint64_t offset, std::uint64_t length, unsigned flags) override {
     Busy busy = co_await enter(offset, offset + length, false);
-    co_await file_->discard(offset, length);
+    co_await file_->discard(offset, length, flags);
   }
   Task<void> co_flush() override { co_await file_->flush(); }
   Task<BlockStatus> co_block_status(std::uint64_t offset, std::uint64_t length) override {

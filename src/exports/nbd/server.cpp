@@ -632,8 +632,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
           co_await node_.flush();
           break;
         case kCmdTrim:
-          co_await node_.discard(r.offset, r.length);
-          if (r.flags & kCmdFlagFua) co_await node_.flush();
+          co_await node_.discard(r.offset, r.length, (r.flags & kCmdFlagFua) ? kWriteFua : 0);
           break;
         case kCmdWriteZeroes: {
           unsigned flags = 0;
@@ -642,8 +641,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
             if (!node_.caps().can_zero) throw Error(ENOTSUP, "NBD_CMD_WRITE_ZEROES: no fast zeroing on this export");
             flags |= kZeroFast;
           }
+          if (r.flags & kCmdFlagFua) flags |= kWriteFua;
           co_await node_.write_zeroes(r.offset, r.length, flags);
-          if (r.flags & kCmdFlagFua) co_await node_.flush();
           break;
         }
         case kCmdCache:

@@ -654,7 +654,7 @@ Task<void> Qcow2Node::co_write_zeroes(std::uint64_t offset, std::uint64_t length
   }
 }
 
-Task<void> Qcow2Node::co_discard(std::uint64_t offset, std::uint64_t length) {
+Task<void> Qcow2Node::co_discard(std::uint64_t offset, std::uint64_t length, unsigned) {
   const std::uint64_t end = offset + length;
   std::uint64_t cstart = (offset + cs_ - 1) & ~(cs_ - 1);
   std::uint64_t cend = end == size_ ? ((end + cs_ - 1) & ~(cs_ - 1)) : (end & ~(cs_ - 1));

@@ -71,7 +71,7 @@ class Qcow2Node final : public Node {
   Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override;
   Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags) override;
   Task<void> co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags) override;
-  Task<void> co_discard(std::uint64_t offset, std::uint64_t length) override;
+  Task<void> co_discard(std::uint64_t offset, std::uint64_t length, unsigned flags) override;
   Task<void> co_flush() override;
   Task<BlockStatus> co_block_status(std::uint64_t offset, std::uint64_t length) override;
 

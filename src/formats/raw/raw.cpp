@@ -66,8 +66,8 @@ class RawNode final : public Node {
   Task<void> co_write_zeroes(std::uint64_t off, std::uint64_t len, unsigned flags) override {
     co_await file_->write_zeroes(offset_ + off, len, flags);
   }
-  Task<void> co_discard(std::uint64_t off, std::uint64_t len) override {
-    co_await file_->discard(offset_ + off, len);
+  Task<void> co_discard(std::uint64_t off, std::uint64_t len, unsigned flags) override {
+    co_await file_->discard(offset_ + off, len, flags);
   }
   Task<void> co_flush() override { co_await file_->flush(); }
   Task<BlockStatus> co_block_status(std::uint64_t off, std::uint64_t len) override {

@@ -158,7 +158,7 @@ class FileNode final : public Node {
     co_await Node::co_write_zeroes(offset, length, flags);
   }
 
-  Task<void> co_discard(std::uint64_t offset, std::uint64_t length) override {
+  Task<void> co_discard(std::uint64_t offset, std::uint64_t length, unsigned) override {
     if (block_device_) co_return;
     // Advisory: a filesystem without hole punching keeps the data.
     fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset), static_cast<off_t>(length));

@@ -498,10 +498,11 @@ class NbdNode final : public Node {
     co_await ranged(nbd::kCmdWriteZeroes, cmd_flags, offset, length, "write zeroes");
   }
 
-  Task<void> co_discard(std::uint64_t offset, std::uint64_t length) override {
+  Task<void> co_discard(std::uint64_t offset, std::uint64_t length, unsigned flags) override {
     forget_status();
     if (!caps().can_discard) co_return;
-    co_await ranged(nbd::kCmdTrim, 0, offset, length, "discard");
+    const std::uint16_t cmd_flags = (flags & kWriteFua) && caps().can_fua ? nbd::kCmdFlagFua : 0;
+    co_await ranged(nbd::kCmdTrim, cmd_flags, offset, length, "discard");
   }
 
   Task<void> co_flush() override {
