@@ -8,7 +8,6 @@
 // node's executor; many may be in flight at once.
 #pragma once
 #include <cstdint>
-#include <list>
 #include <memory>
 #include <optional>
 #include <nlohmann/json.hpp>
@@ -18,6 +17,7 @@
 #include <vector>
 
 #include "netblk/error.hpp"
+#include "netblk/range_lock.hpp"
 #include "netblk/runtime.hpp"
 
 namespace netblk {
@@ -72,6 +72,28 @@ struct Capabilities {
   bool can_grow = false;
 };
 
+// What `info` shows of a node (qemu-img info's fields).
+struct ImageInfo {
+  std::int64_t allocated_bytes = -1;  // bytes it occupies on its storage ("disk size"); -1 unknown
+  std::uint64_t cluster_size = 0;     // 0: not a clustered format
+  // What the image itself stores as its backing file and that file's format ("" if none).
+  std::string backing_filename;
+  std::string backing_format;
+  bool dirty = false;
+  Json format_specific;  // qemu-img's "format-specific" data; null if none
+};
+
+// What check() found (qemu-img check's ImageCheck).
+struct CheckResult {
+  std::int64_t corruptions = 0, leaks = 0, check_errors = 0;
+  std::int64_t corruptions_fixed = 0, leaks_fixed = 0;
+  std::uint64_t image_end_offset = 0, total_clusters = 0, allocated_clusters = 0;
+  std::uint64_t fragmented_clusters = 0, compressed_clusters = 0;
+  std::vector<std::string> messages;  // one line each, for stderr
+};
+inline constexpr unsigned kFixLeaks = 1;
+inline constexpr unsigned kFixErrors = 2;
+
 // What Node::read_to_file() did.
 enum class FileRead {
   unsupported,     // nothing: the caller reads and writes itself
@@ -110,15 +132,16 @@ class Node {
   const Executor& executor() const noexcept { return executor_; }
   Node* file() const noexcept { return file_.get(); }
   Node* backing() const noexcept { return backing_.get(); }
-  // Bytes this node occupies on its storage, if known (info's "disk size").
-  virtual std::int64_t allocated_bytes() const { return file_ ? file_->allocated_bytes() : -1; }
-  // Format-specific facts for `info` (qemu-img's "format-specific" object); null if none.
-  virtual Json format_specific() const { return nullptr; }
-  // What the image itself stores as its backing file and its format ("" if none).
-  virtual std::string stored_backing_filename() const { return {}; }
-  virtual std::string stored_backing_format() const { return {}; }
-  virtual bool dirty_flag() const { return false; }
-  virtual std::uint64_t cluster_size() const { return 0; }
+  // What `info` shows of this node. The default: the file child's disk size, no more.
+  virtual ImageInfo image_info() const;
+  // A filter passes requests through to its one child, file(); `info`, `check` and
+  // canonical names look through it.
+  virtual bool is_filter() const { return false; }
+  // qemu-img check: counts references, compares them with the stored ones and, with `fix`
+  // (kFixLeaks, kFixErrors) on a writable node, repairs what it may. Formats that can be
+  // checked say so with supports_check(); check() of any other node throws ENOTSUP.
+  virtual bool supports_check() const { return false; }
+  virtual Task<CheckResult> check(unsigned fix);
   // True when a freshly created image of this kind reads as zeroes (convert may then skip
   // writing zero areas).
   virtual bool has_zero_init() const { return file_ ? file_->has_zero_init() : false; }
@@ -196,21 +219,9 @@ class Node {
   Task<void> zero_or_discard_aligned(std::uint64_t offset, std::uint64_t length, unsigned flags, bool zero);
 
   // On nodes that demand alignment, writes in flight hold their aligned ranges: a
-  // read-modify-write holds its range alone, so the neighbouring bytes it rewrites cannot
-  // undo a concurrent write to them; other writes share.
-  struct WriteRange {
-    std::uint64_t start, end;
-    bool exclusive;
-  };
-  class RangeLock;
-  // Waits until the range may be held and takes it; a RangeLock built from the result
-  // releases it. (It returns the plain iterator: GCC 12 may destroy a non-trivial object
-  // returned from a coroutine twice.)
-  Task<std::list<WriteRange>::iterator> lock_write_range(std::uint64_t start, std::uint64_t end, bool exclusive);
-  std::list<WriteRange> write_ranges_;
-  // Writers waiting for a range, each on a condition of its own executor (a node may be
-  // used from a different io_context than the one it was opened on).
-  std::vector<AsyncCondition*> write_waiters_;
+  // read-modify-write holds its range alone (exclusive), so the neighbouring bytes it
+  // rewrites cannot undo a concurrent write to them; other writes share.
+  RangeLocks write_ranges_;
 
   Executor executor_;
   bool closed_ = false;

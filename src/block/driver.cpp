@@ -13,8 +13,13 @@ std::vector<FormatDriver>& mutable_formats() {
   static std::vector<FormatDriver> v;
   return v;
 }
+std::vector<FilterDriver>& filters() {
+  static std::vector<FilterDriver> v;
+  return v;
+}
 }  // namespace
 
+void register_filter(FilterDriver driver) { filters().push_back(std::move(driver)); }
 void register_protocol(ProtocolDriver driver) { protocols().push_back(std::move(driver)); }
 void register_format(FormatDriver driver) { mutable_formats().push_back(std::move(driver)); }
 
@@ -36,11 +41,23 @@ const FormatDriver* find_format(std::string_view name) {
   return nullptr;
 }
 
+const FilterDriver* find_filter(std::string_view name) {
+  for (const auto& d : filters())
+    if (d.name == name) return &d;
+  return nullptr;
+}
+
 const std::vector<FormatDriver>& formats() { return mutable_formats(); }
 
 std::vector<std::string> protocol_names() {
   std::vector<std::string> names;
   for (const auto& d : protocols()) names.push_back(d.name);
+  return names;
+}
+
+std::vector<std::string> filter_names() {
+  std::vector<std::string> names;
+  for (const auto& d : filters()) names.push_back(d.name);
   return names;
 }
 

@@ -57,13 +57,23 @@ struct FormatDriver {
   std::function<Task<void>(const OpenContext&, const CreateRequest&)> create;  // optional
 };
 
+// A filter over one child node (copy-on-read): `driver=NAME,file=...`, or inserted by an
+// option such as --drive's copy-on-read=on.
+struct FilterDriver {
+  std::string name;
+  std::function<Task<std::unique_ptr<Node>>(const OpenContext&, spec::Options&, std::unique_ptr<Node> child)> open;
+};
+
 void register_protocol(ProtocolDriver driver);
 void register_format(FormatDriver driver);
+void register_filter(FilterDriver driver);
 const ProtocolDriver* find_protocol(std::string_view name);
 const ProtocolDriver* find_protocol_by_prefix(std::string_view prefix);
 const FormatDriver* find_format(std::string_view name);
+const FilterDriver* find_filter(std::string_view name);
 const std::vector<FormatDriver>& formats();
 std::vector<std::string> protocol_names();
+std::vector<std::string> filter_names();
 
 // The protocol prefix of a filename ("nbd" for "nbd://..."), or "" for a plain path.
 // As QEMU: a ':' that comes before any '/'.
@@ -72,6 +82,7 @@ std::string filename_prefix(std::string_view filename);
 struct DriverRegistration {
   explicit DriverRegistration(ProtocolDriver d) { register_protocol(std::move(d)); }
   explicit DriverRegistration(FormatDriver d) { register_format(std::move(d)); }
+  explicit DriverRegistration(FilterDriver d) { register_filter(std::move(d)); }
 };
 
 }  // namespace netblk

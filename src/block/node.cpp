@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <iterator>
 #include <utility>
 
 #include "netblk/buffer.hpp"
@@ -28,45 +27,6 @@ std::uint64_t chunk_limit(const Limits& l) {
 
 Node::~Node() = default;
 
-// Releases a range taken by lock_write_range() when the write ends, however it ends.
-class Node::RangeLock {
- public:
-  RangeLock(Node* node, std::list<WriteRange>::iterator it) : node_(node), it_(it) {}
-  RangeLock(const RangeLock&) = delete;
-  RangeLock& operator=(const RangeLock&) = delete;
-  ~RangeLock() {
-    node_->write_ranges_.erase(it_);
-    for (AsyncCondition* waiter : node_->write_waiters_) waiter->notify_all();
-    node_->write_waiters_.clear();
-  }
-
- private:
-  Node* node_;
-  std::list<WriteRange>::iterator it_;
-};
-
-Task<std::list<Node::WriteRange>::iterator> Node::lock_write_range(std::uint64_t start, std::uint64_t end, bool exclusive) {
-  auto conflicts = [&] {
-    for (const WriteRange& r : write_ranges_)
-      if (r.start < end && start < r.end && (exclusive || r.exclusive)) return true;
-    return false;
-  };
-  while (conflicts()) {
-    Executor ex = co_await asio::this_coro::executor;
-    AsyncCondition wake(ex);
-    write_waiters_.push_back(&wake);
-    // Off the list however the wait ends (a released range clears the list itself).
-    struct Unlist {
-      std::vector<AsyncCondition*>& list;
-      AsyncCondition* entry;
-      ~Unlist() { std::erase(list, entry); }
-    } unlist{write_waiters_, &wake};
-    co_await wake.wait();
-  }
-  write_ranges_.push_back(WriteRange{start, end, exclusive});
-  co_return std::prev(write_ranges_.end());
-}
-
 Task<FileRead> Node::read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset,
                                   std::uint64_t zero_block) {
   check_range(offset, length, "read");
@@ -77,6 +37,17 @@ Task<FileRead> Node::read_to_file(std::uint64_t offset, std::uint64_t length, in
 
 Task<FileRead> Node::co_read_to_file(std::uint64_t, std::uint64_t, int, std::uint64_t, std::uint64_t) {
   co_return FileRead::unsupported;
+}
+
+ImageInfo Node::image_info() const {
+  ImageInfo info;
+  if (file_) info.allocated_bytes = file_->image_info().allocated_bytes;
+  return info;
+}
+
+Task<CheckResult> Node::check(unsigned) {
+  throw Error(ENOTSUP, display_name() + ": this image format does not support checks");
+  co_return CheckResult{};
 }
 
 std::string Node::display_name() const {
@@ -142,8 +113,8 @@ Task<void> Node::write(std::uint64_t offset, std::span<const std::byte> buf, uns
   const bool read_modify_write = offset % align != 0 || buf.size() % align != 0;
   const std::uint64_t start = offset - offset % align;
   const std::uint64_t end = (offset + buf.size() + align - 1) / align * align;
-  auto held = co_await lock_write_range(start, end, read_modify_write);
-  RangeLock lock(this, held);
+  auto held = co_await write_ranges_.acquire(start, end, read_modify_write);
+  const RangeLocks::Guard guard(write_ranges_, held);
   co_await write_unlocked(offset, buf, flags);
 }
 
@@ -220,8 +191,8 @@ Task<void> Node::zero_or_discard_aligned(std::uint64_t offset, std::uint64_t len
       if (zero) co_await co_write_zeroes(offset + done, n, flags);
       else co_await co_discard(offset + done, n, flags);
     } else {
-      auto held = co_await lock_write_range(offset + done, offset + done + n, false);
-      RangeLock lock(this, held);
+      auto held = co_await write_ranges_.acquire(offset + done, offset + done + n, false);
+      const RangeLocks::Guard guard(write_ranges_, held);
       if (zero) co_await co_write_zeroes(offset + done, n, flags);
       else co_await co_discard(offset + done, n, flags);
     }

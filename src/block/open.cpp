@@ -16,6 +16,7 @@ constexpr int kMaxDepth = 64;
 std::string known_drivers() {
   std::vector<std::string> names = protocol_names();
   for (const auto& f : formats()) names.push_back(f.name);
+  for (auto& f : filter_names()) names.push_back(std::move(f));
   std::sort(names.begin(), names.end());
   std::string s;
   for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
@@ -89,11 +90,12 @@ Task<std::unique_ptr<Node>> open_node(OpenContext ctx, Json options, std::string
   }
   const ProtocolDriver* proto = driver.empty() ? nullptr : find_protocol(driver);
   const FormatDriver* fmt = driver.empty() ? nullptr : find_format(driver);
-  if (!driver.empty() && !proto && !fmt)
+  const FilterDriver* filter = driver.empty() ? nullptr : find_filter(driver);
+  if (!driver.empty() && !proto && !fmt && !filter)
     throw Error(EINVAL, "Unknown driver '" + driver + "' (known: " + known_drivers() + ")");
 
   // A protocol child without a driver: the filename's prefix chooses (a plain path is "file").
-  if (!proto && !fmt && protocol_only) {
+  if (!proto && !fmt && !filter && protocol_only) {
     if (filename.empty() && !options.contains("filename"))
       throw Error(EINVAL, "A block device must be specified for \"file\"");
     std::string prefix = filename_prefix(filename);
@@ -118,7 +120,8 @@ Task<std::unique_ptr<Node>> open_node(OpenContext ctx, Json options, std::string
     co_return node;
   }
 
-  // A format, named or probed, over its "file" child (an option tree or a filename).
+  // A format (named or probed) or a filter, over its "file" child (an option tree or a
+  // filename).
   Json file_options = Json::object();
   std::string file_name = std::move(filename);
   if (auto it = options.find("file"); it != options.end()) {
@@ -135,6 +138,12 @@ Task<std::unique_ptr<Node>> open_node(OpenContext ctx, Json options, std::string
   if (file_name.empty() && file_options.empty())
     throw Error(EINVAL, "A block device must be specified for \"file\"");
   auto file = co_await open_node(ctx, std::move(file_options), std::move(file_name), true);
+  if (filter) {
+    spec::Options o(std::move(options), spec::Options::Kind::filter, filter->name);
+    auto node = co_await filter->open(ctx, o, std::move(file));
+    o.finish();
+    co_return node;
+  }
   if (!fmt) co_return co_await probe_and_open(ctx, std::move(options), std::move(file));
   spec::Options o(std::move(options), spec::Options::Kind::format, fmt->name);
   auto node = co_await fmt->open(ctx, o, std::move(file), false);
@@ -159,15 +168,15 @@ Task<std::unique_ptr<Node>> open_drive(DriveSpec spec) {
       throw Error(EINVAL, "format '" + spec.format + "' conflicts with driver '" + spec::scalar_text(*it) + "'");
     options["driver"] = spec.format;
   }
-  const FormatDriver* cor = nullptr;
+  const FilterDriver* cor = nullptr;
   if (spec.copy_on_read) {
-    cor = find_format("copy-on-read");
+    cor = find_filter("copy-on-read");
     if (!cor) throw Error(ENOTSUP, "copy-on-read is not available in this build");
   }
   auto node = co_await open_node(ctx, std::move(options), std::move(spec.filename));
   if (cor) {
     spec::Options none(Json::object(), spec::Options::Kind::filter, cor->name);
-    node = co_await cor->open(ctx, none, std::move(node), false);
+    node = co_await cor->open(ctx, none, std::move(node));
   }
   co_return node;
 }

@@ -4,12 +4,11 @@
 #include <iostream>
 
 #include "cli/verbs.hpp"
-#include "formats/qcow2/qcow2.hpp"
 
 namespace netblk::cli {
 namespace {
 
-void print_human(const qcow2::CheckResult& c) {
+void print_human(const CheckResult& c) {
   if (!(c.corruptions || c.leaks || c.check_errors)) {
     std::printf("No errors were found on the image.\n");
   } else {
@@ -33,7 +32,7 @@ void print_human(const qcow2::CheckResult& c) {
   std::fflush(stdout);
 }
 
-Json to_json(const qcow2::CheckResult& c, std::int64_t leaks_fixed, std::int64_t corruptions_fixed,
+Json to_json(const CheckResult& c, std::int64_t leaks_fixed, std::int64_t corruptions_fixed,
              const std::string& filename) {
   Json j = Json::object();
   if (c.image_end_offset) j["image-end-offset"] = c.image_end_offset;
@@ -69,18 +68,18 @@ const VerbRegistration kCheck{Verb{
       return [a]() {
         return run_verb([a]() -> Task<int> {
           define_objects(a->objects);
-          const unsigned fix = a->repair == "leaks" ? qcow2::kFixLeaks
-                               : a->repair == "all" ? (qcow2::kFixLeaks | qcow2::kFixErrors)
+          const unsigned fix = a->repair == "leaks" ? kFixLeaks
+                               : a->repair == "all" ? (kFixLeaks | kFixErrors)
                                                     : 0;
           auto node = co_await open_drive(a->drive.spec(fix == 0));
-          qcow2::Qcow2Node* q = qcow2::as_qcow2(*node);
-          if (!q) {
+          Node* q = node.get();  // filters pass check() through to what they filter
+          if (!q->supports_check()) {
             co_await node->close();
             print_error("This image format does not support checks");
             co_return 63;
           }
           const std::string filename = a->drive.name.empty() ? canonical_name(*node) : a->drive.name;
-          qcow2::CheckResult result = co_await q->check(fix);
+          CheckResult result = co_await q->check(fix);
           for (const auto& m : result.messages) std::cerr << m << "\n";
           std::int64_t leaks_fixed = result.leaks_fixed, corruptions_fixed = result.corruptions_fixed;
           if (leaks_fixed || corruptions_fixed) {

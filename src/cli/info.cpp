@@ -7,22 +7,29 @@
 namespace netblk::cli {
 namespace {
 
+// The node whose facts `info` shows: filters (copy-on-read) are looked through.
+const Node& shown(const Node& node) {
+  const Node* n = &node;
+  while (n->is_filter() && n->file()) n = n->file();
+  return *n;
+}
+
 Json image_info(const Node& node) {
+  const ImageInfo info = node.image_info();
   Json j;
   j["virtual-size"] = node.size();
   j["filename"] = canonical_name(node);
   j["format"] = std::string(node.driver());
-  if (auto a = node.allocated_bytes(); a >= 0) j["actual-size"] = a;
-  if (auto c = node.cluster_size()) j["cluster-size"] = c;
-  std::string backing = node.stored_backing_filename();
-  if (!backing.empty()) {
-    j["backing-filename"] = backing;
+  if (info.allocated_bytes >= 0) j["actual-size"] = info.allocated_bytes;
+  if (info.cluster_size) j["cluster-size"] = info.cluster_size;
+  if (!info.backing_filename.empty()) {
+    j["backing-filename"] = info.backing_filename;
     if (node.backing()) j["full-backing-filename"] = canonical_name(*node.backing());
-    if (auto f = node.stored_backing_format(); !f.empty()) j["backing-filename-format"] = f;
+    if (!info.backing_format.empty()) j["backing-filename-format"] = info.backing_format;
   }
-  if (Json fs = node.format_specific(); !fs.is_null())
-    j["format-specific"] = Json{{"type", std::string(node.driver())}, {"data", fs}};
-  j["dirty-flag"] = node.dirty_flag();
+  if (!info.format_specific.is_null())
+    j["format-specific"] = Json{{"type", std::string(node.driver())}, {"data", info.format_specific}};
+  j["dirty-flag"] = info.dirty;
   return j;
 }
 
@@ -85,7 +92,7 @@ const VerbRegistration kInfo{Verb{
           define_objects(*objects);
           auto node = co_await open_drive(drive->spec(true));
           Json all = Json::array();
-          for (const Node* n = node.get(); n; n = *chain ? n->backing() : nullptr) all.push_back(image_info(*n));
+          for (const Node* n = &shown(*node); n; n = *chain ? n->backing() : nullptr) all.push_back(image_info(shown(*n)));
           co_await node->close();
           if (*output == "json") {
             std::cout << (*chain ? all : all[0]).dump(4) << std::endl;

@@ -30,27 +30,6 @@ std::string dirname_of(const std::string& path) {
 
 }  // namespace
 
-// Holds clusters [first, end) of the guest against concurrent writers.
-class Qcow2Node::RangeLock {
- public:
-  RangeLock(Qcow2Node* n, std::uint64_t a, std::uint64_t b) noexcept : n_(n), a_(a), b_(b) {}  // adopts lock_clusters()
-  RangeLock(const RangeLock&) = delete;
-  RangeLock& operator=(const RangeLock&) = delete;
-  ~RangeLock() {
-    auto& v = n_->locked_ranges_;
-    for (auto it = v.begin(); it != v.end(); ++it)
-      if (it->first == a_ && it->second == b_) {
-        v.erase(it);
-        break;
-      }
-    n_->range_changed_.notify_all();
-  }
-
- private:
-  Qcow2Node* n_;
-  std::uint64_t a_, b_;
-};
-
 // Keeps an L2 table in the cache while a writer is about to change it.
 class Qcow2Node::Pin {
  public:
@@ -65,7 +44,7 @@ class Qcow2Node::Pin {
 };
 
 Qcow2Node::Qcow2Node(const OpenContext& ctx, std::unique_ptr<Node> file, Header header)
-    : Node(ctx.executor), h_(std::move(header)), meta_(ctx.executor, 1), range_changed_(ctx.executor) {
+    : Node(ctx.executor), h_(std::move(header)), meta_(ctx.executor, 1) {
   cb_ = h_.cluster_bits;
   cs_ = std::uint64_t{1} << cb_;
   ext_l2_ = h_.extended_l2();
@@ -182,8 +161,14 @@ Json Qcow2Node::options() const {
   return j;
 }
 
-Json Qcow2Node::format_specific() const {
-  Json d = Json::object();
+ImageInfo Qcow2Node::image_info() const {
+  ImageInfo info = Node::image_info();
+  info.cluster_size = cs_;
+  info.backing_filename = h_.backing_file;
+  info.backing_format = h_.backing_format;
+  info.dirty = (h_.incompatible & kIncompatDirty) != 0;
+  Json& d = info.format_specific;
+  d = Json::object();
   const bool v3 = h_.version >= 3;
   d["compat"] = v3 ? "1.1" : "0.10";
   d["compression-type"] = h_.compression_type == kCompressionZstd ? "zstd" : "zlib";
@@ -193,7 +178,7 @@ Json Qcow2Node::format_specific() const {
     d["corrupt"] = (h_.incompatible & kIncompatCorrupt) != 0;
     d["extended-l2"] = ext_l2_;
   }
-  return d;
+  return info;
 }
 
 // ---- mapping ----
@@ -462,16 +447,6 @@ Task<BlockStatus> Qcow2Node::co_block_status(std::uint64_t offset, std::uint64_t
 
 // ---- writing ----
 
-Task<void> Qcow2Node::lock_clusters(std::uint64_t first, std::uint64_t end) {
-  auto overlaps = [&] {
-    for (const auto& [a, b] : locked_ranges_)
-      if (a < end && first < b) return true;
-    return false;
-  };
-  while (overlaps()) co_await range_changed_.wait();
-  locked_ranges_.emplace_back(first, end);
-}
-
 void Qcow2Node::release_entry(std::uint64_t e) {
   if (!e) return;
   if (e & kOflagCompressed) {
@@ -497,8 +472,8 @@ Task<void> Qcow2Node::co_write(std::uint64_t offset, std::span<const std::byte> 
 Task<void> Qcow2Node::write_in_l2(std::uint64_t offset, std::span<const std::byte> data, unsigned flags) {
   const std::uint64_t end = offset + data.size();
   const std::uint64_t first = offset >> cb_, last = (end - 1) >> cb_;
-  co_await lock_clusters(first, last + 1);
-  const RangeLock range(this, first, last + 1);
+  auto held = co_await cluster_locks_.acquire(first, last + 1, true);
+  const RangeLocks::Guard range(cluster_locks_, held);
   auto t = co_await l2_for_write(offset >> (cb_ + l2_bits_));
   Pin pin(t);
   const std::uint64_t index_mask = (std::uint64_t{1} << l2_bits_) - 1;
@@ -668,8 +643,8 @@ Task<void> Qcow2Node::zero_or_discard(std::uint64_t first, std::uint64_t count, 
   while (count) {
     const std::uint64_t n = std::min(count, per_table - (first & index_mask));
     const std::uint64_t l1i = first >> l2_bits_;
-    co_await lock_clusters(first, first + n);
-    const RangeLock range(this, first, first + n);
+    auto held = co_await cluster_locks_.acquire(first, first + n, true);
+    const RangeLocks::Guard range(cluster_locks_, held);
     const bool table_present = (l1_[l1i] & kOffsetMask) != 0;
     // Without a table the clusters are unallocated: zero already without a backing file.
     if (table_present || (backing_ && (!discard || v3))) {
@@ -948,16 +923,6 @@ Task<void> Qcow2Node::flush_metadata_locked() {
     }
     co_await write_refblocks();
   }
-}
-
-Qcow2Node* as_qcow2(Node& node) {
-  Node* n = &node;
-  while (n) {
-    if (auto* q = dynamic_cast<Qcow2Node*>(n)) return q;
-    if (n->driver() == "qcow2") return nullptr;
-    n = n->driver() == "copy-on-read" ? n->file() : nullptr;
-  }
-  return nullptr;
 }
 
 namespace {

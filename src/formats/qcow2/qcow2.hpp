@@ -21,17 +21,6 @@
 
 namespace netblk::qcow2 {
 
-// What `check` found (qemu-img check's ImageCheck).
-struct CheckResult {
-  std::int64_t corruptions = 0, leaks = 0, check_errors = 0;
-  std::int64_t corruptions_fixed = 0, leaks_fixed = 0;
-  std::uint64_t image_end_offset = 0, total_clusters = 0, allocated_clusters = 0;
-  std::uint64_t fragmented_clusters = 0, compressed_clusters = 0;
-  std::vector<std::string> messages;  // one line each, for stderr
-};
-inline constexpr unsigned kFixLeaks = 1;
-inline constexpr unsigned kFixErrors = 2;
-
 struct L2Table {
   std::uint64_t offset = 0;
   std::vector<std::uint64_t> e;  // host order; two words per entry with extended L2
@@ -55,17 +44,12 @@ class Qcow2Node final : public Node {
 
   std::string_view driver() const override { return "qcow2"; }
   Json options() const override;
-  std::string stored_backing_filename() const override { return h_.backing_file; }
-  std::string stored_backing_format() const override { return h_.backing_format; }
-  bool dirty_flag() const override { return (h_.incompatible & kIncompatDirty) != 0; }
-  std::uint64_t cluster_size() const override { return cs_; }
-  Json format_specific() const override;
+  ImageInfo image_info() const override;
   bool has_zero_init() const override { return !backing_; }
   const Header& header() const { return h_; }
 
-  // qemu-img check: counts references, compares with the stored refcounts, and with `fix`
-  // (kFixLeaks, kFixErrors) repairs what it may. Needs a writable node to repair.
-  Task<CheckResult> check(unsigned fix);
+  bool supports_check() const override { return true; }
+  Task<CheckResult> check(unsigned fix) override;
 
  protected:
   Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override;
@@ -83,7 +67,6 @@ class Qcow2Node final : public Node {
     std::uint64_t host = 0;      // data: host offset of the first byte
     std::uint64_t l2_entry = 0;  // compressed: the descriptor
   };
-  class RangeLock;
   class Pin;
 
   // Mapping.
@@ -102,9 +85,6 @@ class Qcow2Node final : public Node {
   // Writing helpers.
   Task<void> write_in_l2(std::uint64_t offset, std::span<const std::byte> data, unsigned flags);
   Task<void> zero_or_discard(std::uint64_t first_cluster, std::uint64_t count, bool discard, unsigned flags);
-  // Waits until no writer holds any of clusters [first, end) and takes them; a RangeLock
-  // built right after it gives them back.
-  Task<void> lock_clusters(std::uint64_t first, std::uint64_t end);
   void release_entry(std::uint64_t l2_entry);  // queues the clusters an old entry used
 
   // Refcounts (meta_ held).
@@ -158,15 +138,12 @@ class Qcow2Node final : public Node {
   std::uint64_t comp_cluster_ = 0, comp_used_ = 0;  // compressed data packing
 
   AsyncSemaphore meta_;  // a mutex: count 1
-  std::vector<std::pair<std::uint64_t, std::uint64_t>> locked_ranges_;
-  AsyncCondition range_changed_;
+  RangeLocks cluster_locks_;  // guest clusters a writer holds (always exclusive)
 
   // The last decompressed cluster (sequential reads of a compressed image).
   std::uint64_t decompressed_entry_ = 0;
   std::vector<std::byte> decompressed_;
 };
 
-// For `netblk check`: the qcow2 node under `node` (through filters), or nullptr.
-Qcow2Node* as_qcow2(Node& node);
 
 }  // namespace netblk::qcow2

@@ -108,10 +108,11 @@ class FileNode final : public Node {
     return FileSpan{fd_, offset, memory, memory && !caps_.read_only};
   }
   bool has_zero_init() const override { return !block_device_; }
-  std::int64_t allocated_bytes() const override {
+  ImageInfo image_info() const override {
+    ImageInfo info;
     struct stat st;
-    if (fstat(fd_, &st) != 0) return -1;
-    return static_cast<std::int64_t>(st.st_blocks) * 512;
+    if (fstat(fd_, &st) == 0) info.allocated_bytes = static_cast<std::int64_t>(st.st_blocks) * 512;
+    return info;
   }
 
  protected:
