@@ -1,20 +1,26 @@
 #!/usr/bin/env bash
-# Installs every Debian 12 package netblk needs to build, test and benchmark.
-# Idempotent; quiet when everything is already there. Run as root.
+# Installs every Debian 12 package netblk needs to build, test and benchmark: the ones
+# below, and those each protocol folder lists in src/protocols/NAME/packages (its library
+# and the real servers its tests start). Idempotent; quiet when everything is already
+# there. Run as root.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 packages=(
   # build
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
   libasio-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
-  zlib1g-dev libzstd-dev libcurl4-openssl-dev libssl-dev libgnutls28-dev
-  # reference tools and real servers for the tests and benchmarks
-  qemu-utils qemu-block-extra nbdkit nbd-server nbd-client libnbd-bin fio
-  nginx-light libnginx-mod-http-echo vsftpd tftpd-hpa curl openssl ca-certificates
-  gnutls-bin iproute2 procps python3 bc tinyproxy
+  zlib1g-dev libzstd-dev libgnutls28-dev
+  # reference tools for the tests and benchmarks (qemu-nbd serves the NBD export tests too)
+  qemu-utils qemu-block-extra nbdkit libnbd-bin fio ca-certificates iproute2 procps python3 bc
   # the guest that boots from a netblk export
   qemu-system-x86 busybox-static cpio
 )
+for list in src/protocols/*/packages; do
+  [ -e "$list" ] || continue
+  read -ra listed <<<"$(sed 's/#.*//' "$list" | tr '\n' ' ')"
+  packages+=("${listed[@]}")
+done
 
 missing=()
 for p in "${packages[@]}"; do
