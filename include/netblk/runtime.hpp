@@ -35,9 +35,10 @@ asio::thread_pool& worker_pool();
 template <class F>
 Task<std::invoke_result_t<F>> offload(F fn) {
   using R = std::invoke_result_t<F>;
-  co_return co_await asio::co_spawn(
-      worker_pool(), [fn = std::move(fn)]() mutable -> Task<R> { co_return fn(); },
-      asio::use_awaitable);
+  // Named, not a temporary in the co_await expression: GCC 12 may destroy such a
+  // temporary twice (the GCC 12 rule, docs/architecture.md).
+  auto work = [fn = std::move(fn)]() mutable -> Task<R> { co_return fn(); };
+  co_return co_await asio::co_spawn(worker_pool(), std::move(work), asio::use_awaitable);
 }
 
 // Runs one coroutine to completion on a fresh io_context and returns its result.
