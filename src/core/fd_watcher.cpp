@@ -134,22 +134,20 @@ void FdWatcher::arm(const std::shared_ptr<Watch>& w) {
       });
     }
   }
-  if (want_in) {
-    w->reading = true;
-    w->descriptor.async_wait(asio::posix::descriptor_base::wait_read, [this, w, shared = shared_](std::error_code ec) {
-      w->reading = false;
-      if (ec || !shared->alive || w->removed) return;
-      deliver(w->fd, FdEvents::read);
-    });
-  }
-  if (want_out) {
-    w->writing = true;
-    w->descriptor.async_wait(asio::posix::descriptor_base::wait_write, [this, w, shared = shared_](std::error_code ec) {
-      w->writing = false;
-      if (ec || !shared->alive || w->removed) return;
-      deliver(w->fd, FdEvents::write);
-    });
-  }
+  if (want_in) wait(w, FdEvents::read);
+  if (want_out) wait(w, FdEvents::write);
+}
+
+void FdWatcher::wait(const std::shared_ptr<Watch>& w, FdEvents direction) {
+  const bool read = direction == FdEvents::read;
+  (read ? w->reading : w->writing) = true;
+  using base = asio::posix::descriptor_base;
+  w->descriptor.async_wait(read ? base::wait_read : base::wait_write,
+                           [this, w, read, shared = shared_](std::error_code ec) {
+                             (read ? w->reading : w->writing) = false;
+                             if (ec || !shared->alive || w->removed) return;
+                             deliver(w->fd, read ? FdEvents::read : FdEvents::write);
+                           });
 }
 
 void FdWatcher::deliver(int fd, FdEvents happened) {

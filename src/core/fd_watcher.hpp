@@ -29,8 +29,6 @@
 //  - Destroying the watcher with waits pending is safe: their handlers find it gone and do
 //    nothing. It must be destroyed on its executor's thread (or with the loop stopped).
 #pragma once
-#include <sys/types.h>
-
 #include <functional>
 #include <memory>
 #include <unordered_map>
@@ -87,6 +85,7 @@ class FdWatcher {
   void renew(std::shared_ptr<Watch>& slot);
   bool replaced(const Watch& w) const;
   void arm(const std::shared_ptr<Watch>& w);
+  void wait(const std::shared_ptr<Watch>& w, FdEvents direction);
   void deliver(int fd, FdEvents happened);
 
   Executor executor_;
