@@ -1,9 +1,5 @@
 #include "protocols/curl/curl_loop.hpp"
 
-#include <poll.h>
-
-#include <asio/post.hpp>
-#include <asio/posix/stream_descriptor.hpp>
 #include <algorithm>
 #include <mutex>
 
@@ -18,18 +14,6 @@ void global_init() {
   });
 }
 
-struct CurlLoop::Watch {
-  Watch(const Executor& ex, curl_socket_t fd) : descriptor(ex, fd), fd(fd) {}
-  ~Watch() {
-    // libcurl owns the socket: never let Asio close it.
-    if (descriptor.is_open()) descriptor.release();
-  }
-  asio::posix::stream_descriptor descriptor;
-  curl_socket_t fd;
-  int what = 0;  // CURL_POLL_IN / OUT / INOUT
-  bool reading = false, writing = false, removed = false;
-};
-
 struct CurlLoop::Transfer {
   explicit Transfer(const Executor& ex) : done(ex) {}
   CURL* easy = nullptr;
@@ -38,7 +22,16 @@ struct CurlLoop::Transfer {
   bool finished = false;
 };
 
-CurlLoop::CurlLoop(Executor executor, long max_connections) : executor_(std::move(executor)), timer_(executor_), idle_kick_(executor_) {
+CurlLoop::CurlLoop(Executor executor, long max_connections)
+    : executor_(std::move(executor)),
+      // libcurl reports a socket's removal (CURL_POLL_REMOVE) before it closes it, so a
+      // descriptor number never changes sockets under a watch: no fstat per wait.
+      watcher_(executor_, [this](int fd, FdEvents happened) {
+        act(fd, (has(happened, FdEvents::read) ? CURL_CSELECT_IN : 0) |
+                (has(happened, FdEvents::write) ? CURL_CSELECT_OUT : 0));
+      }, FdWatcher::Options{.detect_replaced = false}),
+      timer_(executor_),
+      idle_kick_(executor_) {
   global_init();
   multi_ = curl_multi_init();
   if (!multi_) throw Error(ENOMEM, "libcurl: cannot create a multi handle");
@@ -58,11 +51,7 @@ CurlLoop::~CurlLoop() {
   active_.clear();
   curl_multi_setopt(multi_, CURLMOPT_SOCKETFUNCTION, nullptr);
   curl_multi_setopt(multi_, CURLMOPT_TIMERFUNCTION, nullptr);
-  for (auto& [fd, w] : watches_) {
-    w->removed = true;
-    if (w->descriptor.is_open()) w->descriptor.release();
-  }
-  watches_.clear();
+  watcher_.unwatch_all();
   curl_multi_cleanup(multi_);
 }
 
@@ -102,8 +91,11 @@ void CurlLoop::abort_all() {
 
 int CurlLoop::on_socket(CURL*, curl_socket_t fd, int what, void* loop, void*) {
   auto* self = static_cast<CurlLoop*>(loop);
-  if (what == CURL_POLL_REMOVE) self->unwatch(fd);
-  else self->watch(fd, what);
+  if (what == CURL_POLL_REMOVE)
+    self->watcher_.unwatch(fd);
+  else
+    self->watcher_.watch(fd, ((what & CURL_POLL_IN) ? FdEvents::read : FdEvents::none) |
+                                 ((what & CURL_POLL_OUT) ? FdEvents::write : FdEvents::none));
   // libcurl changes the sockets it watches when a transfer changes phase: that is when
   // an FTP control connection may go unreported, so look again soon.
   self->arm_idle_kick(true);
@@ -142,64 +134,6 @@ void CurlLoop::arm_timer(std::chrono::steady_clock::time_point due) {
   });
 }
 
-void CurlLoop::watch(curl_socket_t fd, int what) {
-  auto& w = watches_[fd];
-  if (!w) w = std::make_shared<Watch>(executor_, fd);
-  w->what = what;
-  arm(w);
-}
-
-void CurlLoop::unwatch(curl_socket_t fd) {
-  auto it = watches_.find(fd);
-  if (it == watches_.end()) return;
-  it->second->removed = true;
-  // Cancels the pending waits (their handlers see `removed`) and leaves the fd open.
-  it->second->descriptor.release();
-  watches_.erase(it);
-}
-
-void CurlLoop::arm(const std::shared_ptr<Watch>& w) {
-  bool want_in = (w->what & CURL_POLL_IN) && !w->reading;
-  bool want_out = (w->what & CURL_POLL_OUT) && !w->writing;
-  if (!want_in && !want_out) return;
-  // Asio's epoll registration is edge-triggered: a socket that is already ready may never
-  // produce another edge, so look first and act at once when it is.
-  struct pollfd p{w->fd, static_cast<short>((want_in ? POLLIN : 0) | (want_out ? POLLOUT : 0)), 0};
-  if (::poll(&p, 1, 0) > 0) {
-    int events = 0;
-    // Only the directions libcurl asked for: it reads an unasked-for event on a socket
-    // that is still connecting (an FTP data connection) as a failed connect.
-    if ((p.revents & (POLLIN | POLLHUP | POLLERR)) && want_in) events |= CURL_CSELECT_IN;
-    if ((p.revents & (POLLOUT | POLLHUP | POLLERR)) && want_out) events |= CURL_CSELECT_OUT;
-    if (events) {
-      if (events & CURL_CSELECT_IN) want_in = false, w->reading = true;
-      if (events & CURL_CSELECT_OUT) want_out = false, w->writing = true;
-      asio::post(executor_, [this, w, events, alive = alive_] {
-        if (events & CURL_CSELECT_IN) w->reading = false;
-        if (events & CURL_CSELECT_OUT) w->writing = false;
-        if (!*alive || w->removed) return;
-        act(w->fd, events);
-      });
-    }
-  }
-  if (want_in) {
-    w->reading = true;
-    w->descriptor.async_wait(asio::posix::descriptor_base::wait_read, [this, w, alive = alive_](std::error_code ec) {
-      w->reading = false;
-      if (ec || !*alive || w->removed) return;
-      act(w->fd, CURL_CSELECT_IN);
-    });
-  }
-  if (want_out) {
-    w->writing = true;
-    w->descriptor.async_wait(asio::posix::descriptor_base::wait_write, [this, w, alive = alive_](std::error_code ec) {
-      w->writing = false;
-      if (ec || !*alive || w->removed) return;
-      act(w->fd, CURL_CSELECT_OUT);
-    });
-  }
-}
-
 void CurlLoop::run_idle_transfers_every(std::chrono::milliseconds every) { idle_kick_max_ = every; }
 
 void CurlLoop::arm_idle_kick(bool sooner) {
@@ -225,9 +159,7 @@ void CurlLoop::arm_idle_kick(bool sooner) {
 #pragma GCC diagnostic pop
       ++actions_;
       finish_done();
-      auto watches = watches_;
-      for (auto& [fd, w] : watches)
-        if (!w->removed) arm(w);
+      watcher_.rearm_all();
     }
     // Wait longer next time: a paused stream may sit idle for long, and while data flows
     // the events keep everything moving (a timer firing every millisecond would cost).
@@ -241,10 +173,7 @@ void CurlLoop::act(curl_socket_t fd, int events) {
   ++actions_;
   curl_multi_socket_action(multi_, fd, events, &running);
   finish_done();
-  if (fd != CURL_SOCKET_TIMEOUT) {
-    auto it = watches_.find(fd);
-    if (it != watches_.end()) arm(it->second);
-  }
+  // A socket's waits are re-armed by the watcher when this returns.
 }
 
 void CurlLoop::finish_done() {

@@ -1,7 +1,7 @@
 // libcurl's multi interface driven from one Asio executor: libcurl tells us which sockets
-// to watch (CURLMOPT_SOCKETFUNCTION) and when to wake it (CURLMOPT_TIMERFUNCTION); Asio
-// watches the descriptors with async_wait and a steady_timer, and we hand the events back
-// with curl_multi_socket_action. Every callback of every transfer runs on that executor,
+// to watch (CURLMOPT_SOCKETFUNCTION) and when to wake it (CURLMOPT_TIMERFUNCTION); the
+// FdWatcher (core/fd_watcher) waits on the descriptors and a steady_timer on the time, and
+// we hand the events back with curl_multi_socket_action. Every callback of every transfer runs on that executor,
 // so the transfers' state needs no locks. The multi handle keeps the connection pool
 // (keep-alive, HTTP/2 multiplexing), shared by every transfer of one node.
 #pragma once
@@ -11,9 +11,9 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
-#include <unordered_map>
 #include <unordered_set>
 
+#include "core/fd_watcher.hpp"
 #include "netblk/runtime.hpp"
 
 namespace netblk::curlproto {
@@ -44,13 +44,9 @@ class CurlLoop {
   void run_idle_transfers_every(std::chrono::milliseconds every);
 
  private:
-  struct Watch;
   struct Transfer;
   static int on_socket(CURL* easy, curl_socket_t fd, int what, void* loop, void* socket_data);
   static int on_timer(CURLM* multi, long timeout_ms, void* loop);
-  void watch(curl_socket_t fd, int what);
-  void unwatch(curl_socket_t fd);
-  void arm(const std::shared_ptr<Watch>& w);
   void act(curl_socket_t fd, int events);
   void finish_done();
   void arm_idle_kick(bool sooner);
@@ -58,6 +54,7 @@ class CurlLoop {
 
   Executor executor_;
   CURLM* multi_ = nullptr;
+  FdWatcher watcher_;
   asio::steady_timer timer_;
   std::optional<std::chrono::steady_clock::time_point> deadline_;  // libcurl's, if any
   bool timer_armed_ = false;
@@ -69,7 +66,6 @@ class CurlLoop {
   std::uint64_t idle_kick_generation_ = 0;
   std::uint64_t actions_ = 0;  // socket actions so far, to tell an idle period
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
-  std::unordered_map<curl_socket_t, std::shared_ptr<Watch>> watches_;
   std::unordered_set<Transfer*> active_;
 };
 
