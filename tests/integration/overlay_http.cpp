@@ -5,6 +5,7 @@
 
 #include <regex>
 
+#include "nginx.hpp"
 #include "servers.hpp"
 
 using namespace netblk::test;
@@ -30,7 +31,7 @@ struct Fixture {
     run({"mkdir", "-p", www});
     base = www + "/disk.img";
     write_pattern_file(base, kSize, 21);
-    web = std::make_unique<Nginx>(dir.path(), www);
+    web = std::make_unique<Nginx>(Nginx::Options{.root = www});
     // The command from the documentation, commas in the json: name doubled.
     auto r = run_netblk({"create", "-f", "qcow2", "-o",
                          "backing_file=json:{\"file.driver\":\"http\",, \"file.url\":\"" + web->url("/disk.img") +
