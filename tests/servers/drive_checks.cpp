@@ -192,8 +192,10 @@ std::vector<std::string> with_objects(const DriveCase& c, std::vector<std::strin
   return verb;
 }
 
-RunResult qemu_img(const DriveCase& c, const std::vector<std::string>& verb, const std::vector<std::string>& rest) {
+RunResult qemu_img(const DriveCase& c, std::vector<std::string> verb, const std::vector<std::string>& rest) {
+  // -U: the source may be the image a writable qemu-nbd holds locked.
   std::vector<std::string> argv{"timeout", "60", "qemu-img"};
+  verb.push_back("-U");
   auto tail = with_objects(c, verb, rest);
   argv.insert(argv.end(), tail.begin(), tail.end());
   return run(argv, 90s);
@@ -216,7 +218,7 @@ void convert_gives_the_bytes(const DriveCase& c, const std::string& want) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_TRUE(read_file(copy) == want) << "converted bytes differ for " << c.name;
   // qemu-img finds the copy the same as the source.
-  auto q = run({"timeout", "60", "qemu-img", "compare", "-f", "raw", "-F", "raw", copy, c.source}, 90s);
+  auto q = qemu_img(c, {"compare", "-f", "raw", "-F", "raw"}, {copy, c.source});
   EXPECT_EQ(q.exit_code, 0) << q.out << q.err;
 }
 
