@@ -17,6 +17,7 @@
 #include <filesystem>
 #include <memory>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
@@ -25,6 +26,7 @@
 #include "nbd_server.hpp"
 #include "nbdkit.hpp"
 #include "qemu_nbd.hpp"
+#include "netblk_serve.hpp"
 #include "servers.hpp"
 
 using namespace netblk::test;
@@ -432,12 +434,8 @@ TEST(NbdClient, NetblkServeWithExtendedHeaders) {
   TempDir dir;
   const std::string img = dir / "disk.raw";
   make_mixed(img, 16 << 20);
-  const std::uint16_t port = free_port();
-  Process server({netblk_binary(), "serve", "-t", "-f", "raw", "-x", "disk", "-b", "127.0.0.1", "-p", port_text(port),
-                  img},
-                 dir / "serve.log");
-  ASSERT_TRUE(wait_tcp(port)) << read_file(dir / "serve.log");
-  const std::string url = "nbd://127.0.0.1:" + port_text(port) + "/disk";
+  NetblkServe server({.args = {"-t", "-f", "raw", img}});
+  const std::string url = server.url();
   RunResult r = run({netblk_binary(), "info", url}, 30s, {"NETBLK_LOG=debug"});
   EXPECT_NE(r.err.find("extended true"), std::string::npos) << r.err;
   expect_same_bytes(dir, {url}, img);
@@ -508,28 +506,37 @@ namespace {
 
 constexpr std::uint64_t kCheckedSize = (10u << 20) + 1536;  // whole sectors, not a power of two
 
-// The servers the drive checks read and write: qemu-nbd and nbdkit over TCP and unix
-// sockets, each on an image of its own (writes land in it and are undone), and a read-only
-// qemu-nbd. One set for the whole binary.
+// The servers the drive checks read and write, by the label of their case: qemu-nbd and
+// nbdkit over TCP and unix sockets, each on an image of its own (writes land in it and are
+// undone), and a read-only qemu-nbd. One set for the whole binary.
 struct Served {
   Served() {
-    for (const char* name : {"qemu-tcp", "qemu-unix", "kit-tcp", "kit-unix", "qemu-ro"}) make_mixed(image(name), kCheckedSize);
-    qemu_tcp = std::make_unique<QemuNbd>(QemuNbd::Options{.file = image("qemu-tcp")});
-    qemu_unix = std::make_unique<QemuNbd>(QemuNbd::Options{.file = image("qemu-unix"), .socket = dir / "qemu.sock"});
-    kit_tcp = std::make_unique<Nbdkit>(Nbdkit::Options{.args = {"file", image("kit-tcp")}});
-    kit_unix = std::make_unique<Nbdkit>(Nbdkit::Options{.args = {"file", image("kit-unix")}, .socket = dir / "kit.sock"});
-    qemu_ro = std::make_unique<QemuNbd>(QemuNbd::Options{.file = image("qemu-ro"), .read_only = true});
+    for (const char* label : {"qemu_nbd_tcp", "qemu_nbd_unix", "qemu_nbd_read_only", "nbdkit_tcp", "nbdkit_unix"})
+      make_mixed(image(label), kCheckedSize);
+    servers["qemu_nbd_tcp"] = std::make_unique<QemuNbd>(QemuNbd::Options{.file = image("qemu_nbd_tcp")});
+    servers["qemu_nbd_unix"] =
+        std::make_unique<QemuNbd>(QemuNbd::Options{.file = image("qemu_nbd_unix"), .socket = dir / "qemu.sock"});
+    servers["qemu_nbd_read_only"] =
+        std::make_unique<QemuNbd>(QemuNbd::Options{.file = image("qemu_nbd_read_only"), .read_only = true});
+    servers["nbdkit_tcp"] = std::make_unique<Nbdkit>(Nbdkit::Options{.args = {"file", image("nbdkit_tcp")}});
+    servers["nbdkit_unix"] =
+        std::make_unique<Nbdkit>(Nbdkit::Options{.args = {"file", image("nbdkit_unix")}, .socket = dir / "kit.sock"});
   }
-  std::string image(const std::string& name) const { return dir / (name + ".raw"); }
+  std::string image(const std::string& label) const { return dir / (label + ".raw"); }
 
   TempDir dir;
-  std::unique_ptr<QemuNbd> qemu_tcp, qemu_unix, qemu_ro;
-  std::unique_ptr<Nbdkit> kit_tcp, kit_unix;
+  std::map<std::string, std::unique_ptr<NbdDaemon>> servers;
 };
 
-// Names no server answers as asked, over TCP.
-std::vector<std::string> bad_tcp_names(std::uint16_t port) {
-  const std::string p = port_text(port);
+// Names no server answers as asked: over TCP, or over a unix socket.
+std::vector<std::string> bad_nbd_names(const NbdDaemon& server) {
+  if (!server.socket().empty()) {
+    const std::string sock = server.socket();
+    return {"nbd+unix:///disk", "nbd+unix:///disk?socket=" + sock + ".missing",
+            "nbd+unix:///disk?socket=" + sock + "&socket=" + sock,
+            "json:{\"driver\":\"nbd\",\"server\":{\"type\":\"unix\"},\"export\":\"disk\"}"};
+  }
+  const std::string p = port_text(server.port());
   return {"nbd://127.0.0.1:" + port_text(free_port()) + "/disk",
           "nbd://127.0.0.1:" + p + "/disk?socket=/x",
           "nbd+unix://127.0.0.1/disk?socket=/x",
@@ -538,56 +545,22 @@ std::vector<std::string> bad_tcp_names(std::uint16_t port) {
           "json:{\"driver\":\"nbd\",\"host\":\"127.0.0.1\",\"port\":" + p + ",\"queue-size\":3}"};
 }
 
-// ... and over a unix socket.
-std::vector<std::string> bad_unix_names(const std::string& sock) {
-  return {"nbd+unix:///disk", "nbd+unix:///disk?socket=" + sock + ".missing",
-          "nbd+unix:///disk?socket=" + sock + "&socket=" + sock,
-          "json:{\"driver\":\"nbd\",\"server\":{\"type\":\"unix\"},\"export\":\"disk\"}"};
+// The drive checks on Served's server `label`. qemu-nbd serves named exports only: an
+// unknown one is a bad name too.
+DriveCheckParam nbd_case(const std::string& label, bool writable, bool named_exports) {
+  return {label, [=] {
+            auto& s = shared<Served>();
+            const NbdDaemon& server = *s.servers.at(label);
+            auto bad = bad_nbd_names(server);
+            if (named_exports)
+              bad.push_back(server.socket().empty() ? "nbd://127.0.0.1:" + port_text(server.port()) + "/nope"
+                                                    : "nbd+unix:///nope?socket=" + server.socket());
+            return DriveCase{.name = server.url(), .source = s.image(label), .writable = writable, .bad_names = bad};
+          }};
 }
 
 }  // namespace
 
-NETBLK_DRIVE_CHECKS(
-    NbdClient,
-    DriveCheckParam{"qemu_nbd_tcp",
-                    [] {
-                      auto& s = shared<Served>();
-                      auto bad = bad_tcp_names(s.qemu_tcp->port());
-                      bad.push_back("nbd://127.0.0.1:" + port_text(s.qemu_tcp->port()) + "/nope");
-                      return DriveCase{.name = s.qemu_tcp->url(),
-                                       .source = s.image("qemu-tcp"),
-                                       .writable = true,
-                                       .bad_names = bad};
-                    }},
-    DriveCheckParam{"qemu_nbd_unix",
-                    [] {
-                      auto& s = shared<Served>();
-                      auto bad = bad_unix_names(s.qemu_unix->socket());
-                      bad.push_back("nbd+unix:///nope?socket=" + s.qemu_unix->socket());
-                      return DriveCase{.name = s.qemu_unix->url(),
-                                       .source = s.image("qemu-unix"),
-                                       .writable = true,
-                                       .bad_names = bad};
-                    }},
-    DriveCheckParam{"qemu_nbd_read_only",
-                    [] {
-                      auto& s = shared<Served>();
-                      return DriveCase{.name = s.qemu_ro->url(),
-                                       .source = s.image("qemu-ro"),
-                                       .bad_names = bad_tcp_names(s.qemu_ro->port())};
-                    }},
-    DriveCheckParam{"nbdkit_tcp",
-                    [] {
-                      auto& s = shared<Served>();
-                      return DriveCase{.name = s.kit_tcp->url(),
-                                       .source = s.image("kit-tcp"),
-                                       .writable = true,
-                                       .bad_names = bad_tcp_names(s.kit_tcp->port())};
-                    }},
-    DriveCheckParam{"nbdkit_unix", [] {
-                      auto& s = shared<Served>();
-                      return DriveCase{.name = s.kit_unix->url(),
-                                       .source = s.image("kit-unix"),
-                                       .writable = true,
-                                       .bad_names = bad_unix_names(s.kit_unix->socket())};
-                    }});
+NETBLK_DRIVE_CHECKS(NbdClient, nbd_case("qemu_nbd_tcp", true, true), nbd_case("qemu_nbd_unix", true, true),
+                    nbd_case("qemu_nbd_read_only", false, true), nbd_case("nbdkit_tcp", true, false),
+                    nbd_case("nbdkit_unix", true, false));

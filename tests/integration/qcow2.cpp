@@ -11,6 +11,7 @@
 
 #include "netblk/open.hpp"
 #include "nginx.hpp"
+#include "netblk_serve.hpp"
 #include "servers.hpp"
 
 using namespace netblk::test;
@@ -447,12 +448,8 @@ TEST(Qcow2, HttpBackedOverlayServedWithCopyOnRead) {
   json info = json::parse(run({"qemu-img", "info", "--output=json", ov}).out);
   EXPECT_EQ(info["virtual-size"], 6u << 20);
 
-  const std::uint16_t nbd_port = free_port();
-  Process serve({netblk::test::netblk_binary(), "serve", "-b", "127.0.0.1", "-p", std::to_string(nbd_port), "-x", "disk",
-                 "-t", "--drive", "file=" + ov + ",format=qcow2,copy-on-read=on"},
-                dir / "serve.log");
-  ASSERT_TRUE(wait_tcp(nbd_port)) << read_file(dir / "serve.log");
-  const std::string uri = "nbd://127.0.0.1:" + std::to_string(nbd_port) + "/disk";
+  NetblkServe serve({.args = {"-t", "--drive", "file=" + ov + ",format=qcow2,copy-on-read=on"}});
+  const std::string uri = serve.url();
   must(run({"nbdcopy", uri, dir / "first.raw"}, std::chrono::seconds(120)), "nbdcopy while the web server runs");
   EXPECT_EQ(file_hash(dir / "first.raw"), file_hash(disk));
   nginx.stop();
@@ -463,7 +460,7 @@ TEST(Qcow2, HttpBackedOverlayServedWithCopyOnRead) {
   const std::string alone =
       "json:{\"driver\":\"qcow2\",\"backing\":\"\",\"file\":{\"driver\":\"file\",\"filename\":\"" + ov + "\"}}";
   RunResult r = nb({"compare", alone, disk});
-  EXPECT_EQ(r.exit_code, 0) << r.out << r.err << read_file(dir / "serve.log");
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err << serve.log();
   qemu_check_clean(alone);
   json map = json::parse(run({"qemu-img", "map", "--output=json", alone}).out);
   for (const auto& e : map) EXPECT_TRUE(e["present"].get<bool>() && e["depth"] == 0) << e.dump();

@@ -13,7 +13,7 @@
 
 namespace netblk::test {
 
-class Nginx {
+class Nginx : public Daemon {
  public:
   // One `location` block, in both servers.
   struct Location {
@@ -44,21 +44,13 @@ class Nginx {
   static Location stall(const std::string& path, int seconds);
 
   explicit Nginx(Options options);
-  Nginx(const Nginx&) = delete;
-  Nginx& operator=(const Nginx&) = delete;
-
   std::uint16_t port() const { return http_port_; }
   std::uint16_t https_port() const { return https_port_; }
   std::string url(const std::string& path) const;        // http://127.0.0.1:port/...
   std::string https_url(const std::string& path) const;  // https://127.0.0.1:https_port/...
-  const TempDir& dir() const { return dir_; }
-  bool running() { return process_.running(); }
-  void stop() { process_.stop(); }
 
  private:
-  TempDir dir_;
   std::uint16_t http_port_ = 0, https_port_ = 0;
-  Process process_;
 };
 
 }  // namespace netblk::test

@@ -87,6 +87,26 @@ Process start_server(const std::vector<std::string>& argv, const std::string& lo
                      const std::function<bool()>& ready, const std::string& what,
                      const std::vector<std::string>& more_logs = {}, const std::vector<std::string>& extra_env = {});
 
+// What every server launcher has: a TempDir of its own for its config, logs, pid file and
+// sockets, and the server's process, stopped by PID (at the latest on destruction, before
+// the directory goes).
+class Daemon {
+ public:
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+  const TempDir& dir() const { return dir_; }
+  Process& process() { return process_; }
+  bool running() { return process_.running(); }
+  // Process::stop: the signal, SIGKILL after a grace period; returns the wait status.
+  int stop(int signal = 15) { return process_.stop(signal); }
+
+ protected:
+  Daemon() = default;
+  ~Daemon() = default;
+  TempDir dir_;
+  Process process_;
+};
+
 // True when `program` is on PATH (or an absolute path that exists).
 bool have_program(const std::string& program);
 

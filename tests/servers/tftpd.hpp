@@ -9,27 +9,20 @@
 
 namespace netblk::test {
 
-class Tftpd {
+class Tftpd : public Daemon {
  public:
   struct Options {
     std::string root{};  // files world-readable, directories 755
     int max_blksize = 65464;
   };
   explicit Tftpd(Options options);
-  Tftpd(const Tftpd&) = delete;
-  Tftpd& operator=(const Tftpd&) = delete;
-
   std::uint16_t port() const { return port_; }
   std::string url(const std::string& name) const {
     return "tftp://127.0.0.1:" + std::to_string(port_) + "/" + name;
   }
-  bool running() { return process_.running(); }
-  void stop() { process_.stop(); }
 
  private:
-  TempDir dir_;
   std::uint16_t port_ = 0;
-  Process process_;
 };
 
 }  // namespace netblk::test

@@ -11,29 +11,22 @@
 
 namespace netblk::test {
 
-class Tinyproxy {
+class Tinyproxy : public Daemon {
  public:
   struct Options {
     std::string user{}, password{};  // Basic credentials it wants (none when user is empty)
   };
   Tinyproxy();  // no credentials
   explicit Tinyproxy(Options options);
-  Tinyproxy(const Tinyproxy&) = delete;
-  Tinyproxy& operator=(const Tinyproxy&) = delete;
-
   std::uint16_t port() const { return port_; }
   // libcurl's proxy variables, as QEMU takes them; no_proxy emptied so that 127.0.0.1 is
   // not exempted by the environment the tests run in.
   std::vector<std::string> env() const;
   // What it logged (requests it carried: "GET url", "CONNECT host:port").
   std::string log() const { return read_file(dir_ / "tinyproxy.log"); }
-  bool running() { return process_.running(); }
-  void stop() { process_.stop(); }
 
  private:
-  TempDir dir_;
   std::uint16_t port_ = 0;
-  Process process_;
 };
 
 }  // namespace netblk::test

@@ -10,27 +10,20 @@
 
 namespace netblk::test {
 
-class Vsftpd {
+class Vsftpd : public Daemon {
  public:
   struct Options {
     std::string root{};  // anon_root: owned by root, mode 755; files world-readable
     bool implicit_tls = false;
   };
   explicit Vsftpd(Options options);
-  Vsftpd(const Vsftpd&) = delete;
-  Vsftpd& operator=(const Vsftpd&) = delete;
-
   std::uint16_t port() const { return port_; }
   // ftp://127.0.0.1:port/name, or ftps://... with implicit_tls.
   std::string url(const std::string& name) const;
-  bool running() { return process_.running(); }
-  void stop() { process_.stop(); }
 
  private:
-  TempDir dir_;
   bool tls_;
   std::uint16_t port_ = 0;
-  Process process_;
 };
 
 }  // namespace netblk::test
