@@ -83,6 +83,19 @@ inline void check_convert_into_tmpfs(const std::string& source, const std::strin
   EXPECT_EQ(r.err, "netblk: " + small + ": write failed: File too large\n");
 }
 
+// Bad names for the drive checks of a curl drive that serves `url` (http://127.0.0.1:PORT/...)
+// as `driver`: its json: form with the port where nothing listens (and a 2 s timeout, for
+// TFTP), with an option the driver does not take, and cut short; then `more`.
+inline std::vector<std::string> bad_curl_names(const std::string& driver, const std::string& url,
+                                               std::vector<std::string> more) {
+  const auto port_at = url.find("127.0.0.1:") + 10;
+  const std::string closed = url.substr(0, port_at) + std::to_string(free_port()) + url.substr(url.find('/', port_at));
+  const std::string head = "json:{\"file.driver\":\"" + driver + "\",\"file.url\":\"";
+  more.insert(more.end(), {head + closed + "\",\"file.timeout\":2}", head + url + "\",\"file.no-such-option\":1}",
+                           head + url + "\""});
+  return more;
+}
+
 // Points the helper library at the netblk binary of this build.
 inline void use_this_build() {
 #ifdef NETBLK_BINARY

@@ -132,25 +132,27 @@ TEST_F(CurlFtp, MissingFileIsAnError) {
   EXPECT_NE(r.err.find("no-such.img"), std::string::npos) << r.err;
 }
 
-NETBLK_DRIVE_CHECKS(
-    CurlFtp,
-    DriveCheckParam{"ftp",
-                    [] {
-                      auto& s = shared<Served>();
-                      const std::string url = s.ftp_url("disk.img");
-                      return DriveCase{.name = url,
-                                       .source = s.root + "/disk.img",
-                                       .bad_names = {s.ftp_url("no-such.img"),
-                                                     "ftp://127.0.0.1:" + std::to_string(free_port()) + "/disk.img",
-                                                     "json:{\"file.driver\":\"ftp\",\"file.url\":\"" + url +
-                                                         "\",\"file.timeout\":\"soon\"}",
-                                                     "json:{\"file.driver\":\"ftp\",\"file.url\":\"" + url + "\""}};
-                    }},
-    // QEMU 7.2 opens ftps:// and then stalls on every read: no oracle there.
-    DriveCheckParam{"ftps", [] {
-                      auto& s = shared<Served>();
-                      return DriveCase{.name = s.ftps_spec("disk.img", false),
-                                       .source = s.root + "/disk.img",
-                                       .bad_names = {s.ftps_spec("disk.img", true), s.ftps_spec("no-such.img", false)},
-                                       .qemu_reads_it = false};
-                    }});
+NETBLK_DRIVE_CHECKS(CurlFtp,
+                    DriveCheckParam{"ftp",
+                                    [] {
+                                      auto& s = shared<Served>();
+                                      const std::string url = s.ftp_url("disk.img");
+                                      return DriveCase{.name = url,
+                                                       .source = s.root + "/disk.img",
+                                                       .bad_names = bad_curl_names(
+                                                           "ftp", url,
+                                                           {s.ftp_url("no-such.img"),
+                                                            "json:{\"file.driver\":\"ftp\",\"file.url\":\"" + url +
+                                                                "\",\"file.timeout\":\"soon\"}"})};
+                                    }},
+                    // QEMU 7.2 opens ftps:// and then stalls on every read: no oracle there.
+                    DriveCheckParam{"ftps", [] {
+                                      auto& s = shared<Served>();
+                                      return DriveCase{
+                                          .name = s.ftps_spec("disk.img", false),
+                                          .source = s.root + "/disk.img",
+                                          .bad_names = bad_curl_names(
+                                              "ftps", s.ftps->url("disk.img"),
+                                              {s.ftps_spec("disk.img", true), s.ftps_spec("no-such.img", false)}),
+                                          .qemu_reads_it = false};
+                                    }});

@@ -456,27 +456,27 @@ std::string http_spec(const std::string& driver, const std::string& url, const s
 
 }  // namespace
 
-NETBLK_DRIVE_CHECKS(
-    CurlHttp,
-    DriveCheckParam{"http",
-                    [] {
-                      auto& s = shared<Served>();
-                      const std::string url = s.http("/disk.img");
-                      return DriveCase{.name = url,
-                                       .source = s.www + "/disk.img",
-                                       .bad_names = {s.http("/no-such.img"),
-                                                     "http://127.0.0.1:" + std::to_string(free_port()) + "/disk.img",
-                                                     "json:{\"file.driver\":\"http\"}",
-                                                     http_spec("http", url, ",\"file.readahead\":\"lots\""),
-                                                     http_spec("http", url, ",\"file.no-such-option\":1"),
-                                                     "json:{\"file.driver\":\"http\",\"file.url\":\"" + url + "\""}};
-                    }},
-    DriveCheckParam{"https", [] {
-                      auto& s = shared<Served>();
-                      const std::string url = s.https("/disk.img");
-                      return DriveCase{.name = http_spec("https", url, ",\"file.sslverify\":\"off\""),
-                                       .source = s.www + "/disk.img",
-                                       .bad_names = {url, http_spec("https", s.https("/no-such.img"),
-                                                                    ",\"file.sslverify\":\"off\""),
-                                                     http_spec("https", url, ",\"file.sslverify\":\"maybe\"")}};
-                    }});
+NETBLK_DRIVE_CHECKS(CurlHttp,
+                    DriveCheckParam{"http",
+                                    [] {
+                                      auto& s = shared<Served>();
+                                      const std::string url = s.http("/disk.img");
+                                      return DriveCase{
+                                          .name = url,
+                                          .source = s.www + "/disk.img",
+                                          .bad_names = bad_curl_names(
+                                              "http", url,
+                                              {s.http("/no-such.img"), "json:{\"file.driver\":\"http\"}",
+                                               http_spec("http", url, ",\"file.readahead\":\"lots\"")})};
+                                    }},
+                    DriveCheckParam{"https", [] {
+                                      auto& s = shared<Served>();
+                                      const std::string url = s.https("/disk.img");
+                                      return DriveCase{
+                                          .name = http_spec("https", url, ",\"file.sslverify\":\"off\""),
+                                          .source = s.www + "/disk.img",
+                                          .bad_names = bad_curl_names(
+                                              "https", url,
+                                              {url, http_spec("https", s.https("/no-such.img"), ",\"file.sslverify\":\"off\""),
+                                               http_spec("https", url, ",\"file.sslverify\":\"maybe\"")})};
+                                    }});
