@@ -479,4 +479,18 @@ NETBLK_DRIVE_CHECKS(CurlHttp,
                                               "https", url,
                                               {url, http_spec("https", s.https("/no-such.img"), ",\"file.sslverify\":\"off\""),
                                                http_spec("https", url, ",\"file.sslverify\":\"maybe\"")})};
+                                    }},
+                    // Basic auth with the password from a secret object.
+                    DriveCheckParam{"http_basic_auth", [] {
+                                      auto& s = shared<Served>();
+                                      const std::string url = s.http("/auth/disk.img");
+                                      const std::string user = ",\"file.username\":\"alice\"";
+                                      return DriveCase{
+                                          .name = http_spec("http", url, user + ",\"file.password-secret\":\"pw\""),
+                                          .source = s.www + "/disk.img",
+                                          .bad_names = bad_curl_names(
+                                              "http", url,
+                                              {url, http_spec("http", url, user + ",\"file.password-secret\":\"no\""),
+                                               http_spec("http", url, ",\"file.username\":\"bob\",\"file.password-secret\":\"pw\"")}),
+                                          .objects = {"secret,id=pw,data=s3cret-pw"}};
                                     }});

@@ -4,6 +4,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 
 #include "core/secrets.hpp"
 #include "netblk/buffer.hpp"
@@ -201,8 +202,12 @@ RunResult qemu_img(const DriveCase& c, std::vector<std::string> verb, const std:
   return run(argv, 90s);
 }
 
+// Defines the case's objects for the library, each once in this process (an id may not be
+// defined twice).
 void define_objects(const DriveCase& c) {
-  for (const auto& o : c.objects) secrets::define(spec::parse_keyval(o, "qom-type"));
+  static std::set<std::string> defined;
+  for (const auto& o : c.objects)
+    if (defined.insert(o).second) secrets::define(spec::parse_keyval(o, "qom-type"));
 }
 
 void info_gives_the_size(const DriveCase& c, const std::string& want) {
