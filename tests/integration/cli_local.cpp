@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "drive_checks.hpp"
 #include "servers.hpp"
 
 using namespace netblk::test;
@@ -226,3 +227,58 @@ TEST(CliLocal, HelpForEveryVerb) {
   auto top = run_netblk({"--help"});
   EXPECT_EQ(top.exit_code, 0);
 }
+
+namespace {
+
+// Local images for the drive checks: a raw file by its path, a raw file by a json: name
+// (both writable), and a qcow2 image qemu-img made of the same bytes (read-only). One set
+// for the whole binary.
+struct LocalImages {
+  LocalImages() {
+    make_mixed_image(path_raw);
+    make_mixed_image(json_raw);
+    make_mixed_image(qcow2_source);
+    auto r = run({"qemu-img", "convert", "-m", "1", "-f", "raw", "-O", "qcow2", qcow2_source, qcow2});
+    if (r.exit_code != 0) throw std::runtime_error("qemu-img convert failed: " + r.err);
+  }
+  TempDir dir;
+  std::string path_raw = dir / "path.raw", json_raw = dir / "json.raw", qcow2_source = dir / "qcow2-source.raw",
+              qcow2 = dir / "image.qcow2";
+};
+
+std::string file_json(const std::string& driver, const std::string& path) {
+  return "json:{\"driver\":\"" + driver + "\",\"file\":{\"driver\":\"file\",\"filename\":\"" + path + "\"}}";
+}
+
+// Bad names for local images in general.
+std::vector<std::string> bad_local_names(const std::string& dir) {
+  return {dir + "/no-such.raw", file_json("raw", dir + "/no-such.raw"), file_json("no-such-format", dir + "/path.raw"),
+          "json:{\"driver\":\"raw\",\"file\":{\"driver\":\"file\"}}", "json:{\"driver\":\"raw\""};
+}
+
+}  // namespace
+
+NETBLK_DRIVE_CHECKS(
+    CliLocal,
+    DriveCheckParam{"file_path",
+                    [] {
+                      auto& s = shared<LocalImages>();
+                      return DriveCase{.name = s.path_raw,
+                                       .source = s.path_raw,
+                                       .writable = true,
+                                       .bad_names = bad_local_names(s.dir.path())};
+                    }},
+    DriveCheckParam{"raw_json",
+                    [] {
+                      auto& s = shared<LocalImages>();
+                      return DriveCase{.name = file_json("raw", s.json_raw),
+                                       .source = s.json_raw,
+                                       .writable = true,
+                                       .bad_names = bad_local_names(s.dir.path())};
+                    }},
+    DriveCheckParam{"qcow2", [] {
+                      auto& s = shared<LocalImages>();
+                      auto bad = bad_local_names(s.dir.path());
+                      bad.push_back(file_json("qcow2", s.qcow2_source));  // raw bytes are no qcow2 image
+                      return DriveCase{.name = s.qcow2, .source = s.qcow2_source, .bad_names = bad};
+                    }});

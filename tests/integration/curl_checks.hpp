@@ -1,5 +1,6 @@
-// Shared by the curl integration tests: reads a drive with the library in many patterns
-// and converts it with the CLI, checking every byte against the file it was served from.
+// Shared by the curl integration tests: sparse test data, and converts into tmpfs checked
+// byte by byte and block by block. (Reads and converts checked against the served file are
+// the drive checks' check_reads and check_convert.)
 #pragma once
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -13,6 +14,7 @@
 
 #include "netblk/buffer.hpp"
 #include "netblk/open.hpp"
+#include "drive_checks.hpp"
 #include "servers.hpp"
 
 namespace curltest {
@@ -24,79 +26,6 @@ inline std::string read_all(const std::string& path) { return netblk::test::read
 inline RunResult nb(const std::vector<std::string>& args, std::chrono::seconds timeout = std::chrono::seconds(120)) {
   return netblk::test::netblk(args, timeout);
 }
-
-inline void check_reads(const DriveSpec& spec, const std::string& want) {
-  run_sync<void>([&]() -> Task<void> {
-    auto node = co_await open_drive(spec);
-    EXPECT_EQ(node->size(), want.size());
-    EXPECT_TRUE(node->read_only());
-    auto expect_range = [&](std::uint64_t off, const Buffer& b, std::size_t n) {
-      ASSERT_EQ(std::memcmp(b.data(), want.data() + off, n), 0) << "bytes differ at offset " << off << " length " << n;
-    };
-    // Sequential 4 KiB reads over the first 3 MiB.
-    Buffer small(4096);
-    for (std::uint64_t off = 0; off < (3u << 20); off += 4096) {
-      co_await node->read(off, small.span());
-      expect_range(off, small, 4096);
-    }
-    // Random reads, odd sizes and offsets, including the tail.
-    std::mt19937_64 rng(42);
-    Buffer big(3u << 20);
-    for (int i = 0; i < 40; ++i) {
-      std::uint64_t len = 1 + rng() % (i % 4 == 0 ? (3u << 20) : 70000);
-      std::uint64_t off = rng() % (want.size() - len + 1);
-      if (i == 5) off = want.size() - len;
-      co_await node->read(off, big.span().subspan(0, len));
-      expect_range(off, big, len);
-    }
-    // Many reads in flight at once.
-    Executor ex = co_await asio::this_coro::executor;
-    const int n = 12;
-    int left = n;
-    AsyncCondition all_done(ex);
-    std::vector<Buffer> bufs;
-    for (int i = 0; i < n; ++i) bufs.emplace_back(512 * 1024);
-    std::exception_ptr failure;
-    for (int i = 0; i < n; ++i) {
-      std::uint64_t off = (static_cast<std::uint64_t>(i) * 491 * 1024) % (want.size() - 512 * 1024);
-      asio::co_spawn(
-          ex,
-          [&, i, off]() -> Task<void> {
-            co_await node->read(off, bufs[i].span());
-            if (std::memcmp(bufs[i].data(), want.data() + off, bufs[i].size()) != 0)
-              throw std::runtime_error("parallel read differs at " + std::to_string(off));
-          },
-          [&](std::exception_ptr e) {
-            if (e && !failure) failure = e;
-            --left;
-            all_done.notify_all();
-          });
-    }
-    while (left) co_await all_done.wait();
-    if (failure) std::rethrow_exception(failure);
-    co_await node->close();
-  });
-}
-
-inline DriveSpec named(const std::string& name) {
-  DriveSpec s;
-  s.filename = name;
-  s.read_only = true;
-  return s;
-}
-
-// Converts `source` with netblk to a raw file and checks its bytes.
-inline void check_convert(const std::vector<std::string>& extra, const std::string& source, const std::string& want) {
-  TempDir out;
-  std::vector<std::string> args = {"convert", "-O", "raw"};
-  args.insert(args.end(), extra.begin(), extra.end());
-  args.push_back(source);
-  args.push_back(out / "out.raw");
-  auto r = nb(args, 120s);
-  ASSERT_EQ(r.exit_code, 0) << r.err;
-  EXPECT_TRUE(read_all(out / "out.raw") == want) << "converted bytes differ for " << source;
-}
-
 
 // Data with zero runs of every kind: single 4 KiB blocks inside data, a run that starts and
 // ends inside blocks, one across a 2 MiB chunk boundary, and a zero tail shorter than a
@@ -152,6 +81,19 @@ inline void check_convert_into_tmpfs(const std::string& source, const std::strin
           120s);
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_EQ(r.err, "netblk: " + small + ": write failed: File too large\n");
+}
+
+// Bad names for the drive checks of a curl drive that serves `url` (http://127.0.0.1:PORT/...)
+// as `driver`: its json: form with the port where nothing listens (and a 2 s timeout, for
+// TFTP), with an option the driver does not take, and cut short; then `more`.
+inline std::vector<std::string> bad_curl_names(const std::string& driver, const std::string& url,
+                                               std::vector<std::string> more) {
+  const auto port_at = url.find("127.0.0.1:") + 10;
+  const std::string closed = url.substr(0, port_at) + std::to_string(free_port()) + url.substr(url.find('/', port_at));
+  const std::string head = "json:{\"file.driver\":\"" + driver + "\",\"file.url\":\"";
+  more.insert(more.end(), {head + closed + "\",\"file.timeout\":2}", head + url + "\",\"file.no-such-option\":1}",
+                           head + url + "\""});
+  return more;
 }
 
 // Points the helper library at the netblk binary of this build.

@@ -5,10 +5,12 @@
 // then stalls on every read, so it is no oracle there.)
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "curl_checks.hpp"
 #include "servers.hpp"
+#include "vsftpd.hpp"
 
 using namespace curltest;
 using nlohmann::json;
@@ -18,60 +20,32 @@ namespace {
 constexpr std::uint64_t kDiskSize = (6u << 20) + 777;
 constexpr std::uint64_t kBigSize = 40u << 20;
 
-class Vsftpd {
- public:
-  Vsftpd() {
-    root = dir / "root";
-    run({"mkdir", "-p", root, dir / "empty"});
-    run({"chmod", "755", root, dir / "empty"});
+// Two vsftpd, anonymous FTP and implicit FTPS, serving the same root; one pair for the
+// whole binary.
+struct Served {
+  Served() {
+    run({"mkdir", "-p", root});
+    run({"chmod", "755", root});
     write_pattern_file(root + "/disk.img", kDiskSize, 11);
     write_pattern_file(root + "/big.img", kBigSize, 12);
     write_sparse_pattern(root + "/sparse.img");
     run({"chmod", "a+r", root + "/disk.img", root + "/big.img", root + "/sparse.img"});
     content = read_all(root + "/disk.img");
-    auto cert = run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                     "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", dir / "key.pem", "-out",
-                     dir / "cert.pem"});
-    if (cert.exit_code != 0) throw std::runtime_error("openssl req failed: " + cert.err);
-    ftp_port = free_port();
-    ftps_port = free_port();
-    // Passive port ranges of their own, away from what free_port() hands out.
-    int pasv = 30000 + (getpid() % 1000) * 20;
-    std::string common = "listen=YES\nlisten_ipv6=NO\nbackground=NO\nlisten_address=127.0.0.1\n"
-                         "anonymous_enable=YES\nno_anon_password=YES\nanon_root=" + root +
-                         "\nlocal_enable=NO\nwrite_enable=NO\npasv_enable=YES\npasv_address=127.0.0.1\n"
-                         "secure_chroot_dir=" + dir / "empty" + "\nxferlog_enable=NO\nseccomp_sandbox=NO\n"
-                         "max_clients=200\nmax_per_ip=100\n";
-    write_file(dir / "ftp.conf", common + "listen_port=" + std::to_string(ftp_port) + "\npasv_min_port=" +
-                                     std::to_string(pasv) + "\npasv_max_port=" + std::to_string(pasv + 9) +
-                                     "\nvsftpd_log_file=" + dir / "ftp.log" + "\n");
-    write_file(dir / "ftps.conf", common + "listen_port=" + std::to_string(ftps_port) + "\npasv_min_port=" +
-                                      std::to_string(pasv + 10) + "\npasv_max_port=" + std::to_string(pasv + 19) +
-                                      "\nvsftpd_log_file=" + dir / "ftps.log" +
-                                      "\nssl_enable=YES\nimplicit_ssl=YES\nallow_anon_ssl=YES\n"
-                                      "force_anon_logins_ssl=YES\nforce_anon_data_ssl=YES\nrequire_ssl_reuse=NO\n"
-                                      "rsa_cert_file=" + dir / "cert.pem" + "\nrsa_private_key_file=" +
-                                      dir / "key.pem" + "\n");
-    ftp = Process({"/usr/sbin/vsftpd", dir / "ftp.conf"}, dir / "ftp.out");
-    ftps = Process({"/usr/sbin/vsftpd", dir / "ftps.conf"}, dir / "ftps.out");
-    if (!wait_tcp(ftp_port) || !wait_tcp(ftps_port))
-      throw std::runtime_error("vsftpd did not start: " + read_all(dir / "ftp.out") + read_all(dir / "ftps.out"));
+    ftp = std::make_unique<netblk::test::Vsftpd>(netblk::test::Vsftpd::Options{.root = root});
+    ftps = std::make_unique<netblk::test::Vsftpd>(netblk::test::Vsftpd::Options{.root = root, .implicit_tls = true});
   }
-  std::string ftp_url(const std::string& name) const {
-    return "ftp://127.0.0.1:" + std::to_string(ftp_port) + "/" + name;
-  }
+  std::string ftp_url(const std::string& name) const { return ftp->url(name); }
   std::string ftps_spec(const std::string& name, bool verify) const {
-    return "json:{\"file.driver\":\"ftps\",\"file.url\":\"ftps://127.0.0.1:" + std::to_string(ftps_port) + "/" + name +
+    return "json:{\"file.driver\":\"ftps\",\"file.url\":\"" + ftps->url(name) +
            "\",\"file.sslverify\":" + (verify ? "true" : "false") + "}";
   }
 
   TempDir dir;
-  std::string root, content;
-  std::uint16_t ftp_port = 0, ftps_port = 0;
-  Process ftp, ftps;
+  std::string root = dir / "root", content;
+  std::unique_ptr<netblk::test::Vsftpd> ftp, ftps;
 };
 
-Vsftpd* server = nullptr;
+Served* server = nullptr;
 std::string setup_error;
 
 class CurlFtp : public ::testing::Test {
@@ -79,14 +53,10 @@ class CurlFtp : public ::testing::Test {
   static void SetUpTestSuite() {
     use_this_build();
     try {
-      server = new Vsftpd();
+      server = &shared<Served>();
     } catch (const std::exception& e) {
       setup_error = e.what();
     }
-  }
-  static void TearDownTestSuite() {
-    delete server;
-    server = nullptr;
   }
   void SetUp() override {
     if (!server) GTEST_FAIL() << "vsftpd did not start: " << setup_error;
@@ -161,3 +131,28 @@ TEST_F(CurlFtp, MissingFileIsAnError) {
   EXPECT_NE(r.exit_code, 124);
   EXPECT_NE(r.err.find("no-such.img"), std::string::npos) << r.err;
 }
+
+NETBLK_DRIVE_CHECKS(CurlFtp,
+                    DriveCheckParam{"ftp",
+                                    [] {
+                                      auto& s = shared<Served>();
+                                      const std::string url = s.ftp_url("disk.img");
+                                      return DriveCase{.name = url,
+                                                       .source = s.root + "/disk.img",
+                                                       .bad_names = bad_curl_names(
+                                                           "ftp", url,
+                                                           {s.ftp_url("no-such.img"),
+                                                            "json:{\"file.driver\":\"ftp\",\"file.url\":\"" + url +
+                                                                "\",\"file.timeout\":\"soon\"}"})};
+                                    }},
+                    // QEMU 7.2 opens ftps:// and then stalls on every read: no oracle there.
+                    DriveCheckParam{"ftps", [] {
+                                      auto& s = shared<Served>();
+                                      return DriveCase{
+                                          .name = s.ftps_spec("disk.img", false),
+                                          .source = s.root + "/disk.img",
+                                          .bad_names = bad_curl_names(
+                                              "ftps", s.ftps->url("disk.img"),
+                                              {s.ftps_spec("disk.img", true), s.ftps_spec("no-such.img", false)}),
+                                          .qemu_reads_it = false};
+                                    }});

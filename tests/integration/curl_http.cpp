@@ -18,7 +18,9 @@
 #include "netblk/buffer.hpp"
 #include "netblk/open.hpp"
 #include "curl_checks.hpp"
+#include "nginx.hpp"
 #include "servers.hpp"
+#include "tinyproxy.hpp"
 
 using namespace netblk;
 using namespace netblk::test;
@@ -73,72 +75,48 @@ S(('127.0.0.1', port), H).serve_forever()
 )PY";
 
 
-class Nginx {
- public:
-  Nginx() {
-    http_port = free_port();
-    https_port = free_port();
-    drop_port = free_port();
-    std::string www = dir / "www";
-    run({"mkdir", "-p", www, www + "/sub", dir / "tmp"});
+// nginx (HTTP and HTTPS, with the locations the tests use) and the python3 server that
+// drops connections, serving the files in www/; one set for the whole binary.
+struct Served {
+  Served() {
+    run({"mkdir", "-p", www});
     write_pattern_file(www + "/disk.img", kDiskSize, 7);
     // A second file with long zero runs, and a small one for the slow location.
     write_pattern_file(www + "/small.img", 1536 * 1024, 9);
     write_sparse_pattern(www + "/sparse.img");
     run({"chmod", "-R", "a+rX", www});
     content = read_all(www + "/disk.img");
-
-    auto cert = run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
-                     "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", dir / "key.pem", "-out",
-                     dir / "cert.pem"});
-    if (cert.exit_code != 0) throw std::runtime_error("openssl req failed: " + cert.err);
-    auto hash = run({"openssl", "passwd", "-apr1", "s3cret-pw"});
-    if (hash.exit_code != 0) throw std::runtime_error("openssl passwd failed");
-    write_file(dir / "htpasswd", "alice:" + hash.out);
-    run({"chmod", "a+r", dir / "htpasswd", dir / "key.pem", dir / "cert.pem"});
-
-    std::string d = dir.path();
-    std::string conf = "daemon off;\nworker_processes 2;\npid " + d + "/nginx.pid;\nerror_log " + d +
-                       "/error.log;\nload_module /usr/lib/nginx/modules/ngx_http_echo_module.so;\n"
-                       "events { worker_connections 512; }\nhttp {\n  access_log " + d + "/access.log;\n" +
-                       "  client_body_temp_path " + d + "/tmp/body; proxy_temp_path " + d + "/tmp/proxy;\n" +
-                       "  fastcgi_temp_path " + d + "/tmp/fcgi; uwsgi_temp_path " + d + "/tmp/uwsgi; scgi_temp_path " +
-                       d + "/tmp/scgi;\n  sendfile on;\n  default_type application/octet-stream;\n";
-    std::string locations =
-        "    root " + www + ";\n"
-        "    location /cookie/ { alias " + www + "/; if ($http_cookie !~ \"(^|;\\s*)session=abc(;|$)\") { return 403; } }\n"
-        "    location /auth/ { alias " + www + "/; auth_basic \"disk\"; auth_basic_user_file " + d + "/htpasswd; }\n"
-        "    location /noranges/ { alias " + www + "/; max_ranges 0; }\n"
-        "    location /slow/ { alias " + www + "/; limit_rate 512k; limit_rate_after 0; }\n"
-        "    location = /redirect { return 302 /disk.img; }\n"
-        "    location = /redirect-file { return 302 file:///etc/passwd; }\n"
-        "    location = /stall { echo_sleep 60; echo late; }\n";
-    conf += "  server {\n    listen 127.0.0.1:" + std::to_string(http_port) + ";\n" + locations + "  }\n";
-    conf += "  server {\n    listen 127.0.0.1:" + std::to_string(https_port) + " ssl;\n    ssl_certificate " + d +
-            "/cert.pem;\n    ssl_certificate_key " + d + "/key.pem;\n" + locations + "  }\n}\n";
-    write_file(dir / "nginx.conf", conf);
-    nginx = Process({"/usr/sbin/nginx", "-p", d, "-c", d + "/nginx.conf", "-e", d + "/error.log"}, dir / "nginx.out");
-    if (!wait_tcp(http_port) || !wait_tcp(https_port))
-      throw std::runtime_error("nginx did not start: " + read_all(dir / "error.log") + read_all(dir / "nginx.out"));
-
+    web = std::make_unique<netblk::test::Nginx>(netblk::test::Nginx::Options{
+        .root = www,
+        .https = true,
+        .workers = 2,
+        .locations = {netblk::test::Nginx::require_cookie("/cookie/", "session=abc"),
+                      netblk::test::Nginx::basic_auth("/auth/", "alice", "s3cret-pw"),
+                      netblk::test::Nginx::no_ranges("/noranges/"), netblk::test::Nginx::limit_rate("/slow/", "512k"),
+                      netblk::test::Nginx::redirect("/redirect", "/disk.img"),
+                      netblk::test::Nginx::redirect("/redirect-file", "file:///etc/passwd"),
+                      netblk::test::Nginx::stall("/stall", 60)}});
+    http_port = web->port();
+    https_port = web->https_port();
+    drop_port = free_port();
     write_file(dir / "drop.py", kDropServer);
-    dropper = Process({"python3", dir / "drop.py", www + "/disk.img", std::to_string(drop_port)}, dir / "drop.out");
-    if (!wait_tcp(drop_port)) throw std::runtime_error("python3 server did not start");
+    dropper = start_server({"python3", dir / "drop.py", www + "/disk.img", std::to_string(drop_port)},
+                           dir / "drop.out", [&] { return wait_tcp(drop_port); }, "python3 server");
   }
 
-  std::string http(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(http_port) + path; }
-  std::string https(const std::string& path) const {
-    return "https://127.0.0.1:" + std::to_string(https_port) + path;
-  }
+  std::string http(const std::string& path) const { return web->url(path); }
+  std::string https(const std::string& path) const { return web->https_url(path); }
   std::string drop(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(drop_port) + path; }
 
   TempDir dir;
+  std::string www = dir / "www";
+  std::unique_ptr<netblk::test::Nginx> web;
   std::uint16_t http_port = 0, https_port = 0, drop_port = 0;
-  Process nginx, dropper;
+  Process dropper;
   std::string content;
 };
 
-Nginx* server = nullptr;
+Served* server = nullptr;
 std::string setup_error;
 
 class CurlHttp : public ::testing::Test {
@@ -148,17 +126,13 @@ class CurlHttp : public ::testing::Test {
     setenv("NETBLK_BINARY", NETBLK_BINARY, 0);  // the helper library is built without the define
 #endif
     try {
-      server = new Nginx();
+      server = &shared<Served>();
     } catch (const std::exception& e) {
       setup_error = e.what();
     }
   }
   void SetUp() override {
     if (!server) GTEST_FAIL() << "the servers did not start: " << setup_error;
-  }
-  static void TearDownTestSuite() {
-    delete server;
-    server = nullptr;
   }
 };
 
@@ -418,36 +392,6 @@ TEST_F(CurlHttp, NothingListeningFailsQuickly) {
 
 namespace {
 
-// A real forward proxy (tinyproxy) on 127.0.0.1 that wants Basic credentials. It listens
-// on 127.0.0.1 only, binds its own outgoing connections to 127.0.0.1 and admits only
-// 127.0.0.1; the images it reaches are the nginx above, also on 127.0.0.1.
-class Tinyproxy {
- public:
-  Tinyproxy() {
-    port = free_port();
-    std::string d = dir.path();
-    run({"chmod", "777", d});  // tinyproxy may drop to an unprivileged user for its log
-    write_file(dir / "tinyproxy.conf", "Port " + std::to_string(port) +
-                                           "\nListen 127.0.0.1\nBind 127.0.0.1\nAllow 127.0.0.1\n"
-                                           "Timeout 30\nMaxClients 50\nDisableViaHeader Yes\n"
-                                           "BasicAuth alice proxy-pw\nLogLevel Info\nLogFile \"" +
-                                           d + "/tinyproxy.log\"\nPidFile \"" + d + "/tinyproxy.pid\"\n");
-    proxy = Process({"/usr/bin/tinyproxy", "-d", "-c", dir / "tinyproxy.conf"}, dir / "tinyproxy.out");
-    if (!wait_tcp(port)) throw std::runtime_error("tinyproxy did not start: " + read_all(dir / "tinyproxy.out"));
-  }
-  // libcurl's proxy variables, as QEMU takes them; no_proxy emptied so that 127.0.0.1
-  // is not exempted by the environment the tests run in.
-  std::vector<std::string> env() const {
-    std::string url = "http://127.0.0.1:" + std::to_string(port);
-    return {"http_proxy=" + url, "https_proxy=" + url, "no_proxy=", "NO_PROXY="};
-  }
-  std::string log() const { return read_all(dir / "tinyproxy.log"); }
-
-  TempDir dir;
-  std::uint16_t port = 0;
-  Process proxy;
-};
-
 std::string proxied_spec(const std::string& driver, const std::string& url) {
   return "json:{\"file.driver\":\"" + driver + "\",\"file.url\":\"" + url +
          "\",\"file.sslverify\":\"off\",\"file.proxy-username\":\"alice\",\"file.proxy-password-secret\":\"proxypw\"}";
@@ -456,7 +400,7 @@ std::string proxied_spec(const std::string& driver, const std::string& url) {
 }  // namespace
 
 TEST_F(CurlHttp, ProxyWithCredentialsFromASecret) {
-  Tinyproxy proxy;
+  Tinyproxy proxy({.user = "alice", .password = "proxy-pw"});
   TempDir t;
   write_file(t / "right", "proxy-pw");
   write_file(t / "wrong", "not-the-proxy-pw");
@@ -499,7 +443,54 @@ TEST_F(CurlHttp, ProxyWithCredentialsFromASecret) {
                     90s, proxy.env());
   EXPECT_EQ(theirs.exit_code, 0) << theirs.err;
   // The proxy is stopped by its PID.
-  EXPECT_TRUE(proxy.proxy.running());
-  proxy.proxy.stop();
-  EXPECT_FALSE(proxy.proxy.running());
+  EXPECT_TRUE(proxy.running());
+  proxy.stop();
+  EXPECT_FALSE(proxy.running());
 }
+
+namespace {
+
+std::string http_spec(const std::string& driver, const std::string& url, const std::string& more = "") {
+  return "json:{\"file.driver\":\"" + driver + "\",\"file.url\":\"" + url + "\"" + more + "}";
+}
+
+}  // namespace
+
+NETBLK_DRIVE_CHECKS(CurlHttp,
+                    DriveCheckParam{"http",
+                                    [] {
+                                      auto& s = shared<Served>();
+                                      const std::string url = s.http("/disk.img");
+                                      return DriveCase{
+                                          .name = url,
+                                          .source = s.www + "/disk.img",
+                                          .bad_names = bad_curl_names(
+                                              "http", url,
+                                              {s.http("/no-such.img"), "json:{\"file.driver\":\"http\"}",
+                                               http_spec("http", url, ",\"file.readahead\":\"lots\"")})};
+                                    }},
+                    DriveCheckParam{"https", [] {
+                                      auto& s = shared<Served>();
+                                      const std::string url = s.https("/disk.img");
+                                      return DriveCase{
+                                          .name = http_spec("https", url, ",\"file.sslverify\":\"off\""),
+                                          .source = s.www + "/disk.img",
+                                          .bad_names = bad_curl_names(
+                                              "https", url,
+                                              {url, http_spec("https", s.https("/no-such.img"), ",\"file.sslverify\":\"off\""),
+                                               http_spec("https", url, ",\"file.sslverify\":\"maybe\"")})};
+                                    }},
+                    // Basic auth with the password from a secret object.
+                    DriveCheckParam{"http_basic_auth", [] {
+                                      auto& s = shared<Served>();
+                                      const std::string url = s.http("/auth/disk.img");
+                                      const std::string user = ",\"file.username\":\"alice\"";
+                                      return DriveCase{
+                                          .name = http_spec("http", url, user + ",\"file.password-secret\":\"pw\""),
+                                          .source = s.www + "/disk.img",
+                                          .bad_names = bad_curl_names(
+                                              "http", url,
+                                              {url, http_spec("http", url, user + ",\"file.password-secret\":\"no\""),
+                                               http_spec("http", url, ",\"file.username\":\"bob\",\"file.password-secret\":\"pw\"")}),
+                                          .objects = {"secret,id=pw,data=s3cret-pw"}};
+                                    }});

@@ -3,10 +3,12 @@
 // wait for it. QEMU has no TFTP, so the oracle is the file itself.
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "curl_checks.hpp"
 #include "servers.hpp"
+#include "tftpd.hpp"
 
 using namespace curltest;
 using nlohmann::json;
@@ -16,10 +18,9 @@ namespace {
 constexpr std::uint64_t kDiskSize = (6u << 20) + 4321;
 constexpr std::uint64_t kLargeSize = (40u << 20) + 999;
 
-class Tftpd {
- public:
-  Tftpd() {
-    root = dir / "root";
+// in.tftpd serving root/; one for the whole binary.
+struct Served {
+  Served() {
     run({"mkdir", "-p", root});
     run({"chmod", "755", root});
     write_pattern_file(root + "/disk.img", kDiskSize, 21);
@@ -29,21 +30,16 @@ class Tftpd {
     write_sparse_pattern(root + "/sparse.img");
     run({"chmod", "a+r", root + "/disk.img", root + "/empty.img", root + "/large.img", root + "/sparse.img"});
     content = read_all(root + "/disk.img");
-    port = free_port();
-    tftpd = Process({"/usr/sbin/in.tftpd", "-L", "-a", "127.0.0.1:" + std::to_string(port), "-s", "-u", "nobody",
-                     "-B", "65464", root},
-                    dir / "tftpd.out");
-    if (!wait_udp(port)) throw std::runtime_error("in.tftpd did not start: " + read_all(dir / "tftpd.out"));
+    tftpd = std::make_unique<netblk::test::Tftpd>(netblk::test::Tftpd::Options{.root = root});
   }
-  std::string url(const std::string& name) const { return "tftp://127.0.0.1:" + std::to_string(port) + "/" + name; }
+  std::string url(const std::string& name) const { return tftpd->url(name); }
 
   TempDir dir;
-  std::string root, content;
-  std::uint16_t port = 0;
-  Process tftpd;
+  std::string root = dir / "root", content;
+  std::unique_ptr<netblk::test::Tftpd> tftpd;
 };
 
-Tftpd* server = nullptr;
+Served* server = nullptr;
 std::string setup_error;
 
 class CurlTftp : public ::testing::Test {
@@ -51,14 +47,10 @@ class CurlTftp : public ::testing::Test {
   static void SetUpTestSuite() {
     use_this_build();
     try {
-      server = new Tftpd();
+      server = &shared<Served>();
     } catch (const std::exception& e) {
       setup_error = e.what();
     }
-  }
-  static void TearDownTestSuite() {
-    delete server;
-    server = nullptr;
   }
   void SetUp() override {
     if (!server) GTEST_FAIL() << "in.tftpd did not start: " << setup_error;
@@ -140,3 +132,16 @@ TEST_F(CurlTftp, ReadsBackWhatTheStreamGaveAway) {
     co_await node->close();
   });
 }
+
+// QEMU has no TFTP: qemu-img is the oracle for local files only.
+NETBLK_DRIVE_CHECKS(CurlTftp, DriveCheckParam{"tftp", [] {
+                      auto& s = shared<Served>();
+                      const std::string url = s.url("disk.img");
+                      return DriveCase{.name = url,
+                                       .source = s.root + "/disk.img",
+                                       .bad_names = bad_curl_names("tftp", url,
+                                                                   {s.url("no-such.img"),
+                                                                    "json:{\"file.driver\":\"tftp\",\"file.url\":\"" +
+                                                                        url + "\",\"file.timeout\":-1}"}),
+                                       .qemu_reads_it = false};
+                    }});

@@ -6,6 +6,7 @@
 
 #include <regex>
 
+#include "netblk_serve.hpp"
 #include "servers.hpp"
 
 using namespace netblk::test;
@@ -60,18 +61,13 @@ TEST(GuestBoot, OverUnixSocket) {
   TempDir dir;
   std::string image = dir / "disk.raw";
   write_pattern_file(image, 48 << 20, 7);
-  std::string sock = dir / "nbd.sock";
-  std::vector<std::string> args{"-k", sock, "-x", "disk", "-f", "raw", image};
   std::string want = sha256(image);
-  std::vector<std::string> argv{netblk_binary(), "serve", "-t"};
-  argv.insert(argv.end(), args.begin(), args.end());
   {
-    Process server(argv, dir / "serve.log");
-    ASSERT_TRUE(wait_unix(sock)) << read_file(dir / "serve.log");
-    std::string console = boot("nbd+unix:///disk?socket=" + sock, "unix1", 4096);
+    NetblkServe server({.args = {"-t", "-f", "raw", image}, .unix_socket = true});
+    std::string console = boot(server.url(), "unix1", 4096);
     EXPECT_EQ(guest_sum(console), want) << console;
     EXPECT_NE(console.find("NETBLK-MARKER-WRITTEN"), std::string::npos) << console;
-    EXPECT_EQ(server.stop(SIGTERM), 0) << read_file(dir / "serve.log");  // flushes and exits 0
+    EXPECT_EQ(server.stop(SIGTERM), 0) << server.log();  // flushes and exits 0
   }
   EXPECT_EQ(read_at(image, 4096 * 512, 19), "netblk-marker-unix1");
 }
@@ -80,15 +76,11 @@ TEST(GuestBoot, OverTcp) {
   TempDir dir;
   std::string image = dir / "disk.raw";
   write_pattern_file(image, 48 << 20, 8);
-  std::uint16_t port = free_port();
   std::string want = sha256(image);
-  Process server({netblk_binary(), "serve", "-t", "-b", "127.0.0.1", "-p", std::to_string(port), "-x", "disk", "-f",
-                  "raw", image},
-                 dir / "serve.log");
-  ASSERT_TRUE(wait_tcp(port)) << read_file(dir / "serve.log");
-  std::string console = boot("nbd://127.0.0.1:" + std::to_string(port) + "/disk", "tcp1", 4096);
+  NetblkServe server({.args = {"-t", "-f", "raw", image}});
+  std::string console = boot(server.url(), "tcp1", 4096);
   EXPECT_EQ(guest_sum(console), want) << console;
   EXPECT_NE(console.find("NETBLK-MARKER-WRITTEN"), std::string::npos) << console;
-  EXPECT_EQ(server.stop(SIGTERM), 0) << read_file(dir / "serve.log");
+  EXPECT_EQ(server.stop(SIGTERM), 0) << server.log();
   EXPECT_EQ(read_at(image, 4096 * 512, 18), "netblk-marker-tcp1");
 }

@@ -17,10 +17,16 @@
 #include <filesystem>
 #include <memory>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
 
+#include "drive_checks.hpp"
+#include "nbd_server.hpp"
+#include "nbdkit.hpp"
+#include "qemu_nbd.hpp"
+#include "netblk_serve.hpp"
 #include "servers.hpp"
 
 using namespace netblk::test;
@@ -55,70 +61,6 @@ RunResult run_nb(const std::vector<std::string>& args, std::chrono::seconds time
 }
 
 std::string port_text(std::uint16_t p) { return std::to_string(p); }
-
-Process start_qemu_nbd_tcp(const std::string& file, std::uint16_t port, const std::string& name,
-                           const std::vector<std::string>& extra = {}) {
-  std::vector<std::string> argv{"qemu-nbd", "-t", "-f", "raw", "-x", name, "-b", "127.0.0.1", "-p", port_text(port)};
-  argv.insert(argv.end(), extra.begin(), extra.end());
-  argv.push_back(file);
-  Process p(argv);
-  EXPECT_TRUE(wait_tcp(port)) << "qemu-nbd did not start";
-  return p;
-}
-
-Process start_qemu_nbd_unix(const std::string& file, const std::string& socket, const std::string& name) {
-  Process p({"qemu-nbd", "-t", "-f", "raw", "-x", name, "-k", socket, file});
-  EXPECT_TRUE(wait_unix(socket)) << "qemu-nbd did not start";
-  return p;
-}
-
-Process start_nbdkit_tcp(std::uint16_t port, const std::vector<std::string>& plugin_args,
-                         const std::string& log = {}) {
-  std::vector<std::string> argv{"nbdkit", "-f", "-i", "127.0.0.1", "-p", port_text(port)};
-  argv.insert(argv.end(), plugin_args.begin(), plugin_args.end());
-  Process p(argv, log);
-  EXPECT_TRUE(wait_tcp(port)) << "nbdkit did not start";
-  return p;
-}
-
-Process start_nbdkit_unix(const std::string& socket, const std::vector<std::string>& plugin_args) {
-  std::vector<std::string> argv{"nbdkit", "-f", "-U", socket};
-  argv.insert(argv.end(), plugin_args.begin(), plugin_args.end());
-  Process p(argv);
-  EXPECT_TRUE(wait_unix(socket)) << "nbdkit did not start";
-  return p;
-}
-
-// nbd-server daemonizes itself; it is stopped by the PID in its pid file.
-class NbdServer {
- public:
-  NbdServer(const TempDir& dir, std::uint16_t port, const std::string& export_name, const std::string& file,
-            bool read_only = false)
-      : pidfile_(dir / "nbd-server.pid") {
-    const std::string conf = dir / "nbd-server.conf";
-    write_file(conf, "[generic]\n    listenaddr = 127.0.0.1\n    port = " + port_text(port) +
-                         "\n    allowlist = true\n[" + export_name + "]\n    exportname = " + file +
-                         "\n    readonly = " + (read_only ? "true" : "false") + "\n");
-    RunResult r = run({"nbd-server", "-C", conf, "-p", pidfile_}, 20s);
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    EXPECT_TRUE(wait_tcp(port)) << "nbd-server did not start";
-    for (int i = 0; i < 100 && pid_ <= 0; ++i) {
-      pid_ = std::atoi(read_file(pidfile_).c_str());
-      if (pid_ <= 0) std::this_thread::sleep_for(20ms);
-    }
-    EXPECT_GT(pid_, 0) << "no pid in " << pidfile_;
-  }
-  ~NbdServer() {
-    if (pid_ <= 0) return;
-    kill(pid_, SIGTERM);
-    for (int i = 0; i < 250 && kill(pid_, 0) == 0; ++i) std::this_thread::sleep_for(20ms);
-    if (kill(pid_, 0) == 0) kill(pid_, SIGKILL);
-  }
-
- private:
-  std::string pidfile_;
-  int pid_ = 0;
-};
 
 void expect_ok(const RunResult& r, const std::string& what) {
   EXPECT_EQ(r.exit_code, 0) << what << "\nstdout: " << r.out << "\nstderr: " << r.err;
@@ -187,9 +129,8 @@ TEST(NbdClient, QemuNbdTcpEveryNameForm) {
   TempDir dir;
   const std::string img = dir / "disk.raw";
   make_mixed(img, 24 << 20);
-  const std::uint16_t port = free_port();
-  Process server = start_qemu_nbd_tcp(img, port, "disk");
-  const std::string p = port_text(port);
+  QemuNbd server({.file = img});
+  const std::string p = port_text(server.port());
   const std::string url = "nbd://127.0.0.1:" + p + "/disk";
   std::vector<std::vector<std::string>> forms = {
       {url},
@@ -222,7 +163,7 @@ TEST(NbdClient, QemuNbdUnixEveryNameForm) {
   const std::string img = dir / "disk.raw";
   make_mixed(img, 8 << 20);
   const std::string sock = dir / "nbd.sock";
-  Process server = start_qemu_nbd_unix(img, sock, "disk");
+  QemuNbd server({.file = img, .socket = sock});
   const std::string url = "nbd+unix:///disk?socket=" + sock;
   std::vector<std::vector<std::string>> forms = {
       {url},
@@ -242,9 +183,8 @@ TEST(NbdClient, MapAgreesWithQemuImg) {
   TempDir dir;
   const std::string img = dir / "disk.raw";
   make_mixed(img, 16 << 20);
-  const std::uint16_t port = free_port();
-  Process server = start_qemu_nbd_tcp(img, port, "disk", {"-r"});
-  const std::string url = "nbd://127.0.0.1:" + port_text(port) + "/disk";
+  QemuNbd server({.file = img, .read_only = true});
+  const std::string url = server.url();
   RunResult ours = run_nb({"map", "--output=json", url}, 60s);
   ASSERT_EQ(ours.exit_code, 0) << ours.err;
   RunResult theirs = run({"qemu-img", "map", "--output=json", url}, 60s);
@@ -260,18 +200,16 @@ TEST(NbdClient, WritesThroughConvertToQemuNbd) {
   make_mixed(src, 12 << 20);
   const std::string target = dir / "target.raw";
   write_pattern_file(target, 12 << 20, 7);  // old bytes that must all be replaced
-  const std::uint16_t port = free_port();
-  Process server = start_qemu_nbd_tcp(target, port, "t");
-  const std::string url = "nbd://127.0.0.1:" + port_text(port) + "/t";
+  QemuNbd server({.file = target, .export_name = "t"});
+  const std::string url = server.url();
   expect_ok(run_nb({"convert", "-n", "-O", "raw", src, url}, 120s), "convert -n");
   EXPECT_EQ(file_hash(target), file_hash(src));
   // A writable export without multi-conn: one connection.
   RunResult r = run({netblk_binary(), "info", url}, 30s, {"NETBLK_LOG=debug"});
   EXPECT_NE(r.err.find("1 connection(s)"), std::string::npos) << r.err;
   // Read-only exports refuse writes with EPERM.
-  const std::uint16_t ro_port = free_port();
-  Process ro = start_qemu_nbd_tcp(target, ro_port, "t", {"-r"});
-  expect_error(run_nb({"convert", "-n", "-O", "raw", src, "nbd://127.0.0.1:" + port_text(ro_port) + "/t"}, 60s),
+  QemuNbd ro({.file = target, .export_name = "t", .read_only = true});
+  expect_error(run_nb({"convert", "-n", "-O", "raw", src, ro.url()}, 60s),
                "read-only");
 }
 
@@ -279,9 +217,9 @@ TEST(NbdClient, NbdkitFileTcpAndUnixWithMultiConn) {
   TempDir dir;
   const std::string img = dir / "disk.raw";
   make_mixed(img, 32 << 20);
-  const std::uint16_t port = free_port();
-  Process tcp = start_nbdkit_tcp(port, {"file", img});
-  const std::string url = "nbd://127.0.0.1:" + port_text(port);
+  Nbdkit tcp({.args = {"file", img}});
+  const std::uint16_t port = tcp.port();
+  const std::string url = tcp.url();
   expect_same_bytes(dir, {url}, img);
   // Several connections (asked for: the default depends on the CPUs), spread reads.
   const std::string four = "driver=nbd,host=127.0.0.1,port=" + port_text(port) + ",x-connections=4";
@@ -290,7 +228,7 @@ TEST(NbdClient, NbdkitFileTcpAndUnixWithMultiConn) {
   EXPECT_NE(r.err.find("4 connection(s)"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("structured true"), std::string::npos) << r.err;
   const std::string sock = dir / "kit.sock";
-  Process unix_server = start_nbdkit_unix(sock, {"file", img});
+  Nbdkit unix_server({.args = {"file", img}, .socket = sock});
   expect_same_bytes(dir, {"nbd+unix://?socket=" + sock}, img);
   expect_same_bytes(dir, {"nbd+unix:///anyname?socket=" + sock}, img);
   // Map from nbdkit's extents agrees with the file's own map.
@@ -317,16 +255,15 @@ TEST(NbdClient, ConvertSplicesIntoRawTarget) {
   TempDir dir("/dev/shm");
   const std::string img = dir / "disk.raw";
   make_mixed(img, 32 << 20);
-  const std::uint16_t port = free_port();
-  Process tcp = start_nbdkit_tcp(port, {"file", img});
+  Nbdkit tcp({.args = {"file", img}});
   const std::string kit_sock = dir / "kit.sock", simple_sock = dir / "simple.sock", qemu_sock = dir / "qemu.sock";
-  Process kit_unix = start_nbdkit_unix(kit_sock, {"file", img});
-  Process simple_unix = start_nbdkit_unix(simple_sock, {"--no-sr", "file", img});
-  Process qemu_unix = start_qemu_nbd_unix(img, qemu_sock, "e");
+  Nbdkit kit_unix({.args = {"file", img}, .socket = kit_sock});
+  Nbdkit simple_unix({.args = {"--no-sr", "file", img}, .socket = simple_sock});
+  QemuNbd qemu_unix({.file = img, .export_name = "e", .socket = qemu_sock});
   const std::string by_qemu_img = dir / "qemu-img.raw";
   const std::string kit_url = "nbd+unix:///?socket=" + kit_sock;
   ASSERT_EQ(run({"qemu-img", "convert", "-O", "raw", kit_url, by_qemu_img}, 120s).exit_code, 0);
-  for (const std::string& url : {"nbd://127.0.0.1:" + port_text(port), kit_url, "nbd+unix:///?socket=" + simple_sock,
+  for (const std::string& url : {tcp.url(), kit_url, "nbd+unix:///?socket=" + simple_sock,
                                  "nbd+unix:///e?socket=" + qemu_sock}) {
     expect_same_bytes(dir, {url}, img);
     EXPECT_EQ(allocated_bytes(dir / "copy.raw"), allocated_bytes(by_qemu_img)) << url;
@@ -353,9 +290,8 @@ TEST(NbdClient, NbdkitMemoryWriteAndReadBack) {
   TempDir dir;
   const std::string src = dir / "src.raw";
   make_mixed(src, 16 << 20);
-  const std::uint16_t port = free_port();
-  Process server = start_nbdkit_tcp(port, {"memory", "16M"});
-  const std::string url = "nbd://127.0.0.1:" + port_text(port);
+  Nbdkit server({.args = {"memory", "16M"}});
+  const std::string url = server.url();
   expect_ok(run_nb({"convert", "-n", "-O", "raw", src, url}, 120s), "convert -n into memory");
   expect_same_bytes(dir, {url}, src);
 }
@@ -364,9 +300,9 @@ TEST(NbdClient, NbdServerSimpleReplies) {
   TempDir dir;
   const std::string img = dir / "disk.raw";
   make_mixed(img, 8 << 20);
-  const std::uint16_t port = free_port();
-  NbdServer server(dir, port, "disk", img);
-  const std::string url = "nbd://127.0.0.1:" + port_text(port) + "/disk";
+  NbdServer server({.file = img});
+  const std::uint16_t port = server.port();
+  const std::string url = server.url();
   RunResult r = run({netblk_binary(), "info", url}, 30s, {"NETBLK_LOG=debug"});
   EXPECT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.err.find("structured false"), std::string::npos) << r.err;
@@ -384,9 +320,8 @@ TEST(NbdClient, ErrorsAreOneLineAndQuick) {
   TempDir dir;
   const std::string img = dir / "disk.raw";
   make_mixed(img, 4 << 20);
-  const std::uint16_t port = free_port();
-  Process server = start_qemu_nbd_tcp(img, port, "disk");
-  const std::string p = port_text(port);
+  QemuNbd server({.file = img});
+  const std::string p = port_text(server.port());
   expect_error(run_nb({"info", "nbd://127.0.0.1:" + p + "/nope"}, 30s), "server refused export 'nope'");
   const std::uint16_t closed = free_port();
   expect_error(run_nb({"info", "nbd://127.0.0.1:" + port_text(closed) + "/x"}, 30s), "Failed to connect");
@@ -432,9 +367,8 @@ TEST(NbdClient, ServerErrorsFailTheCopy) {
   TempDir dir;
   const std::string img = dir / "disk.raw";
   write_pattern_file(img, 8 << 20);
-  const std::uint16_t port = free_port();
-  Process server = start_nbdkit_tcp(port, {"--filter=error", "file", img, "error-pread=EIO", "error-pread-rate=100%"});
-  RunResult r = run_nb({"convert", "-O", "raw", "nbd://127.0.0.1:" + port_text(port), dir / "out.raw"}, 60s);
+  Nbdkit server({.args = {"--filter=error", "file", img, "error-pread=EIO", "error-pread-rate=100%"}});
+  RunResult r = run_nb({"convert", "-O", "raw", server.url(), dir / "out.raw"}, 60s);
   expect_error(r, "read failed");
   EXPECT_NE(r.err.find("Input/output error"), std::string::npos) << r.err;
 }
@@ -443,8 +377,8 @@ TEST(NbdClient, StalledServerIsDetected) {
   TempDir dir;
   const std::string img = dir / "disk.raw";
   write_pattern_file(img, 4 << 20);
-  const std::uint16_t port = free_port();
-  Process server = start_nbdkit_tcp(port, {"--filter=delay", "file", img, "delay-read=30"});
+  Nbdkit server({.args = {"--filter=delay", "file", img, "delay-read=30"}});
+  const std::uint16_t port = server.port();
   auto t0 = std::chrono::steady_clock::now();
   RunResult r = run_nb({"convert", "-O", "raw", "--image-opts",
                         "driver=nbd,host=127.0.0.1,port=" + port_text(port) + ",x-io-timeout=1,reconnect-delay=2",
@@ -453,9 +387,8 @@ TEST(NbdClient, StalledServerIsDetected) {
   expect_error(r, "nbd://127.0.0.1:" + port_text(port));
   EXPECT_LT(std::chrono::steady_clock::now() - t0, 30s);
   // A slow but answering server is fine.
-  const std::uint16_t slow_port = free_port();
-  Process slow = start_nbdkit_tcp(slow_port, {"--filter=delay", "file", img, "delay-read=50ms"});
-  expect_same_bytes(dir, {"nbd://127.0.0.1:" + port_text(slow_port)}, img);
+  Nbdkit slow({.args = {"--filter=delay", "file", img, "delay-read=50ms"}});
+  expect_same_bytes(dir, {slow.url()}, img);
 }
 
 TEST(NbdClient, ServerRestartDuringConvertLosesNothing) {
@@ -473,12 +406,13 @@ TEST(NbdClient, ServerRestartDuringConvertLosesNothing) {
     const std::uint16_t port = free_port();
     const std::string sock = *dir / "nbd.sock";
     auto start = [&](const std::vector<std::string>& args) {
-      return c.unix_socket ? start_nbdkit_unix(sock, args) : start_nbdkit_tcp(port, args);
+      return c.unix_socket ? std::make_unique<Nbdkit>(Nbdkit::Options{.args = args, .socket = sock})
+                           : std::make_unique<Nbdkit>(Nbdkit::Options{.args = args, .port = port});
     };
     const std::string url = c.unix_socket ? "nbd+unix:///?socket=" + sock : "nbd://127.0.0.1:" + port_text(port);
     const std::string out = *dir / "out.raw";
     // Throttled so that the kill lands in the middle of the copy.
-    auto server = std::make_unique<Process>(start({"--filter=rate", "file", img, "rate=64M"}));
+    auto server = start({"--filter=rate", "file", img, "rate=64M"});
     Process convert({netblk_binary(), "convert", "-O", "raw", url, out}, *dir / "convert.log");
     std::this_thread::sleep_for(1500ms);
     ASSERT_TRUE(convert.running()) << what << ": " << read_file(*dir / "convert.log");
@@ -486,7 +420,7 @@ TEST(NbdClient, ServerRestartDuringConvertLosesNothing) {
     server.reset();
     std::filesystem::remove(sock);
     std::this_thread::sleep_for(700ms);  // down for a while: the client must wait, not fail
-    Process restarted = start({"file", img});
+    auto restarted = start({"file", img});
     const int code = convert.wait(180s);
     const std::string log = read_file(*dir / "convert.log");
     ASSERT_EQ(code, 0) << what << ": " << log;
@@ -500,12 +434,8 @@ TEST(NbdClient, NetblkServeWithExtendedHeaders) {
   TempDir dir;
   const std::string img = dir / "disk.raw";
   make_mixed(img, 16 << 20);
-  const std::uint16_t port = free_port();
-  Process server({netblk_binary(), "serve", "-t", "-f", "raw", "-x", "disk", "-b", "127.0.0.1", "-p", port_text(port),
-                  img},
-                 dir / "serve.log");
-  ASSERT_TRUE(wait_tcp(port)) << read_file(dir / "serve.log");
-  const std::string url = "nbd://127.0.0.1:" + port_text(port) + "/disk";
+  NetblkServe server({.args = {"-t", "-f", "raw", img}});
+  const std::string url = server.url();
   RunResult r = run({netblk_binary(), "info", url}, 30s, {"NETBLK_LOG=debug"});
   EXPECT_NE(r.err.find("extended true"), std::string::npos) << r.err;
   expect_same_bytes(dir, {url}, img);
@@ -525,10 +455,9 @@ TEST(NbdClient, TlsX509WithQemuNbd) {
   make_mixed(img, 8 << 20);
   const std::string sdir = dir / "server", cdir = dir / "client";
   make_tls_certs(dir, sdir, cdir, "a");
-  const std::uint16_t port = free_port();
-  Process server = start_qemu_nbd_tcp(
-      img, port, "disk", {"--object", "tls-creds-x509,id=tls0,endpoint=server,dir=" + sdir, "--tls-creds", "tls0"});
-  const std::string p = port_text(port);
+  QemuNbd server({.file = img,
+                  .extra = {"--object", "tls-creds-x509,id=tls0,endpoint=server,dir=" + sdir, "--tls-creds", "tls0"}});
+  const std::string p = port_text(server.port());
   const std::string creds = "tls-creds-x509,id=tls0,endpoint=client,dir=" + cdir;
   expect_same_bytes(dir, {"--object", creds, "--image-opts",
                           "driver=nbd,host=127.0.0.1,port=" + p + ",export=disk,tls-creds=tls0"},
@@ -565,10 +494,73 @@ TEST(NbdClient, TlsPskOverUnixWithQemuNbd) {
   std::filesystem::create_directories(kdir);
   write_file(kdir + "/keys.psk", "qemu:9a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9\n");
   const std::string sock = dir / "tls.sock";
-  Process server({"qemu-nbd", "-t", "-f", "raw", "-x", "disk", "-k", sock, "--object",
-                  "tls-creds-psk,id=tls0,endpoint=server,dir=" + kdir, "--tls-creds", "tls0", img});
-  ASSERT_TRUE(wait_unix(sock));
+  QemuNbd server({.file = img,
+                  .socket = sock,
+                  .extra = {"--object", "tls-creds-psk,id=tls0,endpoint=server,dir=" + kdir, "--tls-creds", "tls0"}});
   expect_same_bytes(dir, {"--object", "tls-creds-psk,id=tls0,endpoint=client,dir=" + kdir + ",username=qemu",
                           "--image-opts", "driver=nbd,path=" + sock + ",export=disk,tls-creds=tls0"},
                     img);
 }
+
+namespace {
+
+constexpr std::uint64_t kCheckedSize = (10u << 20) + 1536;  // whole sectors, not a power of two
+
+// The servers the drive checks read and write, by the label of their case: qemu-nbd and
+// nbdkit over TCP and unix sockets, each on an image of its own (writes land in it and are
+// undone), and a read-only qemu-nbd. One set for the whole binary.
+struct Served {
+  Served() {
+    for (const char* label : {"qemu_nbd_tcp", "qemu_nbd_unix", "qemu_nbd_read_only", "nbdkit_tcp", "nbdkit_unix"})
+      make_mixed(image(label), kCheckedSize);
+    servers["qemu_nbd_tcp"] = std::make_unique<QemuNbd>(QemuNbd::Options{.file = image("qemu_nbd_tcp")});
+    servers["qemu_nbd_unix"] =
+        std::make_unique<QemuNbd>(QemuNbd::Options{.file = image("qemu_nbd_unix"), .socket = dir / "qemu.sock"});
+    servers["qemu_nbd_read_only"] =
+        std::make_unique<QemuNbd>(QemuNbd::Options{.file = image("qemu_nbd_read_only"), .read_only = true});
+    servers["nbdkit_tcp"] = std::make_unique<Nbdkit>(Nbdkit::Options{.args = {"file", image("nbdkit_tcp")}});
+    servers["nbdkit_unix"] =
+        std::make_unique<Nbdkit>(Nbdkit::Options{.args = {"file", image("nbdkit_unix")}, .socket = dir / "kit.sock"});
+  }
+  std::string image(const std::string& label) const { return dir / (label + ".raw"); }
+
+  TempDir dir;
+  std::map<std::string, std::unique_ptr<NbdDaemon>> servers;
+};
+
+// Names no server answers as asked: over TCP, or over a unix socket.
+std::vector<std::string> bad_nbd_names(const NbdDaemon& server) {
+  if (!server.socket().empty()) {
+    const std::string sock = server.socket();
+    return {"nbd+unix:///disk", "nbd+unix:///disk?socket=" + sock + ".missing",
+            "nbd+unix:///disk?socket=" + sock + "&socket=" + sock,
+            "json:{\"driver\":\"nbd\",\"server\":{\"type\":\"unix\"},\"export\":\"disk\"}"};
+  }
+  const std::string p = port_text(server.port());
+  return {"nbd://127.0.0.1:" + port_text(free_port()) + "/disk",
+          "nbd://127.0.0.1:" + p + "/disk?socket=/x",
+          "nbd+unix://127.0.0.1/disk?socket=/x",
+          "nbd:127.0.0.1:" + p + ":exportname",
+          "json:{\"driver\":\"nbd\",\"server\":{\"type\":\"inet\",\"host\":\"127.0.0.1\"},\"export\":\"disk\"}",
+          "json:{\"driver\":\"nbd\",\"host\":\"127.0.0.1\",\"port\":" + p + ",\"queue-size\":3}"};
+}
+
+// The drive checks on Served's server `label`. qemu-nbd serves named exports only: an
+// unknown one is a bad name too.
+DriveCheckParam nbd_case(const std::string& label, bool writable, bool named_exports) {
+  return {label, [=] {
+            auto& s = shared<Served>();
+            const NbdDaemon& server = *s.servers.at(label);
+            auto bad = bad_nbd_names(server);
+            if (named_exports)
+              bad.push_back(server.socket().empty() ? "nbd://127.0.0.1:" + port_text(server.port()) + "/nope"
+                                                    : "nbd+unix:///nope?socket=" + server.socket());
+            return DriveCase{.name = server.url(), .source = s.image(label), .writable = writable, .bad_names = bad};
+          }};
+}
+
+}  // namespace
+
+NETBLK_DRIVE_CHECKS(NbdClient, nbd_case("qemu_nbd_tcp", true, true), nbd_case("qemu_nbd_unix", true, true),
+                    nbd_case("qemu_nbd_read_only", false, true), nbd_case("nbdkit_tcp", true, false),
+                    nbd_case("nbdkit_unix", true, false));

@@ -16,6 +16,8 @@
 
 #include "nbd/protocol.hpp"
 #include "netblk/error.hpp"
+#include "nbdkit.hpp"
+#include "netblk_serve.hpp"
 #include "servers.hpp"
 
 using namespace netblk;
@@ -44,36 +46,6 @@ void make_image(const std::string& path) {
   f.close();
   ASSERT_EQ(::truncate(path.c_str(), kImageSize), 0);
 }
-
-// One `netblk serve` child, stopped by PID.
-struct Serve {
-  Process process;
-  std::string uri;  // nbd:// or nbd+unix:// for the export
-  std::string socket;
-  std::uint16_t port = 0;
-};
-
-Serve start_serve(const TempDir& dir, const std::vector<std::string>& flags, const std::string& image, bool unix_socket,
-                  const std::string& export_name = "disk") {
-  Serve s;
-  std::vector<std::string> argv{netblk_binary(), "serve", "-x", export_name};
-  if (unix_socket) {
-    s.socket = dir / ("serve" + std::to_string(free_port()) + ".sock");
-    argv.insert(argv.end(), {"-k", s.socket});
-    s.uri = "nbd+unix:///" + export_name + "?socket=" + s.socket;
-  } else {
-    s.port = free_port();
-    argv.insert(argv.end(), {"-b", "127.0.0.1", "-p", std::to_string(s.port)});
-    s.uri = "nbd://127.0.0.1:" + std::to_string(s.port) + "/" + export_name;
-  }
-  argv.insert(argv.end(), flags.begin(), flags.end());
-  argv.push_back(image);
-  s.process = Process(argv, dir / "serve.log");
-  bool ready = unix_socket ? wait_unix(s.socket, 20s) : wait_tcp(s.port, 20s);
-  EXPECT_TRUE(ready) << "netblk serve did not start: " << read_file(dir / "serve.log");
-  return s;
-}
-
 
 // ---- a raw client for hostile tests ---------------------------------------------------
 
@@ -209,9 +181,9 @@ TEST(NbdServer, NbdinfoJsonMapAndList) {
   require("nbdinfo");
   TempDir dir;
   make_image(dir / "disk.raw");
-  auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw", "-D", "test disk"}, dir / "disk.raw", true);
+  NetblkServe s({.args = {"-t", "-e", "0", "-f", "raw", "-D", "test disk", dir / "disk.raw"}, .unix_socket = true});
 
-  auto info = run({"nbdinfo", "--json", s.uri}, 30s);
+  auto info = run({"nbdinfo", "--json", s.url()}, 30s);
   ASSERT_EQ(info.exit_code, 0) << info.err;
   EXPECT_NE(info.out.find("\"export-size\": 67108864"), std::string::npos) << info.out;
   EXPECT_NE(info.out.find("\"description\": \"test disk\""), std::string::npos) << info.out;
@@ -221,25 +193,25 @@ TEST(NbdServer, NbdinfoJsonMapAndList) {
   EXPECT_NE(info.out.find("\"can_multi_conn\": true"), std::string::npos) << info.out;
   EXPECT_NE(info.out.find("\"block_size_maximum\": 33554432"), std::string::npos) << info.out;
 
-  auto map = run({"nbdinfo", "--map", s.uri}, 30s);
+  auto map = run({"nbdinfo", "--map", s.url()}, 30s);
   ASSERT_EQ(map.exit_code, 0) << map.err;
   // Holes and data exactly where the file has them.
   EXPECT_NE(map.out.find("         0     1048576    3  hole,zero"), std::string::npos) << map.out;
   EXPECT_NE(map.out.find("   1048576     2097152    0  data"), std::string::npos) << map.out;
   EXPECT_NE(map.out.find("  41943040     1048576    0  data"), std::string::npos) << map.out;
 
-  auto list = run({"nbdinfo", "--list", "nbd+unix:///?socket=" + s.socket}, 30s);
+  auto list = run({"nbdinfo", "--list", "nbd+unix:///?socket=" + s.socket()}, 30s);
   ASSERT_EQ(list.exit_code, 0) << list.err;
   EXPECT_NE(list.out.find("export=\"disk\""), std::string::npos) << list.out;
   EXPECT_NE(list.out.find("description: test disk"), std::string::npos) << list.out;
 
   // An unknown export name is refused, and the server keeps serving.
-  auto wrong = run({"nbdinfo", "nbd+unix:///nope?socket=" + s.socket}, 30s);
+  auto wrong = run({"nbdinfo", "nbd+unix:///nope?socket=" + s.socket()}, 30s);
   EXPECT_NE(wrong.exit_code, 0);
-  EXPECT_EQ(run({"nbdinfo", "--size", s.uri}, 30s).out, "67108864\n");
+  EXPECT_EQ(run({"nbdinfo", "--size", s.url()}, 30s).out, "67108864\n");
 
   // SIGTERM: clean exit 0.
-  int status = s.process.stop(SIGTERM);
+  int status = s.stop(SIGTERM);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
@@ -249,18 +221,18 @@ TEST(NbdServer, QemuImgOverTcpAndUnix) {
   make_image(dir / "disk.raw");
   for (bool unix_socket : {false, true}) {
     SCOPED_TRACE(unix_socket ? "unix" : "tcp");
-    auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw", "-r"}, dir / "disk.raw", unix_socket);
-    auto info = run({"qemu-img", "info", "--output=json", s.uri}, 60s);
+    NetblkServe s({.args = {"-t", "-e", "0", "-f", "raw", "-r", dir / "disk.raw"}, .unix_socket = unix_socket});
+    auto info = run({"qemu-img", "info", "--output=json", s.url()}, 60s);
     ASSERT_EQ(info.exit_code, 0) << info.err;
     EXPECT_NE(info.out.find("\"virtual-size\": 67108864"), std::string::npos) << info.out;
     std::string out = dir / "copy.raw";
-    auto convert = run({"qemu-img", "convert", "-m", "1", "-f", "raw", "-O", "raw", s.uri, out}, 120s);
+    auto convert = run({"qemu-img", "convert", "-m", "1", "-f", "raw", "-O", "raw", s.url(), out}, 120s);
     ASSERT_EQ(convert.exit_code, 0) << convert.err;
     EXPECT_EQ(file_hash(out), file_hash(dir / "disk.raw"));
-    auto compare = run({"qemu-img", "compare", "-f", "raw", "-F", "raw", dir / "disk.raw", s.uri}, 120s);
+    auto compare = run({"qemu-img", "compare", "-f", "raw", "-F", "raw", dir / "disk.raw", s.url()}, 120s);
     EXPECT_EQ(compare.exit_code, 0) << compare.out << compare.err;
     ::unlink(out.c_str());
-    int status = s.process.stop(SIGTERM);
+    int status = s.stop(SIGTERM);
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
   }
 }
@@ -269,10 +241,10 @@ TEST(NbdServer, ExitsAfterLastClientWithoutPersistent) {
   require("qemu-img");
   TempDir dir;
   make_image(dir / "disk.raw");
-  auto s = start_serve(dir, {"-f", "raw"}, dir / "disk.raw", false);
-  auto info = run({"qemu-img", "info", s.uri}, 60s);
+  NetblkServe s({.args = {"-f", "raw", dir / "disk.raw"}});
+  auto info = run({"qemu-img", "info", s.url()}, 60s);
   ASSERT_EQ(info.exit_code, 0) << info.err;
-  EXPECT_EQ(s.process.wait(15s), 0) << "qemu-nbd exits once its only client has gone; so must we";
+  EXPECT_EQ(s.process().wait(15s), 0) << "qemu-nbd exits once its only client has gone; so must we";
   // (The readiness probe, which connected and sent nothing, did not end the server.)
 }
 
@@ -280,20 +252,20 @@ TEST(NbdServer, NbdcopyBothDirections) {
   require("nbdcopy");
   TempDir dir;
   make_image(dir / "disk.raw");
-  auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, dir / "disk.raw", false);
+  NetblkServe s({.args = {"-t", "-e", "0", "-f", "raw", dir / "disk.raw"}});
   // Export -> file.
-  auto out = run({"nbdcopy", s.uri, dir / "out.raw"}, 120s);
+  auto out = run({"nbdcopy", s.url(), dir / "out.raw"}, 120s);
   ASSERT_EQ(out.exit_code, 0) << out.err;
   EXPECT_EQ(file_hash(dir / "out.raw"), file_hash(dir / "disk.raw"));
-  s.process.stop();
+  s.stop();
 
   // File -> export (an empty image of the same size), over a unix socket.
   write_pattern_file(dir / "src.raw", kImageSize, 99);
   ASSERT_EQ(run({"truncate", "-s", std::to_string(kImageSize), dir / "empty.raw"}).exit_code, 0);
-  auto t = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, dir / "empty.raw", true);
-  auto in = run({"nbdcopy", dir / "src.raw", t.uri}, 120s);
+  NetblkServe t({.args = {"-t", "-e", "0", "-f", "raw", dir / "empty.raw"}, .unix_socket = true});
+  auto in = run({"nbdcopy", dir / "src.raw", t.url()}, 120s);
   ASSERT_EQ(in.exit_code, 0) << in.err;
-  int status = t.process.stop(SIGTERM);  // flushes and closes the image
+  int status = t.stop(SIGTERM);  // flushes and closes the image
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   EXPECT_EQ(file_hash(dir / "empty.raw"), file_hash(dir / "src.raw"));
 }
@@ -304,14 +276,14 @@ TEST(NbdServer, FioVerify) {
   ASSERT_EQ(run({"truncate", "-s", "32M", dir / "fio.raw"}).exit_code, 0);
   for (bool unix_socket : {false, true}) {
     SCOPED_TRACE(unix_socket ? "unix" : "tcp");
-    auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, dir / "fio.raw", unix_socket);
-    auto r = run({"fio", "--name=verify", "--ioengine=nbd", "--uri=" + s.uri, "--rw=randwrite", "--bs=4k",
+    NetblkServe s({.args = {"-t", "-e", "0", "-f", "raw", dir / "fio.raw"}, .unix_socket = unix_socket});
+    auto r = run({"fio", "--name=verify", "--ioengine=nbd", "--uri=" + s.url(), "--rw=randwrite", "--bs=4k",
                   "--iodepth=16", "--size=32M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
                   "--verify_state_save=0"},
                  180s);
     EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
     EXPECT_EQ(r.err.find("verify:"), std::string::npos) << r.err;
-    s.process.stop();
+    s.stop();
   }
 }
 
@@ -333,57 +305,57 @@ TEST(NbdServer, ImageOnTmpfs) {
   const std::int64_t allocated_before = allocated();
   for (bool unix_socket : {false, true}) {
     SCOPED_TRACE(unix_socket ? "unix" : "tcp");
-    auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, image, unix_socket);
-    auto copy = run({"nbdcopy", s.uri, dir / "copy.raw"}, 120s);
+    NetblkServe s({.args = {"-t", "-e", "0", "-f", "raw", image}, .unix_socket = unix_socket});
+    auto copy = run({"nbdcopy", s.url(), dir / "copy.raw"}, 120s);
     ASSERT_EQ(copy.exit_code, 0) << copy.err;
     EXPECT_EQ(file_hash(dir / "copy.raw"), file_hash(image));
     ::unlink((dir / "copy.raw").c_str());
     EXPECT_EQ(allocated(), allocated_before) << "reading the export allocated its holes";
-    s.process.stop();
+    s.stop();
   }
 
   // Random writes with verification, into the holes and the data.
   for (bool unix_socket : {false, true}) {
     SCOPED_TRACE(unix_socket ? "unix" : "tcp");
-    auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, image, unix_socket);
-    auto r = run({"fio", "--name=verify", "--ioengine=nbd", "--uri=" + s.uri, "--rw=randwrite", "--bs=4k",
+    NetblkServe s({.args = {"-t", "-e", "0", "-f", "raw", image}, .unix_socket = unix_socket});
+    auto r = run({"fio", "--name=verify", "--ioengine=nbd", "--uri=" + s.url(), "--rw=randwrite", "--bs=4k",
                   "--iodepth=16", "--size=64M", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
                   "--verify_state_save=0"},
                  180s);
     EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
-    s.process.stop();
+    s.stop();
   }
 
   // Format probed as raw: a write that would make the first sector probe as qcow2 is
   // refused on the in-place path too.
   {
-    auto p = start_serve(dir, {"-t", "-e", "0"}, image, true);
+    NetblkServe p({.args = {"-t", "-e", "0", image}, .unix_socket = true});
     std::string header(4096, '\0');
     header.replace(0, 4, "QFI\xfb");
     const std::string head = dir / "head.bin";
     write_file(head, header);
-    auto w = run({"qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -s " + head + " 0 4k", p.uri}, 60s);
+    auto w = run({"qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -s " + head + " 0 4k", p.url()}, 60s);
     EXPECT_NE(w.out.find("Operation not permitted"), std::string::npos) << w.out << w.err;
     EXPECT_NE(read_file(image).substr(0, 4), "QFI\xfb");
-    p.process.stop();
+    p.stop();
   }
 
   // The file shrinks under the server; writes past the new end still land (as pwrite
   // would put them) and the server keeps serving.
-  auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, image, true);
+  NetblkServe s({.args = {"-t", "-e", "0", "-f", "raw", image}, .unix_socket = true});
   ASSERT_EQ(::truncate(image.c_str(), 1 << 20), 0);
   // (4k without FUA: the payload arrives with its header, so the server tries the mapping.)
   auto w = run({"qemu-io", "-f", "raw", "-t", "writeback", "-c", "write -P 0x5a 8M 4k", "-c",
-                "write -P 0x5a 8196k 60k", "-c", "read -P 0x5a 8M 64k", s.uri},
+                "write -P 0x5a 8196k 60k", "-c", "read -P 0x5a 8M 64k", s.url()},
                60s);
   EXPECT_EQ(w.exit_code, 0) << w.out << w.err;
   EXPECT_EQ(w.out.find("error"), std::string::npos) << w.out;
   EXPECT_EQ(w.out.find("Pattern verification failed"), std::string::npos) << w.out;
-  EXPECT_TRUE(s.process.running());
+  EXPECT_TRUE(s.process().running());
   std::string bytes = read_file(image);
   ASSERT_GE(bytes.size(), (8u << 20) + (64u << 10));
   EXPECT_EQ(bytes.substr(8u << 20, 64u << 10), std::string(64u << 10, '\x5a'));
-  s.process.stop();
+  s.stop();
 }
 
 TEST(NbdServer, ThroughNbdkitNbdPlugin) {
@@ -391,10 +363,9 @@ TEST(NbdServer, ThroughNbdkitNbdPlugin) {
   require("nbdcopy");
   TempDir dir;
   make_image(dir / "disk.raw");
-  auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw", "-r"}, dir / "disk.raw", false, "x");
+  NetblkServe s({.args = {"-t", "-e", "0", "-f", "raw", "-r", dir / "disk.raw"}, .export_name = "x"});
   std::string sock = dir / "kit.sock";
-  Process kit({"nbdkit", "-f", "-U", sock, "nbd", "uri=" + s.uri}, dir / "nbdkit.log");
-  ASSERT_TRUE(wait_unix(sock, 20s)) << read_file(dir / "nbdkit.log");
+  Nbdkit kit({.args = {"nbd", "uri=" + s.url()}, .socket = sock, .log = dir / "nbdkit.log"});
   std::string uri = "nbd+unix:///?socket=" + sock;
   auto size = run({"nbdinfo", "--size", uri}, 30s);
   EXPECT_EQ(size.out, "67108864\n") << size.err;
@@ -409,11 +380,11 @@ TEST(NbdServer, ReadOnlyExportRejectsWrites) {
   TempDir dir;
   make_image(dir / "disk.raw");
   std::uint64_t before = file_hash(dir / "disk.raw");
-  auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw", "-r"}, dir / "disk.raw", true);
-  auto info = run({"nbdinfo", "--json", s.uri}, 30s);
+  NetblkServe s({.args = {"-t", "-e", "0", "-f", "raw", "-r", dir / "disk.raw"}, .unix_socket = true});
+  auto info = run({"nbdinfo", "--json", s.url()}, 30s);
   EXPECT_NE(info.out.find("\"is_read_only\": true"), std::string::npos) << info.out;
 
-  RawClient c(s.socket);
+  RawClient c(s.socket());
   ASSERT_EQ(c.handshake("disk"), kImageSize);
   std::vector<std::byte> data(4096, std::byte{0x55});
   c.request(nbd::kCmdWrite, 0, data.size(), 1);
@@ -426,7 +397,7 @@ TEST(NbdServer, ReadOnlyExportRejectsWrites) {
   // Reads still work on the same connection.
   c.request(nbd::kCmdRead, 1 << 20, 4096, 4);
   EXPECT_EQ(c.simple_reply(4, 4096), 0);
-  s.process.stop();
+  s.stop();
   EXPECT_EQ(file_hash(dir / "disk.raw"), before);
 }
 
@@ -434,10 +405,10 @@ TEST(NbdServer, HostileClients) {
   require("nbdinfo");
   TempDir dir;
   make_image(dir / "disk.raw");
-  auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, dir / "disk.raw", true);
+  NetblkServe s({.args = {"-t", "-e", "0", "-f", "raw", dir / "disk.raw"}, .unix_socket = true});
 
   {  // Garbage instead of client flags + option: disconnected.
-    RawClient c(s.socket);
+    RawClient c(s.socket());
     std::array<std::byte, nbd::kServerGreetingSize> g;
     ASSERT_TRUE(c.recv(g));
     std::vector<std::byte> junk(64, std::byte{0xee});
@@ -445,7 +416,7 @@ TEST(NbdServer, HostileClients) {
     EXPECT_TRUE(c.closed_by_peer());
   }
   {  // Bad option magic after valid flags.
-    RawClient c(s.socket);
+    RawClient c(s.socket());
     std::array<std::byte, nbd::kServerGreetingSize> g;
     ASSERT_TRUE(c.recv(g));
     std::array<std::byte, 4> flags;
@@ -456,7 +427,7 @@ TEST(NbdServer, HostileClients) {
     EXPECT_TRUE(c.closed_by_peer());
   }
   {  // Unknown option: an error reply, and the handshake goes on.
-    RawClient c(s.socket);
+    RawClient c(s.socket());
     c.greet();
     c.send(nbd::encode_option(4242));
     EXPECT_EQ(c.read_option_reply().type, nbd::kRepErrUnsup);
@@ -467,7 +438,7 @@ TEST(NbdServer, HostileClients) {
     EXPECT_TRUE(c.closed_by_peer());
   }
   {  // Bad requests: errors, and the connection stays usable.
-    RawClient c(s.socket);
+    RawClient c(s.socket());
     ASSERT_EQ(c.handshake("disk"), kImageSize);
     c.request(nbd::kCmdRead, kImageSize - 512, 4096, 1);  // past the end
     EXPECT_EQ(c.simple_reply(1), long{nbd::kEinval});
@@ -491,7 +462,7 @@ TEST(NbdServer, HostileClients) {
     EXPECT_TRUE(c.closed_by_peer());
   }
   {  // A client that sends many large reads and never reads the replies: memory stays bounded.
-    RawClient c(s.socket);
+    RawClient c(s.socket());
     ASSERT_EQ(c.handshake("disk"), kImageSize);
     // The server stops reading at its in-flight bound, so our sends stop going through.
     int sent = 0;
@@ -506,15 +477,15 @@ TEST(NbdServer, HostileClients) {
     }
     EXPECT_LT(sent, 100000) << "the server kept reading requests without bound";
     std::this_thread::sleep_for(2s);
-    long rss = rss_kib(s.process.pid());
+    long rss = rss_kib(s.process().pid());
     EXPECT_GT(rss, 0);
     EXPECT_LT(rss, 1024 * 1024) << "server RSS " << rss << " KiB";
   }
   // The server survived all that and serves the next client.
-  auto size = run({"nbdinfo", "--size", s.uri}, 30s);
+  auto size = run({"nbdinfo", "--size", s.url()}, 30s);
   EXPECT_EQ(size.exit_code, 0) << size.err;
   EXPECT_EQ(size.out, "67108864\n");
-  EXPECT_TRUE(s.process.running());
+  EXPECT_TRUE(s.process().running());
 }
 
 // No peer installed here speaks extended headers yet (QEMU 8.2+, libnbd 1.18+): check them,
@@ -522,8 +493,8 @@ TEST(NbdServer, HostileClients) {
 TEST(NbdServer, ExtendedHeadersAndBlockStatus) {
   TempDir dir;
   make_image(dir / "disk.raw");
-  auto s = start_serve(dir, {"-t", "-e", "0", "-f", "raw"}, dir / "disk.raw", true);
-  RawClient c(s.socket);
+  NetblkServe s({.args = {"-t", "-e", "0", "-f", "raw", dir / "disk.raw"}, .unix_socket = true});
+  RawClient c(s.socket());
   std::array<std::byte, nbd::kServerGreetingSize> g;
   ASSERT_TRUE(c.recv(g));
   std::array<std::byte, 4> flags;
@@ -615,7 +586,7 @@ TEST(NbdServer, ExtendedHeadersAndBlockStatus) {
   EXPECT_EQ(rh.type, nbd::kReplyTypeNone);
   send_ext(nbd::kCmdDisc, 0, 0, 7);
   EXPECT_TRUE(c.closed_by_peer());
-  s.process.stop();
+  s.stop();
   EXPECT_EQ(read_file(dir / "disk.raw").substr(0, 4096), std::string(4096, '\x5a'));
 }
 
@@ -635,11 +606,8 @@ TEST(NbdServer, TlsX509WithQemuImgNbdinfoNbdcopyAndOurClient) {
   std::filesystem::create_directories(nocert);
   std::filesystem::copy_file(cdir + "/ca-cert.pem", nocert + "/ca-cert.pem");
 
-  auto s = start_serve(dir,
-                       {"-t", "-e", "0", "-f", "raw", "--object",
-                        "tls-creds-x509,id=tls0,endpoint=server,dir=" + sdir, "--tls-creds", "tls0"},
-                       dir / "disk.raw", false);
-  const std::string port = std::to_string(s.port);
+  NetblkServe s({.args = {"-t", "-e", "0", "-f", "raw", "--object", "tls-creds-x509,id=tls0,endpoint=server,dir=" + sdir, "--tls-creds", "tls0", dir / "disk.raw"}});
+  const std::string port = std::to_string(s.port());
   const std::string client_creds = "tls-creds-x509,id=tls0,endpoint=client,dir=" + cdir;
   const std::string nbds = "nbds://127.0.0.1:" + port + "/disk?tls-certificates=" + cdir;
 
@@ -679,7 +647,7 @@ TEST(NbdServer, TlsX509WithQemuImgNbdinfoNbdcopyAndOurClient) {
   EXPECT_NE(run({"nbdinfo", "nbds://127.0.0.1:" + port + "/disk?tls-certificates=" + nocert}, 30s).exit_code, 0);
   // The server goes on serving after the refusals.
   EXPECT_EQ(run({"nbdinfo", "--size", nbds}, 30s).out, "67108864\n");
-  int status = s.process.stop(SIGTERM);
+  int status = s.stop(SIGTERM);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
 }
 
@@ -693,25 +661,22 @@ TEST(NbdServer, TlsPskOverUnix) {
   const std::string key = "9a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
   write_file(kdir + "/keys.psk", "qemu:" + key + "\n");
   write_file(dir / "wrong.psk", "qemu:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n");
-  auto s = start_serve(dir,
-                       {"-t", "-e", "0", "-f", "raw", "--object", "tls-creds-psk,id=tls0,endpoint=server,dir=" + kdir,
-                        "--tls-creds", "tls0"},
-                       dir / "disk.raw", true);
+  NetblkServe s({.args = {"-t", "-e", "0", "-f", "raw", "--object", "tls-creds-psk,id=tls0,endpoint=server,dir=" + kdir, "--tls-creds", "tls0", dir / "disk.raw"}, .unix_socket = true});
   // libnbd takes the PSK user from the URI's authority.
-  const std::string uri = "nbds+unix://qemu@/disk?socket=" + s.socket + "&tls-psk-file=" + kdir + "/keys.psk";
+  const std::string uri = "nbds+unix://qemu@/disk?socket=" + s.socket() + "&tls-psk-file=" + kdir + "/keys.psk";
   auto copy = run({"nbdcopy", uri, dir / "out.raw"}, 120s);
   ASSERT_EQ(copy.exit_code, 0) << copy.err;
   EXPECT_EQ(file_hash(dir / "out.raw"), file_hash(dir / "disk.raw"));
   auto compare = run({"qemu-img", "compare", "-f", "raw", "--object",
                       "tls-creds-psk,id=tls0,endpoint=client,dir=" + kdir + ",username=qemu", dir / "disk.raw",
-                      "json:{\"driver\":\"nbd\",\"path\":\"" + s.socket + "\",\"export\":\"disk\",\"tls-creds\":\"tls0\"}"},
+                      "json:{\"driver\":\"nbd\",\"path\":\"" + s.socket() + "\",\"export\":\"disk\",\"tls-creds\":\"tls0\"}"},
                      120s);
   EXPECT_EQ(compare.exit_code, 0) << compare.out << compare.err;
-  const std::string wrong = "nbds+unix://qemu@/disk?socket=" + s.socket + "&tls-psk-file=" + std::string(dir / "wrong.psk");
+  const std::string wrong = "nbds+unix://qemu@/disk?socket=" + s.socket() + "&tls-psk-file=" + std::string(dir / "wrong.psk");
   EXPECT_NE(run({"nbdinfo", wrong}, 30s).exit_code, 0);
   {  // In the clear: NBD_OPT_GO is answered "TLS required", STARTTLS with data is invalid,
      // and NBD_OPT_EXPORT_NAME (which has no error reply) ends the connection.
-    RawClient c(s.socket);
+    RawClient c(s.socket());
     c.greet();
     c.send(nbd::encode_option(nbd::kOptGo, nbd::encode_info_request({"disk", {}})));
     EXPECT_EQ(c.read_option_reply().type, nbd::kRepErrTlsReqd);
@@ -723,7 +688,7 @@ TEST(NbdServer, TlsPskOverUnix) {
     EXPECT_TRUE(c.closed_by_peer());
   }
   EXPECT_EQ(run({"nbdinfo", "--size", uri}, 30s).out, "67108864\n");
-  s.process.stop();
+  s.stop();
 }
 
 TEST(NbdServer, TlsCredentialErrorsAtStart) {

@@ -5,6 +5,8 @@
 
 #include <regex>
 
+#include "nginx.hpp"
+#include "netblk_serve.hpp"
 #include "servers.hpp"
 
 using namespace netblk::test;
@@ -30,7 +32,7 @@ struct Fixture {
     run({"mkdir", "-p", www});
     base = www + "/disk.img";
     write_pattern_file(base, kSize, 21);
-    web = std::make_unique<Nginx>(dir.path(), www);
+    web = std::make_unique<Nginx>(Nginx::Options{.root = www});
     // The command from the documentation, commas in the json: name doubled.
     auto r = run_netblk({"create", "-f", "qcow2", "-o",
                          "backing_file=json:{\"file.driver\":\"http\",, \"file.url\":\"" + web->url("/disk.img") +
@@ -52,12 +54,8 @@ TEST(OverlayHttp, CreateServeReadEverythingThenTheWebServerMayGo) {
   // qemu-img reads the same overlay (through our json: backing name) the same way.
   EXPECT_EQ(run({"timeout", "60", "qemu-img", "compare", "-f", "qcow2", "-F", "raw", f.overlay, f.base}).exit_code, 0);
 
-  std::uint16_t port = free_port();
-  Process server({netblk_binary(), "serve", "-t", "-e", "0", "-b", "127.0.0.1", "-p", std::to_string(port), "-x", "disk",
-                  "--drive", "file=" + f.overlay + ",format=qcow2,copy-on-read=on"},
-                 f.dir / "serve.log");
-  ASSERT_TRUE(wait_tcp(port)) << read_file(f.dir / "serve.log");
-  std::string url = "nbd://127.0.0.1:" + std::to_string(port) + "/disk";
+  NetblkServe server({.args = {"-t", "-e", "0", "--drive", "file=" + f.overlay + ",format=qcow2,copy-on-read=on"}});
+  std::string url = server.url();
   auto first = run_netblk({"compare", "-f", "raw", "-F", "raw", url, f.base});
   EXPECT_EQ(first.exit_code, 0) << first.out << first.err;
 
@@ -66,7 +64,7 @@ TEST(OverlayHttp, CreateServeReadEverythingThenTheWebServerMayGo) {
   EXPECT_EQ(second.exit_code, 0) << second.out << second.err;
   auto qemu = run({"timeout", "60", "qemu-img", "compare", "-f", "raw", "-F", "raw", url, f.base});
   EXPECT_EQ(qemu.exit_code, 0) << qemu.out << qemu.err;
-  EXPECT_EQ(server.stop(SIGTERM), 0) << read_file(f.dir / "serve.log");
+  EXPECT_EQ(server.stop(SIGTERM), 0) << server.log();
 
   // The overlay itself now holds every byte, and is a sound qcow2 image.
   auto alone = run_netblk({"compare", "-F", "raw", overlay_alone(f.overlay), f.base});
@@ -81,15 +79,11 @@ TEST(OverlayHttp, GuestBootsFromTheOverlayAndPullsItIn) {
   auto g = run({std::string(NETBLK_SOURCE_DIR) + "/tests/guest/make-guest.sh", cache}, std::chrono::seconds(300));
   ASSERT_EQ(g.exit_code, 0) << g.err;
   std::string want = sha256(f.base);
-  std::string sock = f.dir / "nbd.sock";
-  Process server({netblk_binary(), "serve", "-k", sock, "-x", "disk", "--drive",
-                  "file=" + f.overlay + ",format=qcow2,copy-on-read=on"},
-                 f.dir / "serve.log");
-  ASSERT_TRUE(wait_unix(sock)) << read_file(f.dir / "serve.log");
+  NetblkServe server({.args = {"--drive", "file=" + f.overlay + ",format=qcow2,copy-on-read=on"}, .unix_socket = true});
   auto boot = run({"qemu-system-x86_64", "-M", "q35", "-accel", "tcg", "-m", "256", "-nographic", "-no-reboot", "-nic",
                    "none", "-kernel", cache + "/vmlinuz", "-initrd", cache + "/initramfs.gz", "-append",
                    "console=ttyS0 quiet panic=-1 MARKER=cor1 MARKER_SECTOR=8192", "-drive",
-                   "file=nbd+unix:///disk?socket=" + sock + ",format=raw,if=virtio"},
+                   "file=" + server.url() + ",format=raw,if=virtio"},
                   std::chrono::seconds(180));
   ASSERT_EQ(boot.exit_code, 0) << boot.out << boot.err;
   std::smatch m;
@@ -97,7 +91,7 @@ TEST(OverlayHttp, GuestBootsFromTheOverlayAndPullsItIn) {
   EXPECT_EQ(m[1].str(), want);
   EXPECT_NE(boot.out.find("NETBLK-MARKER-WRITTEN"), std::string::npos) << boot.out;
   // Without -t the export ends when the guest disconnects.
-  EXPECT_EQ(server.wait(std::chrono::seconds(30)), 0) << read_file(f.dir / "serve.log");
+  EXPECT_EQ(server.process().wait(std::chrono::seconds(30)), 0) << server.log();
   f.web->stop();
 
   // After power-off the overlay holds everything the guest read, plus its write.

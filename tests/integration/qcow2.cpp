@@ -10,6 +10,8 @@
 #include <nlohmann/json.hpp>
 
 #include "netblk/open.hpp"
+#include "nginx.hpp"
+#include "netblk_serve.hpp"
 #include "servers.hpp"
 
 using namespace netblk::test;
@@ -437,31 +439,17 @@ TEST(Qcow2, HttpBackedOverlayServedWithCopyOnRead) {
   ASSERT_EQ(mkdir((dir / "www").c_str(), 0755), 0);
   const std::string disk = dir / "www/disk.img";
   write_pattern_file(disk, 6u << 20, 21);
-  const std::uint16_t http_port = free_port();
-  const std::string d = dir.path();
-  write_file(dir / "nginx.conf",
-             "daemon off;\nworker_processes 1;\npid " + d + "/nginx.pid;\nerror_log " + d +
-                 "/error.log;\nevents { worker_connections 64; }\nhttp {\n  access_log " + d +
-                 "/access.log;\n  client_body_temp_path " + d + "/body; proxy_temp_path " + d +
-                 "/proxy;\n  fastcgi_temp_path " + d + "/fcgi; uwsgi_temp_path " + d + "/uwsgi; scgi_temp_path " + d +
-                 "/scgi;\n  default_type application/octet-stream;\n  server {\n    listen 127.0.0.1:" +
-                 std::to_string(http_port) + ";\n    root " + d + "/www;\n  }\n}\n");
-  Process nginx({"/usr/sbin/nginx", "-p", d, "-c", d + "/nginx.conf", "-e", d + "/error.log"}, dir / "nginx.out");
-  ASSERT_TRUE(wait_tcp(http_port)) << read_file(dir / "error.log");
+  Nginx nginx({.root = dir / "www"});
 
   const std::string ov = dir / "ov.qcow2";
-  const std::string backing = "json:{\"file.driver\":\"http\",, \"file.url\":\"http://127.0.0.1:" +
-                              std::to_string(http_port) + "/disk.img\",, \"file.readahead\":\"64k\"}";
+  const std::string backing =
+      "json:{\"file.driver\":\"http\",, \"file.url\":\"" + nginx.url("/disk.img") + "\",, \"file.readahead\":\"64k\"}";
   must(nb({"create", "-f", "qcow2", "-o", "backing_file=" + backing, "-F", "raw", ov}), "create");
   json info = json::parse(run({"qemu-img", "info", "--output=json", ov}).out);
   EXPECT_EQ(info["virtual-size"], 6u << 20);
 
-  const std::uint16_t nbd_port = free_port();
-  Process serve({netblk::test::netblk_binary(), "serve", "-b", "127.0.0.1", "-p", std::to_string(nbd_port), "-x", "disk",
-                 "-t", "--drive", "file=" + ov + ",format=qcow2,copy-on-read=on"},
-                dir / "serve.log");
-  ASSERT_TRUE(wait_tcp(nbd_port)) << read_file(dir / "serve.log");
-  const std::string uri = "nbd://127.0.0.1:" + std::to_string(nbd_port) + "/disk";
+  NetblkServe serve({.args = {"-t", "--drive", "file=" + ov + ",format=qcow2,copy-on-read=on"}});
+  const std::string uri = serve.url();
   must(run({"nbdcopy", uri, dir / "first.raw"}, std::chrono::seconds(120)), "nbdcopy while the web server runs");
   EXPECT_EQ(file_hash(dir / "first.raw"), file_hash(disk));
   nginx.stop();
@@ -472,7 +460,7 @@ TEST(Qcow2, HttpBackedOverlayServedWithCopyOnRead) {
   const std::string alone =
       "json:{\"driver\":\"qcow2\",\"backing\":\"\",\"file\":{\"driver\":\"file\",\"filename\":\"" + ov + "\"}}";
   RunResult r = nb({"compare", alone, disk});
-  EXPECT_EQ(r.exit_code, 0) << r.out << r.err << read_file(dir / "serve.log");
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err << serve.log();
   qemu_check_clean(alone);
   json map = json::parse(run({"qemu-img", "map", "--output=json", alone}).out);
   for (const auto& e : map) EXPECT_TRUE(e["present"].get<bool>() && e["depth"] == 0) << e.dump();

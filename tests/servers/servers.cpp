@@ -322,19 +322,25 @@ std::uint64_t file_hash(const std::string& path) {
   return h;
 }
 
-Nginx::Nginx(const std::string& dir, const std::string& root) : port_(free_port()) {
-  std::filesystem::create_directories(dir + "/nginx-tmp");
-  std::string conf = "daemon off;\nworker_processes 1;\npid " + dir + "/nginx.pid;\nerror_log " + dir +
-                     "/nginx-error.log;\nevents { worker_connections 256; }\nhttp {\n  access_log off;\n"
-                     "  client_body_temp_path " + dir + "/nginx-tmp/body; proxy_temp_path " + dir +
-                     "/nginx-tmp/proxy;\n  fastcgi_temp_path " + dir + "/nginx-tmp/fcgi; uwsgi_temp_path " + dir +
-                     "/nginx-tmp/uwsgi; scgi_temp_path " + dir + "/nginx-tmp/scgi;\n  sendfile on;\n"
-                     "  default_type application/octet-stream;\n  server {\n    listen 127.0.0.1:" +
-                     std::to_string(port_) + ";\n    root " + root + ";\n  }\n}\n";
-  write_file(dir + "/nginx.conf", conf);
-  process_ = Process({"/usr/sbin/nginx", "-p", dir, "-c", dir + "/nginx.conf", "-e", dir + "/nginx-error.log"},
-                     dir + "/nginx.out");
-  if (!wait_tcp(port_)) throw std::runtime_error("nginx did not start: " + read_file(dir + "/nginx-error.log"));
+Process start_server(const std::vector<std::string>& argv, const std::string& log_path,
+                     const std::function<bool()>& ready, const std::string& what,
+                     const std::vector<std::string>& more_logs, const std::vector<std::string>& extra_env) {
+  Process p(argv, log_path, extra_env);
+  if (!ready()) {
+    p.stop();
+    std::string text = what + " did not start: " + read_file(log_path);
+    for (const auto& log : more_logs) text += read_file(log);
+    throw std::runtime_error(text);
+  }
+  return p;
+}
+
+void make_self_signed_cert(const std::string& cert_path, const std::string& key_path) {
+  auto r = run({"openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+                "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key_path, "-out", cert_path});
+  if (r.exit_code != 0) throw std::runtime_error("openssl req failed: " + r.err);
+  chmod(cert_path.c_str(), 0644);
+  chmod(key_path.c_str(), 0644);
 }
 
 void make_tls_certs(const TempDir& dir, const std::string& server_dir, const std::string& client_dir,
@@ -363,6 +369,4 @@ void make_tls_certs(const TempDir& dir, const std::string& server_dir, const std
     std::filesystem::copy_file(ca_cert, d + "/ca-cert.pem", std::filesystem::copy_options::overwrite_existing);
   }
 }
-
-
 }  // namespace netblk::test

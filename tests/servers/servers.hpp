@@ -4,6 +4,7 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -79,17 +80,30 @@ bool wait_unix(const std::string& path, std::chrono::milliseconds timeout = std:
 // Waits until a UDP port on 127.0.0.1 is bound (via /proc/net/udp).
 bool wait_udp(std::uint16_t port, std::chrono::milliseconds timeout = std::chrono::milliseconds(20000));
 
-// nginx serving `root` (files must be world-readable) over plain HTTP on 127.0.0.1:port(),
-// with its config, pid file, logs and temp paths in `dir`. Byte ranges on. Stopped by PID.
-class Nginx {
- public:
-  Nginx(const std::string& dir, const std::string& root);
-  std::uint16_t port() const { return port_; }
-  std::string url(const std::string& path) const { return "http://127.0.0.1:" + std::to_string(port_) + path; }
-  void stop() { process_.stop(); }
+// Starts a server (`argv`, its output in `log_path`) and waits until `ready()` says it serves,
+// probing (no sleeps); if it never does, stops it and throws std::runtime_error naming
+// `what`, with `log_path`'s text and that of `more_logs`.
+Process start_server(const std::vector<std::string>& argv, const std::string& log_path,
+                     const std::function<bool()>& ready, const std::string& what,
+                     const std::vector<std::string>& more_logs = {}, const std::vector<std::string>& extra_env = {});
 
- private:
-  std::uint16_t port_;
+// What every server launcher has: a TempDir of its own for its config, logs, pid file and
+// sockets, and the server's process, stopped by PID (at the latest on destruction, before
+// the directory goes).
+class Daemon {
+ public:
+  Daemon(const Daemon&) = delete;
+  Daemon& operator=(const Daemon&) = delete;
+  const TempDir& dir() const { return dir_; }
+  Process& process() { return process_; }
+  bool running() { return process_.running(); }
+  // Process::stop: the signal, SIGKILL after a grace period; returns the wait status.
+  int stop(int signal = 15) { return process_.stop(signal); }
+
+ protected:
+  Daemon() = default;
+  ~Daemon() = default;
+  TempDir dir_;
   Process process_;
 };
 
@@ -106,7 +120,20 @@ void write_file(const std::string& path, const std::string& content);
 // Throws std::runtime_error if certtool fails.
 void make_tls_certs(const TempDir& dir, const std::string& server_dir, const std::string& client_dir,
                     const std::string& tag);
+// A self-signed certificate for IP 127.0.0.1 (openssl req) and its key, both readable by
+// daemons that drop privileges. Throws std::runtime_error if openssl fails.
+void make_self_signed_cert(const std::string& cert_path, const std::string& key_path);
 // SHA-256-free content fingerprint (FNV-1a 64) of a file's bytes, for quick equality.
 std::uint64_t file_hash(const std::string& path);
+
+// One T (a server launcher, or a set of servers and the files they serve) for the whole test
+// binary: made by the first test that asks for it, destroyed at exit (which stops its
+// processes by PID). If T's constructor throws, the exception reaches that test and the
+// next caller tries again.
+template <class T>
+T& shared() {
+  static T instance;
+  return instance;
+}
 
 }  // namespace netblk::test
