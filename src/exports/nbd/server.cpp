@@ -30,11 +30,13 @@
 #include <type_traits>
 #include <vector>
 
+#include "core/deadline.hpp"
 #include "core/log.hpp"
 #include "core/mapping.hpp"
 #include "nbd/protocol.hpp"
 #include "nbd/tls_session.hpp"
 #include "netblk/buffer.hpp"
+#include "spec/uri.hpp"
 
 namespace netblk::nbd {
 namespace {
@@ -154,9 +156,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     auto self = shared_from_this();
     bool transmit = false;
     try {
-      asio::steady_timer limit(server_->executor, config_.handshake_limit);
-      limit.async_wait([weak = weak_from_this()](std::error_code ec) {
-        if (ec) return;
+      Deadline limit(server_->executor, config_.handshake_limit, [weak = weak_from_this()] {
         if (auto c = weak.lock(); c && c->negotiating_) {
           NETBLK_LOG(info, "nbd: client did not finish the handshake in time; disconnecting");
           c->close_socket();
@@ -1089,7 +1089,7 @@ Server::~Server() {
 }
 
 void Server::listen_tcp(const std::string& host, std::uint16_t port) {
-  const std::string where = (host.find(':') != std::string::npos ? "[" + host + "]" : host) + ":" + std::to_string(port);
+  const std::string where = spec::bracket_host(host) + ":" + std::to_string(port);
   asio::ip::tcp::resolver resolver(impl_->executor);
   std::error_code ec;
   auto results = resolver.resolve(host, std::to_string(port),
