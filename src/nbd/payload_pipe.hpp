@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace netblk::nbd_client {
+namespace netblk::nbd {
 
 class PayloadPipe {
  public:
@@ -39,4 +39,4 @@ class PayloadPipe {
   bool broken_ = false;  // a drain failed to empty it
 };
 
-}  // namespace netblk::nbd_client
+}  // namespace netblk::nbd
