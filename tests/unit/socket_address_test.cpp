@@ -1,6 +1,7 @@
 // spec::SocketAddress: QEMU's SocketAddress options, inet_parse and the legacy keys.
 #include <gtest/gtest.h>
 
+#include "error_of.hpp"
 #include "spec/socket_address.hpp"
 #include "spec/tree.hpp"
 
@@ -10,14 +11,7 @@ namespace {
 using Type = SocketAddress::Type;
 const SocketAddress::Accept kAll{.inet = true, .unix_socket = true, .fd = true};
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using test::error_of;
 
 TEST(SocketAddress, Inet) {
   auto a = SocketAddress::from_tree(Json{{"type", "inet"}, {"host", "::1"}, {"port", 22}}, kAll, "SSH server");
