@@ -11,9 +11,6 @@ namespace {
 
 [[noreturn]] void bad_url() { throw Error(EINVAL, "No valid URL specified"); }
 
-constexpr std::string_view kDefaultPortText = "10809";
-static_assert(kDefaultPort == 10809);
-
 const spec::SocketAddress::Accept kAccept{.inet = true, .unix_socket = true, .fd = false};
 
 // nbd[s][+tcp|+unix]://[user@]host[:port]/[export][?socket=path][#fragment]
@@ -107,7 +104,7 @@ NbdConfig config_from_options(spec::Options& o) {
   // The legacy host/port/path keys become server.* (QEMU's nbd_process_legacy_socket_options).
   Json server = e.take("server").value_or(Json::object());
   if (!server.is_object()) throw Error(EINVAL, "Parameter 'server' expects an object of options");
-  spec::fold_legacy_socket_keys(e, server, kDefaultPortText);
+  spec::fold_legacy_socket_keys(e, server, std::to_string(kDefaultPort));
   if (server.empty()) throw Error(EINVAL, "NBD server address missing");
   c.address = spec::SocketAddress::from_tree(server, kAccept, "NBD server");
 
