@@ -13,6 +13,8 @@
 #include <asio/executor_work_guard.hpp>
 
 #include "block/driver.hpp"
+#include "core/backoff.hpp"
+#include "core/deadline.hpp"
 #include "core/log.hpp"
 #include "protocols/nbd/nbd_config.hpp"
 #include "protocols/nbd/nbd_connection.hpp"
@@ -24,8 +26,15 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 // NBD compact headers carry 32-bit lengths; zero and trim requests are cut below that
-// (QEMU's client cuts them at the max block size; servers accept far more).
+// (by the node, at Limits::max_zero / max_discard; QEMU's client cuts them at the max
+// block size; servers accept far more). Extended headers carry 64-bit lengths: no limit.
 constexpr std::uint64_t kMaxZeroRequest = 1u << 30;
+
+// Retries (open-timeout's attempts, reconnects): 50 ms, doubling to `cap`, until `give_up`.
+BackoffPolicy retry_policy(std::chrono::milliseconds cap, std::chrono::milliseconds give_up) {
+  return BackoffPolicy{.first = std::chrono::milliseconds(50), .cap = cap, .jitter = 0.0, .give_up = give_up};
+}
+
 // read_to_file() asks in requests of this size and splices their payloads into the file;
 // a client has at most this many of them in flight per connection, whatever the number
 // of callers. Measured copying 1 GiB from nbdkit into tmpfs (convert: 8 workers, 2 MiB
@@ -64,21 +73,21 @@ class Client : public std::enable_shared_from_this<Client> {
   // Connects (retrying until open-timeout when given) and opens the extra multi-conn
   // connections.
   Task<void> open() {
+    // open-timeout: attempts 50 ms apart, doubling to 1 s, until it has passed.
     const auto start = Clock::now();
-    auto delay = std::chrono::milliseconds(50);
+    Backoff backoff(retry_policy(std::chrono::seconds(1), config_.open_timeout), start);
+    const auto deadline = config_.open_timeout.count() ? backoff.deadline() : start + kAttemptTimeout;
     std::shared_ptr<Connection> first;
-    while (!first) {
-      const auto deadline = config_.open_timeout.count() ? start + config_.open_timeout : start + kAttemptTimeout;
+    while (true) {
+      std::optional<std::chrono::milliseconds> delay;
       try {
         first = co_await connect_one(std::min(deadline, Clock::now() + kAttemptTimeout));
       } catch (const Error& e) {
-        if (config_.open_timeout.count() == 0 || Clock::now() + delay >= deadline) throw;
+        if (config_.open_timeout.count() == 0 || !(delay = backoff.next_delay())) throw;
         NETBLK_LOG(debug, "{}: {}; retrying", name_, e.what());
       }
-      if (!first) {
-        co_await sleep_for(delay);
-        delay = std::min<std::chrono::milliseconds>(delay * 2, std::chrono::seconds(1));
-      }
+      if (first) break;
+      co_await sleep_for(*delay);
     }
     info_ = first->info();
     slots_.push_back(first);
@@ -167,13 +176,7 @@ class Client : public std::enable_shared_from_this<Client> {
     std::shared_ptr<Stream> stream = co_await connect_stream(config_.address, deadline, name_);
     // The handshake shares the deadline: a server that accepts and then says nothing
     // must not hang the open.
-    asio::steady_timer timer(ex_, deadline);
-    auto expired = std::make_shared<bool>(false);
-    timer.async_wait([stream, expired](std::error_code ec) {
-      if (ec || *expired) return;
-      *expired = true;
-      stream->close();
-    });
+    Deadline limit(ex_, deadline, [stream] { stream->close(); });
     auto reader = std::make_unique<StreamReader>(stream);
     ExportInfo info;
     std::exception_ptr failure;
@@ -182,10 +185,8 @@ class Client : public std::enable_shared_from_this<Client> {
     } catch (...) {
       failure = std::current_exception();
     }
-    const bool timed_out = *expired;
-    *expired = true;
-    timer.cancel();
-    if (timed_out) {
+    limit.cancel();
+    if (limit.expired()) {
       stream->close();
       throw Error(ETIMEDOUT, name_ + ": the NBD handshake timed out");
     }
@@ -230,9 +231,11 @@ class Client : public std::enable_shared_from_this<Client> {
   }
 
   Task<void> reconnect(std::size_t slot, bool single_attempt) {
+    // Attempts 50 ms apart, doubling to 2 s, until reconnect-delay has passed; close()
+    // cuts a wait short.
     const auto budget = config_.reconnect_delay.value_or(kDefaultReconnect);
     const auto deadline = Clock::now() + budget;
-    auto delay = std::chrono::milliseconds(50);
+    Backoff backoff(retry_policy(std::chrono::seconds(2), budget));
     while (!closing_) {
       try {
         auto conn = co_await connect_one(std::min(deadline, Clock::now() + kAttemptTimeout) +
@@ -255,11 +258,12 @@ class Client : public std::enable_shared_from_this<Client> {
         NETBLK_LOG(debug, "{}: reconnect failed: {}", name_, e.what());
         last_error_ = e.what();
       }
-      if (single_attempt || Clock::now() + delay >= deadline) break;
-      sleeper_.expires_after(delay);
+      if (single_attempt || budget.count() == 0) break;
+      const auto delay = backoff.next_delay();
+      if (!delay) break;
+      sleeper_.expires_after(*delay);
       std::error_code ec;
       co_await sleeper_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
-      delay = std::min<std::chrono::milliseconds>(delay * 2, std::chrono::seconds(2));
     }
     if (std::none_of(slots_.begin(), slots_.end(), [](auto& c) { return c->alive(); })) given_up_ = true;
   }
@@ -419,6 +423,7 @@ class NbdNode final : public Node {
     limits_.max_transfer = std::min<std::uint64_t>(max, nbd::kMaxBlockSize);
     limits_.max_transfer -= limits_.max_transfer % min;
     if (info.have_block_sizes) limits_.preferred_alignment = std::max<std::uint32_t>(info.block_sizes.preferred, min);
+    if (!info.extended) limits_.max_zero = limits_.max_discard = kMaxZeroRequest - kMaxZeroRequest % min;
   }
 
   ~NbdNode() override { client_->shutdown(); }
@@ -596,22 +601,15 @@ class NbdNode final : public Node {
     cached_end_ = pos;
   }
 
-  // Zero and trim requests, cut to what a compact header carries.
+  // One zero or trim request (the node has cut it to limits().max_zero / max_discard).
   Task<void> ranged(std::uint16_t type, std::uint16_t flags, std::uint64_t offset, std::uint64_t length,
                     const char* what) {
-    const std::uint32_t align = limits().request_alignment;
-    const std::uint64_t max = client_->info().extended ? length : kMaxZeroRequest - kMaxZeroRequest % align;
-    while (length) {
-      const std::uint64_t n = std::min(length, max);
-      Pending p(executor());
-      p.request.type = type;
-      p.request.flags = flags;
-      p.request.offset = offset;
-      p.request.length = n;
-      co_await client_->run(p, what);
-      offset += n;
-      length -= n;
-    }
+    Pending p(executor());
+    p.request.type = type;
+    p.request.flags = flags;
+    p.request.offset = offset;
+    p.request.length = length;
+    co_await client_->run(p, what);
   }
 
   std::shared_ptr<Client> client_;

@@ -9,6 +9,7 @@
 
 #include "netblk/node.hpp"
 #include "spec/options.hpp"
+#include "spec/socket_address.hpp"
 
 namespace netblk::nbd_client {
 
@@ -16,15 +17,8 @@ inline constexpr std::uint16_t kDefaultPort = 10809;
 // Longest export name the protocol carries (NBD_MAX_STRING_SIZE).
 inline constexpr std::size_t kMaxStringSize = 4096;
 
-struct NbdAddress {
-  enum class Type { inet, unix_socket };
-  Type type = Type::inet;
-  std::string host;  // inet: name or address (IPv6 without brackets)
-  std::string port;  // inet: decimal port or service name
-  std::string path;  // unix: socket path
-  bool ipv4_only = false;
-  bool ipv6_only = false;
-};
+// The server's address: QEMU's SocketAddress (inet or unix; fd and vsock are refused).
+using NbdAddress = spec::SocketAddress;
 
 struct NbdConfig {
   NbdAddress address;
@@ -75,10 +69,5 @@ Json canonical_options(const NbdConfig& c);
 std::string plain_filename(const NbdConfig& c);
 // For messages: the URL, or "nbd" + the address.
 std::string display_name(const NbdConfig& c);
-
-// Percent-decoding as RFC 3986 (throws on a bad escape); encoding of export names and
-// socket paths for URLs (keeps unreserved characters and '/').
-std::string percent_decode(std::string_view s);
-std::string percent_encode(std::string_view s);
 
 }  // namespace netblk::nbd_client

@@ -5,6 +5,8 @@
 // A connection that fails (EOF, reset, no answer for io_timeout) marks its requests
 // `lost` so the owner can retry them on a new connection; a reply that breaks the
 // protocol fails them with EIO.
+//
+// connect.cpp opens the socket, handshake.cpp negotiates, transmission.cpp runs Connection.
 #pragma once
 #include <array>
 #include <chrono>
@@ -20,59 +22,19 @@
 #include <asio/buffer.hpp>
 
 #include "nbd/protocol.hpp"
+#include "nbd/stream_reader.hpp"
 #include "netblk/node.hpp"
 #include "protocols/nbd/nbd_config.hpp"
-#include "protocols/nbd/payload_pipe.hpp"
 
 namespace netblk::nbd_client {
 
-// A bidirectional byte stream. read_some returns at least one byte or throws (EOF too).
-class Stream {
- public:
-  virtual ~Stream() = default;
-  virtual Task<std::size_t> read_some(std::span<std::byte> buf) = 0;
-  virtual Task<void> write(const std::vector<asio::const_buffer>& buffers) = 0;
-  // Idempotent; pending reads and writes fail.
-  virtual void close() = 0;
-  // The socket under the stream (-1 if none), and a wait until it can be read or written
-  // (for TLS, which does its own non-blocking I/O on the socket).
-  virtual int native_handle() { return -1; }
-  virtual Task<void> wait_ready(bool /*write*/) { co_return; }
-  // The socket when the stream's bytes are the socket's bytes (no TLS), so they may be
-  // spliced out of it; -1 otherwise.
-  virtual int plain_socket() { return -1; }
-};
+// The stream and its buffered reader are the ones the server uses too.
+using nbd::Stream;
+using nbd::StreamReader;
 
 // Opens a socket to `address` (TCP with TCP_NODELAY, or unix), closed if `deadline` passes.
 Task<std::shared_ptr<Stream>> connect_stream(const NbdAddress& address, std::chrono::steady_clock::time_point deadline,
                                              const std::string& name);
-
-// Buffered reads over a Stream: small headers come from a buffer, large payloads are read
-// directly into their destination.
-class StreamReader {
- public:
-  explicit StreamReader(std::shared_ptr<Stream> stream) : stream_(std::move(stream)), buf_(64 * 1024) {}
-  Task<void> read_exact(std::span<std::byte> out);
-  Task<void> skip(std::uint64_t n);
-  // Reads `n` bytes into the file `fd` at `fd_offset` (pwrite semantics). From a plain
-  // socket they are spliced through a pipe (the kernel copies them once, pipe to file);
-  // otherwise they go through the buffer. When the file fails the stream stays in step
-  // (the rest is consumed) and its errno is returned; 0 otherwise.
-  Task<int> read_to_file(int fd, std::uint64_t fd_offset, std::uint64_t n);
-  // Refills of the buffer read at most max(`bytes`, what is asked for); 0: fill it. While
-  // payloads go to files, reading only a reply's header keeps its data for splice().
-  void limit_readahead(std::size_t bytes) noexcept { readahead_limit_ = bytes; }
-  // Continues on another stream (after STARTTLS); false if bytes were still buffered.
-  bool reset_stream(std::shared_ptr<Stream> stream);
-
- private:
-  std::shared_ptr<Stream> stream_;
-  std::vector<std::byte> buf_;
-  std::size_t pos_ = 0, end_ = 0;
-  std::size_t readahead_limit_ = 0;
-  std::optional<PayloadPipe> pipe_;  // for read_to_file, made on first use
-  bool splice_works_ = true;
-};
 
 // What the handshake learned about the export.
 struct ExportInfo {

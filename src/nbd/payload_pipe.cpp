@@ -1,4 +1,4 @@
-#include "protocols/nbd/payload_pipe.hpp"
+#include "nbd/payload_pipe.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -10,7 +10,7 @@
 #include "core/file_io.hpp"
 #include "netblk/error.hpp"
 
-namespace netblk::nbd_client {
+namespace netblk::nbd {
 namespace {
 
 // 1 MiB is the largest size an unprivileged process may set (fs.pipe-max-size).
@@ -83,4 +83,4 @@ int PayloadPipe::drain_to(int fd, std::uint64_t offset) noexcept {
   return error;
 }
 
-}  // namespace netblk::nbd_client
+}  // namespace netblk::nbd
