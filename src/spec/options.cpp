@@ -46,7 +46,7 @@ std::string Options::required_str(const std::string& key) {
 std::optional<std::uint64_t> Options::size(const std::string& key) {
   const Json* v = find(key);
   if (!v) return std::nullopt;
-  if (v->is_number_unsigned()) return v->get<std::uint64_t>();
+  if (v->is_number_integer() && v->get<std::int64_t>() >= 0) return v->get<std::uint64_t>();
   if (v->is_number_integer()) invalid(key, "must not be negative");
   if (!v->is_string()) invalid(key, "expects a size");
   return parse_size(v->get<std::string>(), "Parameter '" + prefix_ + key + "'");
@@ -70,7 +70,7 @@ std::optional<std::uint64_t> Options::uint(const std::string& key, std::uint64_t
   const Json* v = find(key);
   if (!v) return std::nullopt;
   std::uint64_t n;
-  if (v->is_number_unsigned()) n = v->get<std::uint64_t>();
+  if (v->is_number_unsigned() || (v->is_number_integer() && v->get<std::int64_t>() >= 0)) n = v->get<std::uint64_t>();
   else if (v->is_number_integer()) invalid(key, "must not be negative");
   else if (v->is_string()) n = parse_uint(v->get<std::string>(), "Parameter '" + prefix_ + key + "'");
   else invalid(key, "expects a number");
@@ -86,7 +86,7 @@ std::optional<std::chrono::seconds> Options::seconds(const std::string& key, std
   const Json* v = find(key);
   if (!v) return std::nullopt;
   std::uint64_t n = 0;
-  if (v->is_number_unsigned()) {
+  if (v->is_number_unsigned() || (v->is_number_integer() && v->get<std::int64_t>() >= 0)) {
     n = v->get<std::uint64_t>();
   } else if (v->is_number_integer()) {
     invalid(key, "must not be negative");

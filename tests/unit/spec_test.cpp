@@ -141,6 +141,11 @@ TEST(Options, Seconds) {
             "x", "server.");
   EXPECT_EQ(*o.seconds("a"), std::chrono::seconds(30));
   EXPECT_EQ(*o.seconds("b"), std::chrono::seconds(7));
+  // A tree built in code holds signed integers: positive ones are numbers like any other.
+  Options signed_values(Json{{"t", 5}, {"s", 4096}, {"u", 3}}, Options::Kind::protocol, "x");
+  EXPECT_EQ(*signed_values.seconds("t"), std::chrono::seconds(5));
+  EXPECT_EQ(*signed_values.size("s"), 4096u);
+  EXPECT_EQ(*signed_values.uint("u"), 3u);
   EXPECT_FALSE(o.seconds("missing"));
   EXPECT_EQ(error_of([&] { o.seconds("c"); }), "Parameter 'server.c' must not be negative");
   EXPECT_EQ(error_of([&] { o.seconds("d"); }), "Parameter 'server.d' must not be negative");

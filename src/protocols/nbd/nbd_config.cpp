@@ -92,13 +92,6 @@ NbdConfig config_from_options(spec::Options& o) {
     spec::merge(tree, options_from_filename(filename));
   }
 
-  // Integers built in code (not parsed from text) are signed JSON numbers, which
-  // Options::seconds takes for negative ones: keep accepting them as they are.
-  for (const char* key : {"reconnect-delay", "open-timeout", "x-io-timeout"}) {
-    auto it = tree.find(key);
-    if (it != tree.end() && it->is_number_integer() && !it->is_number_unsigned() && it->get<std::int64_t>() >= 0)
-      *it = it->get<std::uint64_t>();
-  }
   spec::Options e(tree, spec::Options::Kind::protocol, "nbd");
   NbdConfig c;
   // The legacy host/port/path keys become server.* (QEMU's nbd_process_legacy_socket_options).
