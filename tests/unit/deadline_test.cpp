@@ -58,13 +58,14 @@ TEST(OffloadWithTimeout, AStuckBlockingCallDoesNotHoldTheCaller) {
   int err = 0;
   const auto start = std::chrono::steady_clock::now();
   run_sync<void>([&]() -> Task<void> {
+    // Named first: the GCC 12 rule (a temporary in a co_await expression may be destroyed
+    // twice).
+    auto stuck = [release] {
+      while (!*release) std::this_thread::sleep_for(1ms);
+      return 1;
+    };
     try {
-      co_await offload(
-          [release] {
-            while (!*release) std::this_thread::sleep_for(1ms);
-            return 1;
-          },
-          30ms, "login");
+      co_await offload(std::move(stuck), 30ms, "login");
     } catch (const Error& e) {
       err = e.code();
     }
