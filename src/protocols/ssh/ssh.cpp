@@ -1,0 +1,335 @@
+// The SSH protocol driver: ssh://[USER@]HOST[:PORT]/PATH, or driver=ssh with QEMU's
+// options, over SFTP. SSH itself (key exchange, ciphers, host keys, agent) is libssh2's;
+// the SFTP requests are netblk's own (sftp_codec), many in flight, each as large as the
+// server allows (limits@openssh.com), on one channel driven from the event loop.
+//
+// A node owns a Client that keeps one connection. When it drops, the requests in flight
+// wait for a new one (x-reconnect-delay, 300 s by default) and are sent again; past that
+// they fail with EIO and a message that says why the server could not be reached.
+#include <algorithm>
+
+#include "block/driver.hpp"
+#include "core/backoff.hpp"
+#include "core/log.hpp"
+#include "protocols/ssh/sftp_connection.hpp"
+
+namespace netblk::ssh {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// One connection attempt (TCP, SSH, SFTP and the open) never takes longer than this.
+constexpr std::chrono::milliseconds kAttemptLimit{30000};
+// Requests in flight per connection, over all callers: as OpenSSH's sftp client (64
+// requests of up to 255 KiB on OpenSSH 9.2).
+constexpr unsigned kRequestsInFlight = 64;
+
+// "NAME: " from the start of an error message, for quoting it after the name again.
+std::string without_name(const std::string& message, const std::string& name) {
+  return message.starts_with(name + ": ") ? message.substr(name.size() + 2) : message;
+}
+
+class Client : public std::enable_shared_from_this<Client> {
+ public:
+  Client(Executor ex, SshConfig config, OpenMode mode)
+      : ex_(std::move(ex)),
+        config_(std::move(config)),
+        name_(display_name(config_)),
+        mode_(mode),
+        changed_(ex_),
+        sleeper_(ex_),
+        slots_(ex_, kRequestsInFlight) {}
+
+  const SshConfig& config() const noexcept { return config_; }
+  const std::string& name() const noexcept { return name_; }
+  const Connection& connection() const noexcept { return *conn_; }
+
+  Task<void> open() {
+    std::shared_ptr<Connection> c = co_await Connection::open(ex_, config_, name_, mode_, kAttemptLimit);
+    adopt(std::move(c));
+  }
+
+  // Runs `r` to its reply, on a new connection after a drop. The caller reads the reply.
+  Task<void> run(Request& r, const char* what) {
+    co_await slots_.acquire();
+    const AsyncSemaphore::Permit permit(slots_);
+    while (true) {
+      std::shared_ptr<Connection> conn = co_await acquire(what);
+      r.reset();
+      conn->submit(r);
+      co_await r.done.wait();
+      if (!r.lost) co_return;
+      if (config_.reconnect_delay.count() == 0)
+        throw Error(EIO, name_ + ": " + what + " failed: the connection to the server was lost (" + r.why + ")");
+    }
+  }
+
+  // The error for a reply that is not what `what` wanted.
+  Error failure(const Request& r, const char* what) const {
+    if (r.reply_type == sftp::kStatusReply) {
+      const int err = sftp::status_errno(r.status.code);
+      return Error(err ? err : EIO, name_ + ": " + what + " failed: " + sftp::status_text(r.status));
+    }
+    return Error(EPROTO, name_ + ": " + what + " failed: unexpected SFTP reply type " + std::to_string(r.reply_type));
+  }
+
+  Task<void> close() {
+    closing_ = true;
+    sleeper_.cancel();
+    changed_.notify_all();
+    if (conn_) co_await conn_->close_file();
+  }
+
+  void shutdown() {
+    closing_ = true;
+    sleeper_.cancel();
+    if (conn_) conn_->shutdown("closed");
+    changed_.notify_all();
+  }
+
+ private:
+  void adopt(std::shared_ptr<Connection> c) {
+    std::weak_ptr<Client> weak = weak_from_this();
+    // Only the current connection's death counts (an old one's may be reported late).
+    c->on_dead = [weak, which = c.get()](const std::string& why) {
+      if (auto self = weak.lock(); self && self->conn_.get() == which) self->lost(why);
+    };
+    conn_ = std::move(c);
+    changed_.notify_all();
+  }
+
+  void lost(const std::string& why) {
+    if (closing_) return;
+    NETBLK_LOG(warn, "{}: connection lost ({}); reconnecting", name_, why);
+    start_reconnect(false);
+  }
+
+  void start_reconnect(bool single_attempt) {
+    if (reconnecting_ || closing_) return;
+    reconnecting_ = true;
+    auto self = shared_from_this();
+    asio::co_spawn(ex_, [self, single_attempt]() { return self->reconnect(single_attempt); },
+                   [self](std::exception_ptr) {
+                     self->reconnecting_ = false;
+                     self->changed_.notify_all();
+                   });
+  }
+
+  Task<void> reconnect(bool single_attempt) {
+    // Attempts 100 ms apart, doubling to 2 s, until x-reconnect-delay has passed.
+    const auto budget = std::chrono::duration_cast<std::chrono::milliseconds>(config_.reconnect_delay);
+    const auto deadline = Clock::now() + budget;
+    Backoff backoff(BackoffPolicy{.first = std::chrono::milliseconds(100),
+                                  .cap = std::chrono::seconds(2),
+                                  .jitter = 0.2,
+                                  .give_up = budget});
+    const OpenMode mode = mode_ == OpenMode::create ? OpenMode::read_write : mode_;
+    while (!closing_) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+      const auto limit = single_attempt ? kAttemptLimit : std::clamp(left, std::chrono::milliseconds(1000), kAttemptLimit);
+      try {
+        std::shared_ptr<Connection> c = co_await Connection::open(ex_, config_, name_, mode, limit);
+        if (closing_) {
+          c->shutdown("closed");
+          co_return;
+        }
+        given_up_ = false;
+        adopt(std::move(c));
+        NETBLK_LOG(warn, "{}: reconnected", name_);
+        co_return;
+      } catch (const Error& e) {
+        last_error_ = without_name(e.what(), name_);
+        NETBLK_LOG(debug, "{}: reconnect failed: {}", name_, last_error_);
+      }
+      if (single_attempt) break;
+      const auto delay = backoff.next_delay();
+      if (!delay) break;
+      sleeper_.expires_after(*delay);
+      std::error_code ec;
+      co_await sleeper_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    }
+    given_up_ = true;
+  }
+
+  // The live connection; waits while it is being re-established.
+  Task<std::shared_ptr<Connection>> acquire(const char* what) {
+    bool kicked = false;
+    while (true) {
+      if (closing_) throw Error(EIO, name_ + ": " + what + " failed: the drive is closed");
+      if (conn_ && conn_->alive()) co_return conn_;
+      if (!reconnecting_) {
+        if (given_up_) {
+          if (kicked)
+            throw Error(EIO, name_ + ": " + what + " failed: the connection to the server was lost and not " +
+                                 "re-established within " + std::to_string(config_.reconnect_delay.count()) +
+                                 " s (" + last_error_ + ")");
+          // As the NBD client after reconnect-delay: each new request tries once more.
+          kicked = true;
+          start_reconnect(true);
+        } else {
+          start_reconnect(false);
+        }
+      }
+      co_await changed_.wait();
+    }
+  }
+
+  Executor ex_;
+  SshConfig config_;
+  std::string name_;
+  OpenMode mode_;
+  std::shared_ptr<Connection> conn_;
+  bool reconnecting_ = false;
+  bool given_up_ = false;
+  bool closing_ = false;
+  std::string last_error_;
+  AsyncCondition changed_;
+  asio::steady_timer sleeper_;
+  AsyncSemaphore slots_;
+};
+
+class SshNode final : public Node {
+ public:
+  SshNode(const OpenContext& ctx, std::shared_ptr<Client> client)
+      : Node(ctx.executor), client_(std::move(client)), no_flush_(ctx.cache_no_flush) {
+    const Connection& c = client_->connection();
+    size_ = c.file_size();
+    regular_ = c.regular_file();
+    caps_.read_only = ctx.read_only;
+    caps_.can_flush = true;
+    caps_.can_grow = !ctx.read_only;  // SFTP writes past the end extend the file
+    limits_.request_alignment = 1;
+  }
+  ~SshNode() override { client_->shutdown(); }
+
+  std::string_view driver() const override { return "ssh"; }
+  Json options() const override { return canonical_options(client_->config()); }
+  std::string plain_filename() const override { return ssh::plain_filename(client_->config()); }
+  // A regular file created (or extended) by truncation reads as zeroes.
+  bool has_zero_init() const override { return regular_; }
+
+ protected:
+  Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override {
+    const std::uint32_t piece = client_->connection().max_read();
+    auto make = [this, buf, offset, piece](std::uint64_t at) {
+      const std::size_t n = std::min<std::uint64_t>(piece, buf.size() - at);
+      return read_piece(offset + at, buf.subspan(at, n));
+    };
+    co_await in_pieces(buf.size(), piece, make);
+  }
+
+  Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned) override {
+    const std::uint32_t piece = client_->connection().max_write();
+    auto make = [this, buf, offset, piece](std::uint64_t at) {
+      const std::size_t n = std::min<std::uint64_t>(piece, buf.size() - at);
+      return write_piece(offset + at, buf.subspan(at, n));
+    };
+    co_await in_pieces(buf.size(), piece, make);
+  }
+
+  Task<void> co_flush() override {
+    if (no_flush_ || read_only()) co_return;
+    if (!client_->connection().has_fsync())
+      throw Error(ENOTSUP, client_->name() + ": flush failed: the server does not offer fsync@openssh.com, so " +
+                               "writes cannot be made durable (cache=unsafe, or cache.no-flush=on, skips flushes)");
+    Request r(executor());
+    r.kind = Request::Kind::fsync;
+    co_await client_->run(r, "flush");
+    if (!r.ok()) throw client_->failure(r, "flush");
+  }
+
+  Task<void> co_close() override { co_await client_->close(); }
+
+ private:
+  // Runs make(at) for every piece of [0, length), at most kRequestsInFlight at a time
+  // (the Client bounds all callers together).
+  template <class Make>
+  Task<void> in_pieces(std::uint64_t length, std::uint32_t piece, Make make) {
+    if (length <= piece) {
+      co_await make(0);
+      co_return;
+    }
+    std::uint64_t next = 0;
+    const auto pieces = (length + piece - 1) / piece;
+    const auto workers = static_cast<unsigned>(std::min<std::uint64_t>(pieces, kRequestsInFlight));
+    auto worker = [&]() -> Task<void> {
+      while (next < length) {
+        const std::uint64_t at = next;
+        next += std::min<std::uint64_t>(piece, length - at);
+        co_await make(at);
+      }
+    };
+    auto start = [&] { return worker(); };
+    auto stop = [&] { next = length; };
+    co_await run_concurrently(workers, start, stop);
+  }
+
+  Task<void> read_piece(std::uint64_t offset, std::span<std::byte> into) {
+    // A server may send fewer bytes than asked: ask again for the rest.
+    while (!into.empty()) {
+      Request r(executor());
+      r.kind = Request::Kind::read;
+      r.offset = offset;
+      r.length = static_cast<std::uint32_t>(into.size());
+      r.into = into;
+      co_await client_->run(r, "read");
+      if (r.reply_type == sftp::kStatusReply && r.status.code == sftp::kEof) {
+        std::fill(into.begin(), into.end(), std::byte{0});  // past the end of a shrunk file
+        co_return;
+      }
+      if (r.reply_type != sftp::kDataReply || r.got == 0) throw client_->failure(r, "read");
+      offset += r.got;
+      into = into.subspan(r.got);
+    }
+  }
+
+  Task<void> write_piece(std::uint64_t offset, std::span<const std::byte> data) {
+    Request r(executor());
+    r.kind = Request::Kind::write;
+    r.offset = offset;
+    r.length = static_cast<std::uint32_t>(data.size());
+    r.data = data;
+    co_await client_->run(r, "write");
+    if (!r.ok()) throw client_->failure(r, "write");
+  }
+
+  std::shared_ptr<Client> client_;
+  bool no_flush_ = false;
+  bool regular_ = false;
+};
+
+Task<std::unique_ptr<Node>> open_ssh(const OpenContext& ctx, spec::Options& o) {
+  SshConfig config = config_from_options(o);
+  auto client = std::make_shared<Client>(ctx.executor, std::move(config),
+                                         ctx.read_only ? OpenMode::read_only : OpenMode::read_write);
+  co_await client->open();
+  auto node = std::make_unique<SshNode>(ctx, client);
+  co_return node;
+}
+
+// `netblk create` over SSH: creates (or truncates) the remote file and sets its size.
+Task<void> create_ssh(const OpenContext& ctx, spec::Options& o, std::uint64_t size) {
+  SshConfig config = config_from_options(o);
+  const std::string name = display_name(config);
+  std::shared_ptr<Connection> conn = co_await Connection::open(ctx.executor, config, name, OpenMode::create,
+                                                               kAttemptLimit);
+  std::exception_ptr failure;
+  try {
+    co_await conn->truncate(size);
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  co_await conn->close_file();
+  if (failure) std::rethrow_exception(failure);
+}
+
+const DriverRegistration kSsh{ProtocolDriver{
+    .name = "ssh",
+    .prefixes = {"ssh"},
+    .parse_filename = parse_filename,
+    .open = open_ssh,
+    .create = create_ssh,
+}};
+
+}  // namespace
+}  // namespace netblk::ssh
