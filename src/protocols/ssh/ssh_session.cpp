@@ -24,6 +24,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr const char* kMacs = "hmac-sha1,hmac-sha2-256,hmac-sha2-512";
+
 void global_init() {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -345,6 +347,11 @@ std::shared_ptr<Session> open_session(const SshConfig& c, const std::string& nam
                                                    deadline - Clock::now()).count()));
   };
   libssh2_session_set_timeout(s, left());
+  // libssh2 1.10 runs its cipher and MAC 16 bytes per call; HMAC-SHA1 first (still sound as
+  // an HMAC, and offered by OpenSSH by default) took 0.80-0.85 s of a 256 MiB read where
+  // HMAC-SHA2-256 took 0.91-1.16 s. Servers that refuse it get SHA-2.
+  libssh2_session_method_pref(s, LIBSSH2_METHOD_MAC_SC, kMacs);
+  libssh2_session_method_pref(s, LIBSSH2_METHOD_MAC_CS, kMacs);
   if (libssh2_session_handshake(s, out->fd_) != 0)
     throw Error(ECONNRESET, name + ": failed to establish SSH session: " + out->last_error());
   check_host_key(s, c, name);
