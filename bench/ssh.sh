@@ -15,13 +15,9 @@ SIZE=$((256 << 20))
 
 dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/netblk-bench-ssh.XXXXXX")
 chmod 755 "$dir"
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$dir"
-}
-trap cleanup EXIT
+sshd_pid= agent_pid=
+# sshd and the agent, by PID, then the files.
+trap 'kill $sshd_pid $agent_pid 2>/dev/null; wait $sshd_pid $agent_pid 2>/dev/null; rm -rf "$dir"' EXIT
 
 port=$(bench_free_port)
 ssh-keygen -q -t ed25519 -N '' -f "$dir/host_key"
@@ -42,8 +38,8 @@ KbdInteractiveAuthentication no
 Subsystem sftp internal-sftp
 CONF
 mkdir -p /run/sshd
-/usr/sbin/sshd -D -e -f "$dir/sshd_config" 2>"$dir/sshd.log" & pids+=($!)
-ssh-agent -D -a "$dir/agent.sock" >/dev/null & pids+=($!)
+/usr/sbin/sshd -D -e -f "$dir/sshd_config" 2>"$dir/sshd.log" & sshd_pid=$!
+ssh-agent -D -a "$dir/agent.sock" >/dev/null & agent_pid=$!
 export SSH_AUTH_SOCK=$dir/agent.sock
 bench_wait_listen tcp "$port"
 bench_wait_listen unix "$SSH_AUTH_SOCK"

@@ -99,6 +99,13 @@ json ssh_options(const Sshd& sshd, const std::string& path) {
               {"host-key-check", {{"mode", "hash"}, {"type", "sha256"}, {"hash", sshd.host_key_hash("sha256")}}}};
 }
 
+// The same with the server's client key as identity file (no agent needed).
+json keyed_options(const Sshd& sshd, const std::string& path) {
+  json o = ssh_options(sshd, path);
+  o["identity-file"] = sshd.client_key();
+  return o;
+}
+
 // "aabbcc" -> "aa:bb:cc" (QEMU accepts the separators).
 std::string with_colons(const std::string& hex) {
   std::string s;
@@ -141,7 +148,7 @@ std::uint64_t allocated(const std::string& path) {
 
 // Starts `convert` of a 128 MiB image in `dir` and kills sshd (all of it) once a sixth of
 // the copy has landed. Returns the running convert.
-Process convert_and_kill(Sshd& sshd, const TempDir& dir, const std::vector<std::string>& args, const std::string& out,
+Process convert_and_kill(Sshd& sshd, const std::vector<std::string>& args, const std::string& out,
                          const std::string& log) {
   std::vector<std::string> argv{netblk_binary()};
   argv.insert(argv.end(), args.begin(), args.end());
@@ -151,7 +158,6 @@ Process convert_and_kill(Sshd& sshd, const TempDir& dir, const std::vector<std::
     std::this_thread::sleep_for(2ms);
   EXPECT_TRUE(convert.running()) << "the copy ended before the kill: " << read_file(log);
   sshd.kill_all();
-  (void)dir;
   return convert;
 }
 
@@ -375,8 +381,7 @@ TEST(Ssh, FlushRefusedFailsLoudlyUnlessUnsafe) {
   write_pattern_file(files / "f.img", 1 << 20, 4);
   // -P fsync: the server refuses fsync@openssh.com requests.
   Sshd sshd({.sftp_flags = "-P fsync"});
-  json o = ssh_options(sshd, files / "f.img");
-  o["identity-file"] = sshd.client_key();
+  json o = keyed_options(sshd, files / "f.img");
   run_sync<void>([&]() -> Task<void> {
     auto node = co_await open_drive(named(json_name(o), false));
     Buffer b(4096);
@@ -444,32 +449,34 @@ TEST(Ssh, LocalOverlayOnSshBacking) {
   expect_ok(run({"timeout", "60", "qemu-img", "compare", overlay, base}), "qemu-img compare of the overlay");
 }
 
-TEST(Ssh, SshdKilledAndRestartedMidCopy) {
-  Sshd sshd({});
-  TempDir dir;
-  const std::string img = dir / "big.img", out = dir / "out.raw", log = dir / "convert.log";
-  write_pattern_file(img, 128u << 20, 9);
-  json o = ssh_options(sshd, img);
-  o["identity-file"] = sshd.client_key();
-  Process convert = convert_and_kill(sshd, dir, {"convert", "-O", "raw", json_name(o), out}, out, log);
+// Copies `from` to `to` with netblk convert (`extra` before them), kills sshd a sixth of the
+// way, restarts it 0.7 s later, and checks that the copy ends well with `expect`'s bytes in
+// `landing` (the local file the copy writes).
+void copy_through_restart(Sshd& sshd, const std::vector<std::string>& extra, const std::string& from,
+                          const std::string& to, const std::string& landing, const std::string& expect,
+                          const std::string& log) {
+  std::vector<std::string> args{"convert"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  args.insert(args.end(), {"-O", "raw", from, to});
+  Process convert = convert_and_kill(sshd, args, landing, log);
   std::this_thread::sleep_for(700ms);  // down for a while: the client must wait, not fail
   sshd.restart();
   ASSERT_EQ(convert.wait(120s), 0) << read_file(log);
   EXPECT_NE(read_file(log).find("reconnected"), std::string::npos) << read_file(log);
-  EXPECT_EQ(file_hash(out), file_hash(img));
+  EXPECT_EQ(file_hash(landing), file_hash(expect));
+}
 
-  // The other way: writes in flight are sent again.
-  const std::string target = dir / "target.img";
+TEST(Ssh, SshdKilledAndRestartedMidCopy) {
+  Sshd sshd({});
+  TempDir dir;
+  const std::string img = dir / "big.img", out = dir / "out.raw", target = dir / "target.img";
+  write_pattern_file(img, 128u << 20, 9);
+  // Reads in flight are sent again...
+  copy_through_restart(sshd, {}, json_name(keyed_options(sshd, img)), out, out, img, dir / "read.log");
+  // ...and so are writes.
   ASSERT_EQ(run({"truncate", "-s", "128M", target}).exit_code, 0);
-  json t = ssh_options(sshd, target);
-  t["identity-file"] = sshd.client_key();
-  const std::string log2 = dir / "convert2.log";
-  const json raw_target{{"driver", "raw"}, {"file", t}};
-  Process up = convert_and_kill(sshd, dir, {"convert", "-n", "-O", "raw", img, json_name(raw_target)}, target, log2);
-  std::this_thread::sleep_for(700ms);
-  sshd.restart();
-  ASSERT_EQ(up.wait(120s), 0) << read_file(log2);
-  EXPECT_EQ(file_hash(target), file_hash(img));
+  const json raw_target{{"driver", "raw"}, {"file", keyed_options(sshd, target)}};
+  copy_through_restart(sshd, {"-n"}, img, json_name(raw_target), target, img, dir / "write.log");
 }
 
 TEST(Ssh, ServerGoneForGoodFailsInBoundedTime) {
@@ -477,11 +484,10 @@ TEST(Ssh, ServerGoneForGoodFailsInBoundedTime) {
   TempDir dir;
   const std::string img = dir / "big.img", out = dir / "out.raw", log = dir / "convert.log";
   write_pattern_file(img, 128u << 20, 10);
-  json o = ssh_options(sshd, img);
-  o["identity-file"] = sshd.client_key();
+  json o = keyed_options(sshd, img);
   o["x-reconnect-delay"] = 3;
   const auto start = std::chrono::steady_clock::now();
-  Process convert = convert_and_kill(sshd, dir, {"convert", "-O", "raw", json_name(o), out}, out, log);
+  Process convert = convert_and_kill(sshd, {"convert", "-O", "raw", json_name(o), out}, out, log);
   const int code = convert.wait(60s);
   const auto took = std::chrono::steady_clock::now() - start;
   EXPECT_NE(code, 0);

@@ -56,6 +56,12 @@ struct Request {
   std::uint32_t id = 0;
   unsigned unsent = 0;  // queued pieces not yet handed to libssh2
 
+  // A read or write of `length` bytes at `offset`.
+  void set_io(Kind k, std::uint64_t at, std::size_t bytes) {
+    kind = k;
+    offset = at;
+    length = static_cast<std::uint32_t>(bytes);
+  }
   // Ready to be submitted again.
   void reset();
   bool ok() const noexcept { return reply_type == sftp::kStatusReply && status.code == sftp::kOk; }

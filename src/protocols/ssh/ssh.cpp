@@ -318,9 +318,7 @@ class SshNode final : public Node {
     // A server may send fewer bytes than asked: ask again for the rest.
     while (!into.empty()) {
       Request r(client_->executor());
-      r.kind = Request::Kind::read;
-      r.offset = offset;
-      r.length = static_cast<std::uint32_t>(into.size());
+      r.set_io(Request::Kind::read, offset, into.size());
       r.into = into;
       co_await client_->run(r, "read");
       if (r.reply_type == sftp::kStatusReply && r.status.code == sftp::kEof) {
@@ -335,9 +333,7 @@ class SshNode final : public Node {
 
   Task<void> write_piece(std::uint64_t offset, std::span<const std::byte> data) {
     Request r(client_->executor());
-    r.kind = Request::Kind::write;
-    r.offset = offset;
-    r.length = static_cast<std::uint32_t>(data.size());
+    r.set_io(Request::Kind::write, offset, data.size());
     r.data = data;
     co_await client_->run(r, "write");
     if (!r.ok()) throw client_->failure(r, "write");
