@@ -242,26 +242,33 @@ class SshNode final : public Node {
  protected:
   Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override {
     auto work = [this, offset, buf]() { return read_all(offset, buf); };
-    co_await asio::co_spawn(io_->executor(), std::move(work), asio::use_awaitable);
+    co_await on_io_thread(std::move(work));
   }
 
   Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned) override {
     auto work = [this, offset, buf]() { return write_all(offset, buf); };
-    co_await asio::co_spawn(io_->executor(), std::move(work), asio::use_awaitable);
+    co_await on_io_thread(std::move(work));
   }
 
   Task<void> co_flush() override {
     if (no_flush_ || read_only()) co_return;
     auto work = [this]() { return fsync(); };
-    co_await asio::co_spawn(io_->executor(), std::move(work), asio::use_awaitable);
+    co_await on_io_thread(std::move(work));
   }
 
   Task<void> co_close() override {
     auto work = [client = client_]() { return client->close(); };
-    co_await asio::co_spawn(io_->executor(), std::move(work), asio::use_awaitable);
+    co_await on_io_thread(std::move(work));
   }
 
  private:
+  // Runs `work` (a coroutine) on the connection's thread; resumes here.
+  template <class Work>
+  Task<void> on_io_thread(Work work) {
+    const Executor ex = io_->executor();  // named: not a temporary in the co_await (GCC 12)
+    co_await asio::co_spawn(ex, std::move(work), asio::use_awaitable);
+  }
+
   // The work itself, on the I/O thread.
   Task<void> read_all(std::uint64_t offset, std::span<std::byte> buf) {
     const std::uint32_t piece = client_->connection().max_read();
@@ -353,7 +360,8 @@ Task<std::unique_ptr<Node>> open_ssh(const OpenContext& ctx, spec::Options& o) {
   auto start = [client]() { return client->open(); };
   std::exception_ptr failure;
   try {
-    co_await asio::co_spawn(io->executor(), std::move(start), asio::use_awaitable);
+    const Executor io_ex = io->executor();  // named: not a temporary in the co_await (GCC 12)
+    co_await asio::co_spawn(io_ex, std::move(start), asio::use_awaitable);
   } catch (...) {
     failure = std::current_exception();
   }
