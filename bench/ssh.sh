@@ -17,7 +17,7 @@ dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/netblk-bench-ssh.XXXXXX")
 chmod 755 "$dir"
 sshd_pid= agent_pid=
 # sshd and the agent, by PID, then the files.
-trap 'kill $sshd_pid $agent_pid 2>/dev/null; wait $sshd_pid $agent_pid 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'kill $sshd_pid $agent_pid 2>/dev/null || true; wait $sshd_pid $agent_pid 2>/dev/null || true; rm -rf "$dir"' EXIT
 
 port=$(bench_free_port)
 ssh-keygen -q -t ed25519 -N '' -f "$dir/host_key"
