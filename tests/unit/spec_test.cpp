@@ -1,6 +1,7 @@
 // The drive syntaxes: k=v lists, dotted keys and lists, json: names, typed options.
 #include <gtest/gtest.h>
 
+#include "error_of.hpp"
 #include "core/secrets.hpp"
 #include "spec/options.hpp"
 #include "spec/tree.hpp"
@@ -9,14 +10,7 @@ using namespace netblk;
 using namespace netblk::spec;
 
 namespace {
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using netblk::test::error_of;
 }  // namespace
 
 TEST(Keyval, Simple) {
