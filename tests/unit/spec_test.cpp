@@ -160,6 +160,24 @@ TEST(Options, SecretIsLookedUpByIdAndTheIdIsKept) {
   secrets::clear();
 }
 
+TEST(JsonName, NestingIsBoundedWithAOneLineError) {
+  // 40,000 nested lists used to overflow the stack (SIGSEGV).
+  const std::string deep = "json:{\"a\":" + std::string(40000, '[') + std::string(40000, ']') + "}";
+  EXPECT_EQ(error_of([&] { parse_json_name(deep); }),
+            "Could not parse 'json:' name: JSON nesting depth limit exceeded (1024 levels)");
+  // As deep as allowed still parses.
+  const std::string ok = "json:{\"a\":" + std::string(1000, '[') + std::string(1000, ']') + "}";
+  EXPECT_EQ(error_of([&] { parse_json_name(ok); }), "(no error)");
+}
+
+TEST(Keyval, DottedKeysAreBoundedWithAOneLineError) {
+  std::string key = "a";
+  for (int i = 0; i < 30000; ++i) key += ".a";
+  const std::string text = "driver=raw," + key + "=1";
+  EXPECT_EQ(error_of([&] { parse_keyval(text); }),
+            "Invalid parameter '" + key.substr(0, 60) + "...': nested more than 1024 levels deep");
+}
+
 TEST(JsonName, NumberOverflowIsAnError) {
   // Found by fuzz_spec_json: nlohmann reports this as out_of_range, not parse_error.
   EXPECT_NE(error_of([] { parse_json_name("json:{\"a\":4440e444444444444}"); }).find("Could not parse 'json:'"),
