@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <sstream>
+
+#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include "drive_checks.hpp"
@@ -249,6 +251,23 @@ TEST(CliLocal, ConvertFlagsHaveQemuImgsLimits) {
     EXPECT_EQ(run_netblk({"convert", "-S", value, "-O", "raw", img, dir / "out.raw"}).exit_code, 0) << value;
   for (const std::string value : {"1", "16"})
     EXPECT_EQ(run_netblk({"convert", "-m", value, "-O", "raw", img, dir / "out.raw"}).exit_code, 0) << value;
+}
+
+// An image as its own backing file: QEMU's words, and no file is left behind.
+TEST(CliLocal, CreateRefusesAnImageAsItsOwnBacking) {
+  TempDir dir;
+  const std::string self = dir / "self.qcow2";
+  for (const std::string& backing : {self, dir.path() + "/./self.qcow2", std::string("self.qcow2")}) {
+    // A relative backing name is resolved against the image's directory.
+    auto r = run_netblk({"create", "-f", "qcow2", "-b", backing, "-F", "qcow2", self, "1M"});
+    expect_one_line_error(r, "Trying to create");
+    if (backing == self) {
+      EXPECT_EQ(r.err, "netblk: " + self + ": Error: Trying to create an image with the same filename as the backing file\n");
+    }
+    EXPECT_NE(access(self.c_str(), F_OK), 0) << backing;
+  }
+  auto theirs = run({"qemu-img", "create", "-f", "qcow2", "-b", self, "-F", "qcow2", self, "1M"});
+  EXPECT_EQ(theirs.err, "qemu-img: " + self + ": Error: Trying to create an image with the same filename as the backing file\n");
 }
 
 TEST(CliLocal, HelpForEveryVerb) {
