@@ -21,6 +21,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     (void)uri->unknown_param({"socket", "export"});
     (void)uri->param("socket");
   }
+  (void)netblk::spec::redact_password(text);
+  (void)netblk::spec::redact_password("json:" + text);
   (void)netblk::spec::percent_decode(text);
   (void)netblk::spec::percent_encode(text);
   try {
