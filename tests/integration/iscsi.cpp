@@ -336,6 +336,7 @@ struct BigLun {
 RunResult copy_through_a_kill(const std::vector<std::string>& args, Tgtd& tgt, bool restart, const TempDir& t) {
   std::vector<std::string> argv{netblk_binary()};
   argv.insert(argv.end(), args.begin(), args.end());
+  std::filesystem::remove(t / "copy.log");  // a log of this copy alone
   Process p(argv, t / "copy.log");
   std::this_thread::sleep_for(150ms);
   EXPECT_TRUE(p.running()) << "the copy ended before the target was killed";
@@ -375,6 +376,12 @@ TEST(IscsiFaults, GoneForGoodWithTimeout) {
   BigLun& lun = BigLun::get();
   TempDir t;
   expect_gone_in_time({"convert", "-O", "raw", lun.with_timeout(), t / "out.raw"}, lun.tgt, t);
+  // Writes in flight time out too; their buffers stay with the session, not the caller.
+  lun.tgt.restart();
+  write_pattern_file(t / "in.raw", BigLun::kSize, 11);
+  expect_gone_in_time({"convert", "-n", "--target-image-opts", t / "in.raw",
+                       "driver=iscsi,transport=tcp,portal=" + lun.tgt.portal() + ",target=" + kDisk + ",lun=1,timeout=3"},
+                      lun.tgt, t);
 }
 
 TEST(IscsiFaults, RestartWhileServing) {
