@@ -238,14 +238,19 @@ Task<bool> ask(Session& s, Submit submit, const char* what, Use use) {
   co_return true;
 }
 
+// INQUIRY of one VPD page, or of the standard data when `page` is negative.
+Submit inquiry(int lun, int page) {
+  return [=](iscsi_context* c, iscsi_command_cb cb, void* p) {
+    return iscsi_inquiry_task(c, lun, page >= 0 ? 1 : 0, page >= 0 ? page : 0, 255, cb, p);
+  };
+}
+
 Task<LunFacts> probe_lun(Session& s, bool read_only) {
   LunFacts f;
   const int lun = static_cast<int>(s.config().lun);
   bool found = false;
   {
-    Submit submit = [=](iscsi_context* c, iscsi_command_cb cb, void* p) {
-      return iscsi_inquiry_task(c, lun, 0, 0, 255, cb, p);
-    };
+    Submit submit = inquiry(lun, -1);
     auto* type = &f.device_type;
     auto use = [type](void* d) { *type = static_cast<scsi_inquiry_standard*>(d)->device_type; };
     found = co_await ask(s, std::move(submit), "INQUIRY", use);
@@ -293,9 +298,7 @@ Task<LunFacts> probe_lun(Session& s, bool read_only) {
   // The VPD pages the target offers, then block limits and provisioning.
   std::vector<int> pages;
   {
-    Submit submit = [=](iscsi_context* c, iscsi_command_cb cb, void* p) {
-      return iscsi_inquiry_task(c, lun, 1, SCSI_INQUIRY_PAGECODE_SUPPORTED_VPD_PAGES, 255, cb, p);
-    };
+    Submit submit = inquiry(lun, SCSI_INQUIRY_PAGECODE_SUPPORTED_VPD_PAGES);
     auto use = [&pages](void* d) {
       auto* sp = static_cast<scsi_inquiry_supported_pages*>(d);
       for (int i = 0; i < sp->num_pages; ++i) pages.push_back(sp->pages[i]);
@@ -304,9 +307,7 @@ Task<LunFacts> probe_lun(Session& s, bool read_only) {
   }
   const auto offered = [&pages](int page) { return std::find(pages.begin(), pages.end(), page) != pages.end(); };
   if (offered(SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS)) {
-    Submit submit = [=](iscsi_context* c, iscsi_command_cb cb, void* p) {
-      return iscsi_inquiry_task(c, lun, 1, SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS, 255, cb, p);
-    };
+    Submit submit = inquiry(lun, SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS);
     auto use = [&f](void* d) {
       auto* bl = static_cast<scsi_inquiry_block_limits*>(d);
       f.max_xfer_blocks = bl->max_xfer_len;
@@ -316,9 +317,7 @@ Task<LunFacts> probe_lun(Session& s, bool read_only) {
     (void)co_await ask(s, std::move(submit), "INQUIRY (block limits)", use);
   }
   if (offered(SCSI_INQUIRY_PAGECODE_LOGICAL_BLOCK_PROVISIONING)) {
-    Submit submit = [=](iscsi_context* c, iscsi_command_cb cb, void* p) {
-      return iscsi_inquiry_task(c, lun, 1, SCSI_INQUIRY_PAGECODE_LOGICAL_BLOCK_PROVISIONING, 255, cb, p);
-    };
+    Submit submit = inquiry(lun, SCSI_INQUIRY_PAGECODE_LOGICAL_BLOCK_PROVISIONING);
     auto use = [&f](void* d) {
       auto* lbp = static_cast<scsi_inquiry_logical_block_provisioning*>(d);
       f.lbpu = lbp->lbpu;
