@@ -338,6 +338,13 @@ RunResult copy_through_a_kill(const std::vector<std::string>& args, Tgtd& tgt, b
   argv.insert(argv.end(), args.begin(), args.end());
   std::filesystem::remove(t / "copy.log");  // a log of this copy alone
   Process p(argv, t / "copy.log");
+  // Kill the target once the copy has logged in (a slow build may still be opening after
+  // a fixed delay, and a target that is down at open is an open error, not this test).
+  const std::string established = "( sport = :" + std::to_string(tgt.port()) + " )";
+  for (auto until = std::chrono::steady_clock::now() + 20s; std::chrono::steady_clock::now() < until;) {
+    if (!run({"ss", "-Htn", "state", "established", established}).out.empty()) break;
+    std::this_thread::sleep_for(20ms);
+  }
   std::this_thread::sleep_for(150ms);
   EXPECT_TRUE(p.running()) << "the copy ended before the target was killed";
   tgt.kill();
