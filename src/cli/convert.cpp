@@ -192,6 +192,33 @@ struct Copy {
   }
 };
 
+// qemu-img's limits and messages for -S and -m.
+constexpr std::uint64_t kMaxSparse = 16u << 20;
+std::uint64_t sparse_option(const std::string& text) {
+  std::uint64_t bytes;
+  try {
+    bytes = parse_size(text, "-S");
+  } catch (const Error&) {
+    throw Error(EINVAL, "Invalid buffer size for sparse output specified. You may use k, M, G, T, P or E suffixes "
+                        "for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+  }
+  if (bytes % 512 || bytes > kMaxSparse)
+    throw Error(EINVAL, "Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 up to " +
+                            std::to_string(kMaxSparse) +
+                            ". Select 0 to disable sparse detection (fully allocates output).");
+  return bytes;
+}
+
+unsigned workers_option(const std::string& text) {
+  std::uint64_t n = 0;
+  try {
+    n = parse_uint(text, "-m");
+  } catch (const Error&) {
+  }
+  if (n < 1 || n > 16) throw Error(EINVAL, "Invalid number of coroutines. Allowed number of coroutines is between 1 and 16");
+  return static_cast<unsigned>(n);
+}
+
 const VerbRegistration kConvert{Verb{
     "convert", "Copy an image to a new or existing image (qemu-img convert)", [](CLI::App& app) {
       struct Args {
@@ -201,7 +228,7 @@ const VerbRegistration kConvert{Verb{
         std::vector<std::string> options, objects;
         bool progress = false, no_create = false, out_of_order = false, compress = false, quiet = false,
              target_image_opts = false;
-        unsigned workers = 8;
+        std::string workers = "8";
       };
       auto a = std::make_shared<Args>();
       a->src.add_options(app);
@@ -211,7 +238,7 @@ const VerbRegistration kConvert{Verb{
       app.add_flag("-p", a->progress, "Show progress");
       app.add_flag("-q", a->quiet, "Quiet");
       app.add_flag("-n", a->no_create, "Do not create the target; write into the existing image");
-      app.add_option("-m", a->workers, "Number of parallel copy coroutines (1-16)")->check(CLI::Range(1, 16));
+      app.add_option("-m", a->workers, "Number of parallel copy coroutines (1-16)");
       app.add_flag("-W", a->out_of_order, "Allow out-of-order writes");
       app.add_option("-S", a->sparse, "Minimum run of zero bytes to leave unallocated (0: allocate all)");
       app.add_flag("-c", a->compress, "Compress the output (qcow2)");
@@ -223,8 +250,8 @@ const VerbRegistration kConvert{Verb{
       return [a]() {
         return run_verb([a]() -> Task<int> {
           define_objects(a->objects);
-          std::uint64_t sparse = parse_size(a->sparse, "-S");
-          if (sparse % 512 && sparse) throw Error(EINVAL, "-S must be a multiple of 512, not '" + a->sparse + "'");
+          const std::uint64_t sparse = sparse_option(a->sparse);
+          const unsigned workers = workers_option(a->workers);
           DriveSpec src_spec = a->src.spec(true);
           if (!src_spec.options.contains("cache")) apply_cache_mode(src_spec.options, a->src_cache);
           auto src = co_await open_drive(src_spec);
@@ -254,7 +281,7 @@ const VerbRegistration kConvert{Verb{
           Copy copy{*src, *dst, size, sparse, !a->no_create && dst->has_zero_init(), !a->out_of_order, a->compress,
                     progress, AsyncCondition(ex)};
           co_await run_concurrently(
-              a->workers, [&] { return copy.worker(); }, [&] { copy.fail(); });
+              workers, [&] { return copy.worker(); }, [&] { copy.fail(); });
           co_await dst->close();
           co_await src->close();
           progress.finish();

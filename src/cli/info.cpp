@@ -3,6 +3,7 @@
 
 #include "cli/verbs.hpp"
 #include "core/parse.hpp"
+#include "spec/uri.hpp"
 
 namespace netblk::cli {
 namespace {
@@ -23,7 +24,8 @@ Json image_info(const Node& node) {
   if (info.allocated_bytes >= 0) j["actual-size"] = info.allocated_bytes;
   if (info.cluster_size) j["cluster-size"] = info.cluster_size;
   if (!info.backing_filename.empty()) {
-    j["backing-filename"] = info.backing_filename;
+    // The name is the image's, not the user's: it may carry a password (as QEMU wrote it).
+    j["backing-filename"] = spec::redact_password(info.backing_filename);
     if (node.backing()) j["full-backing-filename"] = canonical_name(*node.backing());
     if (!info.backing_format.empty()) j["backing-filename-format"] = info.backing_format;
   }

@@ -4,6 +4,8 @@
 
 #include "cli/verbs.hpp"
 #include "core/log.hpp"
+#include "spec/config_groups.hpp"
+#include "spec/tree.hpp"
 
 int main(int argc, char** argv) {
   using namespace netblk;
@@ -17,6 +19,14 @@ int main(int argc, char** argv) {
   int verbosity = 0;
   app.add_flag("-v,--verbose", verbosity, "More log output (repeat for more); NETBLK_LOG=debug also works");
   app.set_version_flag("-V,--version", "netblk 0.1.0");
+  // QEMU's -iscsi and -readconfig: option groups drivers look up when they open a drive.
+  std::vector<std::string> iscsi_groups, config_files;
+  app.add_option("--iscsi", iscsi_groups,
+                 "iSCSI defaults as QEMU's -iscsi: initiator-name=IQN,header-digest=..,user=..,password-secret=ID,"
+                 "timeout=S[,id=TARGET-IQN]")
+      ->allow_extra_args(false);
+  app.add_option("--readconfig", config_files, "Read QEMU's [iscsi] / [iscsi \"IQN\"] sections from FILE")
+      ->allow_extra_args(false);
   std::vector<std::pair<CLI::App*, std::function<int()>>> runners;
   for (const auto& verb : cli::verbs()) {
     CLI::App* sub = app.add_subcommand(verb.name, verb.description);
@@ -33,6 +43,13 @@ int main(int argc, char** argv) {
   if (verbosity > 0) {
     int level = std::min(4, static_cast<int>(log::level()) + verbosity);
     log::set_level(static_cast<log::Level>(std::max(level, 2)));
+  }
+  try {
+    for (const auto& file : config_files) spec::read_config_file(file);
+    for (const auto& text : iscsi_groups) spec::add_config_group("iscsi", spec::parse_keyval(text));
+  } catch (const Error& e) {
+    std::cerr << "netblk: " << e.what() << std::endl;
+    return 1;
   }
   for (auto& [sub, run] : runners)
     if (sub->parsed()) return run();

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <map>
+#include <stdexcept>
 
 namespace netblk::spec {
 namespace {
@@ -14,7 +15,15 @@ bool is_index(std::string_view s) {
          (s.size() == 1 || s[0] != '0');
 }
 
+// A name's text, cut short for a message (a hostile name may be megabytes long).
+std::string shortened(const std::string& text) {
+  return text.size() <= 60 ? text : text.substr(0, 60) + "...";
+}
+
 std::vector<std::string> split_key(const std::string& key) {
+  if (std::count(key.begin(), key.end(), '.') >= static_cast<std::ptrdiff_t>(kMaxNesting))
+    fail("Invalid parameter '" + shortened(key) + "': nested more than " + std::to_string(kMaxNesting) +
+         " levels deep");
   std::vector<std::string> parts;
   std::size_t start = 0;
   while (true) {
@@ -167,7 +176,23 @@ Json parse_json_name(std::string_view text) {
   if (!is_json_name(text)) fail("'" + std::string(text) + "' is not a json: name");
   Json parsed;
   try {
-    parsed = Json::parse(text.substr(5));
+    // Trees are walked recursively (flatten, crumple, destruction): bound the depth while
+    // parsing, as QEMU's JSON parser does.
+    bool too_deep = false;
+    auto bound_depth = [&too_deep](int depth, nlohmann::json::parse_event_t, Json&) {
+      if (depth > static_cast<int>(kMaxNesting)) {
+        too_deep = true;
+        throw std::range_error("too deep");
+      }
+      return true;
+    };
+    try {
+      parsed = Json::parse(text.substr(5), bound_depth);
+    } catch (const std::range_error&) {
+      if (!too_deep) throw;
+      fail("Could not parse 'json:' name: JSON nesting depth limit exceeded (" + std::to_string(kMaxNesting) +
+           " levels)");
+    }
   } catch (const nlohmann::json::exception& e) {
     // parse_error says where ("parse error at line 1, column 12: ..."); out_of_range
     // reports a number too large. Drop nlohmann's "[json.exception...]" prefix.

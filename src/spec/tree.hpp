@@ -10,6 +10,10 @@
 
 namespace netblk::spec {
 
+// How deep option trees may nest (json: objects and lists, dotted keys), as QEMU's JSON
+// parser allows: trees are walked recursively.
+inline constexpr unsigned kMaxNesting = 1024;
+
 // A flat list of dotted keys and values, in the order given.
 using FlatOptions = std::vector<std::pair<std::string, Json>>;
 

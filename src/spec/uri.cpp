@@ -1,6 +1,9 @@
 #include "spec/uri.hpp"
 
 #include <algorithm>
+#include <vector>
+
+#include "spec/tree.hpp"
 
 namespace netblk::spec {
 namespace {
@@ -115,6 +118,52 @@ std::string percent_encode(std::string_view s, std::string_view keep) {
     out += kHex[u & 15];
   }
   return out;
+}
+
+namespace {
+
+std::string redact_url_password(std::string_view text) {
+  const auto scheme_end = text.find("://");
+  if (scheme_end == std::string_view::npos || !valid_scheme(text.substr(0, scheme_end))) return std::string(text);
+  const std::size_t authority = scheme_end + 3;
+  const std::size_t authority_end = std::min(text.find_first_of("/?#", authority), text.size());
+  const std::size_t at = text.substr(0, authority_end).rfind('@');
+  if (at == std::string_view::npos || at < authority) return std::string(text);
+  std::string_view userinfo = text.substr(authority, at - authority);
+  // libiscsi reads "user%password"; elsewhere '%' starts an escape.
+  const bool libiscsi = text.substr(0, 5) == "iscsi" || text.substr(0, 4) == "iser";
+  const std::size_t cut = userinfo.find_first_of(libiscsi ? ":%" : ":");
+  if (cut == std::string_view::npos) return std::string(text);
+  return std::string(text.substr(0, authority + cut)) + std::string(text.substr(at));
+}
+
+void redact_json(Json& v) {
+  if (v.is_object()) {
+    std::vector<std::string> passwords;
+    for (auto it = v.begin(); it != v.end(); ++it) {
+      if (it.key() == "password") passwords.push_back(it.key());
+      else redact_json(it.value());
+    }
+    for (const auto& key : passwords) v.erase(key);
+  } else if (v.is_array()) {
+    for (auto& e : v) redact_json(e);
+  } else if (v.is_string()) {
+    v = redact_url_password(v.get<std::string>());
+  }
+}
+
+}  // namespace
+
+std::string redact_password(std::string_view name) {
+  if (!name.starts_with("json:")) return redact_url_password(name);
+  Json tree;
+  try {
+    tree = parse_json_name(name);  // bounded depth; crumpled, so dotted keys are nested
+  } catch (const Error&) {
+    return "json:(unreadable)";  // nothing of it can be shown safely
+  }
+  redact_json(tree);
+  return "json:" + tree.dump();
 }
 
 std::string bracket_host(const std::string& host) {

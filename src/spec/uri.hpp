@@ -62,6 +62,11 @@ std::optional<std::string> percent_decode(std::string_view s);
 // Percent-encoding of everything but unreserved characters and `keep` (for paths and
 // names put into URLs: "/" and the sub-delimiters that need no escape there).
 std::string percent_encode(std::string_view s, std::string_view keep = "/:@!$'()*,;");
+// A drive name as it may be shown (a qcow2 image's stored backing name, a message): the
+// password of a URL's userinfo is cut out ("http://u@h/x" from "http://u:pw@h/x";
+// "iscsi://u@h/..." from libiscsi's "iscsi://u%pw@h/..."), also in every string of a json:
+// name, and json: keys named "password" are left out. Anything else is kept as written.
+std::string redact_password(std::string_view name);
 // A host for a URL or a "host:port" message: IPv6 addresses in brackets.
 std::string bracket_host(const std::string& host);
 

@@ -57,7 +57,7 @@ Task<void> exercise(const std::uint8_t* data, std::size_t size) {
     }
   }
   try {
-    if (auto* q = qcow2::as_qcow2(*node)) (void)co_await q->check(0);
+    if (node->supports_check()) (void)co_await node->check(0);
   } catch (const Error&) {
   }
   try {

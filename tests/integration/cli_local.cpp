@@ -1,6 +1,10 @@
 // The netblk CLI on local files, differential against qemu-img: the same facts, the same
 // verdicts, the same bytes; and every malformed input a one-line error with a non-zero exit.
 #include <gtest/gtest.h>
+
+#include <sstream>
+
+#include <unistd.h>
 #include <nlohmann/json.hpp>
 
 #include "drive_checks.hpp"
@@ -216,6 +220,54 @@ TEST(CliLocal, MalformedInputIsAOneLineError) {
   expect_one_line_error(run_netblk({"convert", img}), "target");
   expect_one_line_error(run_netblk({"info", "--drive", "file=" + img + ",cache=sometimes"}), "sometimes");
   expect_one_line_error(run_netblk({"info", "--object", "secret,id=s", img}), "'data' or 'file'");
+}
+
+// convert's numeric flags: qemu-img's limits, and its words for anything outside them.
+TEST(CliLocal, ConvertFlagsHaveQemuImgsLimits) {
+  TempDir dir;
+  std::string img = dir / "a.raw";
+  ASSERT_EQ(run_netblk({"create", "-f", "raw", img, "1M"}).exit_code, 0);
+  for (const std::string flag : {"-S", "-m"}) {
+    const std::vector<std::string> bad =
+        flag == "-S" ? std::vector<std::string>{"17M", "1E", "100", "16777217", "-512"}
+                     : std::vector<std::string>{"17", "0", "-1", "99999999999999999999"};
+    for (const auto& value : bad) {
+      auto ours = run_netblk({"convert", flag, value, "-O", "raw", img, dir / "out.raw"});
+      auto theirs = run({"qemu-img", "convert", flag, value, "-O", "raw", img, dir / "q.raw"});
+      ASSERT_NE(theirs.exit_code, 0) << flag << " " << value;
+      expect_one_line_error(ours, "Invalid");
+      // The same sentence as qemu-img ("qemu-img: " for "netblk: "), on one line where
+      // qemu-img wraps it onto a second.
+      std::string expected, line;
+      std::istringstream lines(theirs.err);
+      while (std::getline(lines, line)) {
+        if (!expected.empty()) expected += ' ';
+        expected.append(line, 10, std::string::npos);
+      }
+      EXPECT_EQ(ours.err, "netblk: " + expected + "\n") << flag << " " << value;
+    }
+  }
+  for (const std::string value : {"16M", "0", "512", "4k"})
+    EXPECT_EQ(run_netblk({"convert", "-S", value, "-O", "raw", img, dir / "out.raw"}).exit_code, 0) << value;
+  for (const std::string value : {"1", "16"})
+    EXPECT_EQ(run_netblk({"convert", "-m", value, "-O", "raw", img, dir / "out.raw"}).exit_code, 0) << value;
+}
+
+// An image as its own backing file: QEMU's words, and no file is left behind.
+TEST(CliLocal, CreateRefusesAnImageAsItsOwnBacking) {
+  TempDir dir;
+  const std::string self = dir / "self.qcow2";
+  for (const std::string& backing : {self, dir.path() + "/./self.qcow2", std::string("self.qcow2")}) {
+    // A relative backing name is resolved against the image's directory.
+    auto r = run_netblk({"create", "-f", "qcow2", "-b", backing, "-F", "qcow2", self, "1M"});
+    expect_one_line_error(r, "Trying to create");
+    if (backing == self) {
+      EXPECT_EQ(r.err, "netblk: " + self + ": Error: Trying to create an image with the same filename as the backing file\n");
+    }
+    EXPECT_NE(access(self.c_str(), F_OK), 0) << backing;
+  }
+  auto theirs = run({"qemu-img", "create", "-f", "qcow2", "-b", self, "-F", "qcow2", self, "1M"});
+  EXPECT_EQ(theirs.err, "qemu-img: " + self + ": Error: Trying to create an image with the same filename as the backing file\n");
 }
 
 TEST(CliLocal, HelpForEveryVerb) {

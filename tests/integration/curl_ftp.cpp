@@ -97,6 +97,23 @@ static void check_far_reads(const std::string& spec, const std::string& want) {
   check_convert({}, spec, want);
 }
 
+// A password stored in an overlay's backing name is never shown by info.
+TEST_F(CurlFtp, InfoHidesAPasswordInAStoredBackingName) {
+  TempDir dir;
+  std::string url = server->ftp_url("disk.img");
+  const std::string with_password = "ftp://anonymous:s3cret@" + url.substr(6);
+  const std::string overlay = dir / "ov.qcow2";
+  auto made = nb({"create", "-f", "qcow2", "-b", with_password, "-F", "raw", overlay});
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  for (const std::string output : {"human", "json"}) {
+    auto info = nb({"info", "--output=" + output, overlay});
+    ASSERT_EQ(info.exit_code, 0) << info.err;
+    EXPECT_EQ(info.out.find("s3cret"), std::string::npos) << info.out;
+    EXPECT_EQ(info.err.find("s3cret"), std::string::npos) << info.err;
+    EXPECT_NE(info.out.find("ftp://anonymous@" + url.substr(6)), std::string::npos) << info.out;
+  }
+}
+
 TEST_F(CurlFtp, ReadsFarAheadOfTheStream) {
   check_far_reads("json:{\"file.driver\":\"ftp\",\"file.url\":\"" + server->ftp_url("big.img") + "\"}",
                   read_all(server->root + "/big.img"));

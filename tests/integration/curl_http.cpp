@@ -93,6 +93,7 @@ struct Served {
         .locations = {netblk::test::Nginx::require_cookie("/cookie/", "session=abc"),
                       netblk::test::Nginx::basic_auth("/auth/", "alice", "s3cret-pw"),
                       netblk::test::Nginx::no_ranges("/noranges/"), netblk::test::Nginx::limit_rate("/slow/", "512k"),
+                      netblk::test::Nginx::limit_rate("/trickle/", "10"),
                       netblk::test::Nginx::redirect("/redirect", "/disk.img"),
                       netblk::test::Nginx::redirect("/redirect-file", "file:///etc/passwd"),
                       netblk::test::Nginx::stall("/stall", 60)}});
@@ -375,6 +376,21 @@ TEST_F(CurlHttp, SlowButMovingBodyIsNotKilled) {
   std::string spec = "json:{\"file.driver\":\"http\",\"file.url\":\"" + server->http("/slow/small.img") +
                      "\",\"file.timeout\":1}";
   check_convert({"-m", "1"}, spec, read_all(local_copy("small.img")));
+}
+
+TEST_F(CurlHttp, TricklingBodyIsGivenUpInBoundedTime) {
+  // A valid 206 whose body comes at 10 bytes/s: retried, then a one-line error.
+  std::string spec = "json:{\"file.driver\":\"http\",\"file.url\":\"" + server->http("/trickle/small.img") +
+                     "\",\"file.timeout\":2}";
+  auto start = std::chrono::steady_clock::now();
+  TempDir out;
+  auto r = nb({"convert", "-O", "raw", spec, out / "trickle.raw"}, 120s);
+  auto took = std::chrono::steady_clock::now() - start;
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.exit_code, 124) << "hung";
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_NE(r.err.find("under 1024 bytes/s, for 2 s"), std::string::npos) << r.err;
+  EXPECT_LT(took, 60s);
 }
 
 TEST_F(CurlHttp, DroppedConnectionsAreRetried) {

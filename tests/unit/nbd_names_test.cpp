@@ -1,6 +1,7 @@
 // Every QEMU spelling of an NBD drive, and the bad mixes QEMU refuses, without a network.
 #include <gtest/gtest.h>
 
+#include "error_of.hpp"
 #include "protocols/nbd/nbd_config.hpp"
 #include "spec/tree.hpp"
 
@@ -34,14 +35,7 @@ NbdConfig from_keyval(const std::string& text) {
   return from_tree(tree);
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using netblk::test::error_of;
 
 TEST(NbdNames, UrlWithHostPortExport) {
   NbdConfig c = from_name("nbd://127.0.0.1:10999/disk");

@@ -7,11 +7,11 @@
 #include <cstdio>
 #include <vector>
 
-#include "protocols/nbd/payload_pipe.hpp"
+#include "nbd/payload_pipe.hpp"
 
 namespace {
 
-using netblk::nbd_client::PayloadPipe;
+using netblk::nbd::PayloadPipe;
 
 // A temporary file whose name is removed at once.
 int temp_file() {

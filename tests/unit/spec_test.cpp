@@ -1,6 +1,7 @@
 // The drive syntaxes: k=v lists, dotted keys and lists, json: names, typed options.
 #include <gtest/gtest.h>
 
+#include "error_of.hpp"
 #include "core/secrets.hpp"
 #include "spec/options.hpp"
 #include "spec/tree.hpp"
@@ -9,14 +10,7 @@ using namespace netblk;
 using namespace netblk::spec;
 
 namespace {
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using netblk::test::error_of;
 }  // namespace
 
 TEST(Keyval, Simple) {
@@ -164,6 +158,24 @@ TEST(Options, SecretIsLookedUpByIdAndTheIdIsKept) {
   EXPECT_FALSE(o.secret("cookie-secret"));
   EXPECT_NE(error_of([&] { o.secret("other-secret"); }).find("No secret with id 'nope'"), std::string::npos);
   secrets::clear();
+}
+
+TEST(JsonName, NestingIsBoundedWithAOneLineError) {
+  // 40,000 nested lists used to overflow the stack (SIGSEGV).
+  const std::string deep = "json:{\"a\":" + std::string(40000, '[') + std::string(40000, ']') + "}";
+  EXPECT_EQ(error_of([&] { parse_json_name(deep); }),
+            "Could not parse 'json:' name: JSON nesting depth limit exceeded (1024 levels)");
+  // As deep as allowed still parses.
+  const std::string ok = "json:{\"a\":" + std::string(1000, '[') + std::string(1000, ']') + "}";
+  EXPECT_EQ(error_of([&] { parse_json_name(ok); }), "(no error)");
+}
+
+TEST(Keyval, DottedKeysAreBoundedWithAOneLineError) {
+  std::string key = "a";
+  for (int i = 0; i < 30000; ++i) key += ".a";
+  const std::string text = "driver=raw," + key + "=1";
+  EXPECT_EQ(error_of([&] { parse_keyval(text); }),
+            "Invalid parameter '" + key.substr(0, 60) + "...': nested more than 1024 levels deep");
 }
 
 TEST(JsonName, NumberOverflowIsAnError) {

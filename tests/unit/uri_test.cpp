@@ -122,3 +122,19 @@ TEST(Uri, NotUris) {
 
 }  // namespace
 }  // namespace netblk::spec
+
+TEST(RedactPassword, CutsThePasswordOutOfEveryNameForm) {
+  using netblk::spec::redact_password;
+  EXPECT_EQ(redact_password("http://alice:s3cret@127.0.0.1:8080/disk.img?x=1"), "http://alice@127.0.0.1:8080/disk.img?x=1");
+  EXPECT_EQ(redact_password("iscsi://alice%s3cret@[::1]:3260/iqn.2001-04.com.example:t/1"),
+            "iscsi://alice@[::1]:3260/iqn.2001-04.com.example:t/1");
+  EXPECT_EQ(redact_password("ssh://bob@h/x"), "ssh://bob@h/x");
+  EXPECT_EQ(redact_password("http://h/a:b@c"), "http://h/a:b@c");
+  EXPECT_EQ(redact_password("/images/a:b@c.qcow2"), "/images/a:b@c.qcow2");
+  const std::string j = redact_password(
+      R"(json:{"driver":"raw","file":{"driver":"iscsi","password":"s3cret","url":"https://u:s3cret@h/x"}})");
+  EXPECT_EQ(j.find("s3cret"), std::string::npos) << j;
+  EXPECT_NE(j.find("https://u@h/x"), std::string::npos) << j;
+  EXPECT_EQ(redact_password("json:{\"file.password\":\"s3cret\"}").find("s3cret"), std::string::npos);
+  EXPECT_EQ(redact_password("json:{broken s3cret"), "json:(unreadable)");
+}

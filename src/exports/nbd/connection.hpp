@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "core/deadline.hpp"
 #include "exports/nbd/server.hpp"
 #include "nbd/protocol.hpp"
 #include "nbd/stream_reader.hpp"
@@ -116,7 +117,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   int accept_loops = 0;  // accept loops still running
   std::list<std::weak_ptr<server_detail::Connection>> connections;
   AsyncCondition changed;  // any of the above changed
-  std::unique_ptr<asio::steady_timer> grace_timer;  // closes what stop() could not finish
+  std::unique_ptr<Deadline> grace;  // closes what stop() could not finish
 
   // Accepts clients on a TCP or unix acceptor while there is room for them.
   template <class Acceptor>

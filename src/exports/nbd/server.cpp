@@ -145,11 +145,10 @@ void Server::Impl::stop() {
   for (auto& w : connections)
     if (auto c = w.lock()) c->request_stop();
   // Connections that cannot finish (a client that never reads) are closed after the grace.
-  grace_timer = std::make_unique<asio::steady_timer>(executor, config.stop_grace);
-  grace_timer->async_wait([self = shared_from_this()](std::error_code e) {
-    if (e) return;
-    for (auto& w : self->connections)
-      if (auto c = w.lock()) c->close_socket();
+  grace = std::make_unique<Deadline>(executor, config.stop_grace, [weak = weak_from_this()] {
+    if (auto self = weak.lock())
+      for (auto& w : self->connections)
+        if (auto c = w.lock()) c->close_socket();
   });
   changed.notify_all();
 }
@@ -218,7 +217,7 @@ Task<void> Server::run() {
   }
   if (impl->accept_loops == 0 && impl->active == 0) throw Error(EINVAL, "nbd server: nothing to listen on");
   while (!(impl->stopping && impl->active == 0 && impl->accept_loops == 0)) co_await impl->changed.wait();
-  if (impl->grace_timer) impl->grace_timer->cancel();
+  if (impl->grace) impl->grace->cancel();
 }
 
 void Server::stop() { impl_->stop(); }

@@ -70,9 +70,12 @@ Easy Session::easy(Exchange& ex) const {
   curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 512L * 1024);
   curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
   if (config.timeout > 0) {
-    // No progress for `timeout` seconds ends a transfer; a slow but moving one goes on.
+    // Less than kMinSpeed over `timeout` seconds ends a transfer (and it is retried): a
+    // server that trickles a few bytes a second is given up like a silent one, while a
+    // slow but useful one (nginx's limit_rate 16k) goes on. A paused transfer is not
+    // measured (libcurl skips the check while receiving is paused).
     curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, static_cast<long>(config.timeout));
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, kMinSpeed);
     curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, static_cast<long>(config.timeout));
   }
   prefer_aes128_gcm(h);
@@ -159,7 +162,9 @@ bool transient(CURLcode rc, long http_status) {
     default: break;
   }
   std::string detail = ex.error[0] ? std::string(ex.error) : std::string(curl_easy_strerror(rc));
-  if (rc == CURLE_OPERATION_TIMEDOUT) detail += " (no progress for " + std::to_string(s.config.timeout) + " s)";
+  if (rc == CURLE_OPERATION_TIMEDOUT)
+    detail += " (no progress, or under " + std::to_string(kMinSpeed) + " bytes/s, for " +
+              std::to_string(s.config.timeout) + " s)";
   throw Error(err, prefix + ": " + detail);
 }
 

@@ -25,6 +25,8 @@ namespace netblk::curlproto {
 // after each next one (up to 1.6 s), a little shorter at random so that the clients of one
 // restarted server do not all return at once.
 constexpr int kMaxRetries = 5;
+// The slowest transfer that counts as progress (bytes/s, averaged over `timeout`).
+constexpr long kMinSpeed = 1024;
 constexpr BackoffPolicy kRetryPolicy{.first = std::chrono::milliseconds(100),
                                      .cap = std::chrono::milliseconds(2000),
                                      .jitter = 0.2};
