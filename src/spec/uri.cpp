@@ -162,8 +162,10 @@ std::string redact_password(std::string_view name) {
   } catch (const Error&) {
     return "json:(unreadable)";  // nothing of it can be shown safely
   }
+  const Json before = tree;
   redact_json(tree);
-  return "json:" + tree.dump();
+  // Shown as written unless something had to go (then in the nested form).
+  return tree == before ? std::string(name) : "json:" + tree.dump();
 }
 
 std::string bracket_host(const std::string& host) {

@@ -137,4 +137,7 @@ TEST(RedactPassword, CutsThePasswordOutOfEveryNameForm) {
   EXPECT_NE(j.find("https://u@h/x"), std::string::npos) << j;
   EXPECT_EQ(redact_password("json:{\"file.password\":\"s3cret\"}").find("s3cret"), std::string::npos);
   EXPECT_EQ(redact_password("json:{broken s3cret"), "json:(unreadable)");
+  // Nothing to cut: the name as written, dotted keys and all.
+  const std::string plain = R"(json:{"file.driver":"http", "file.url":"http://h/x"})";
+  EXPECT_EQ(redact_password(plain), plain);
 }
