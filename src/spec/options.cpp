@@ -1,5 +1,7 @@
 #include "spec/options.hpp"
 
+#include <algorithm>
+
 #include "core/parse.hpp"
 #include "core/secrets.hpp"
 #include "spec/tree.hpp"
@@ -139,6 +141,16 @@ void Options::finish() const {
       case Kind::create:
         throw Error(EINVAL, "Invalid parameter '" + key + "' for format '" + driver_ + "'");
     }
+  }
+}
+
+void refuse_with_filename(const Json& tree, std::initializer_list<std::string_view> keys) {
+  for (auto it = tree.begin(); it != tree.end(); ++it) {
+    const std::string& key = it.key();
+    if (std::find(keys.begin(), keys.end(), key) == keys.end()) continue;
+    std::string shown = key;
+    if (it->is_object() && !it->empty()) shown += "." + it->begin().key();
+    throw Error(EINVAL, "Option '" + shown + "' cannot be used with a file name");
   }
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 #include <chrono>
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
 #include <set>
 #include <string>
@@ -65,5 +66,10 @@ class Options {
   std::string prefix_;
   std::set<std::string> used_;
 };
+
+// QEMU's rule for drivers whose filename carries what options could also say (nbd, ssh,
+// iscsi): with a filename, none of `keys` may be given as an option. Throws "Option 'K'
+// cannot be used with a file name" for the first one in `tree` (a group as 'server.host').
+void refuse_with_filename(const Json& tree, std::initializer_list<std::string_view> keys);
 
 }  // namespace netblk::spec

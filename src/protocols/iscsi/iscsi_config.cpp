@@ -117,9 +117,7 @@ IscsiConfig config_from_options(spec::Options& o) {
   if (auto f = tree.find("filename"); f != tree.end()) {
     const std::string filename = spec::scalar_text(*f);
     tree.erase("filename");
-    for (const char* key : {"transport", "portal", "target", "lun"})
-      if (tree.contains(key))
-        throw Error(EINVAL, "Option '" + std::string(key) + "' cannot be used with a file name");
+    spec::refuse_with_filename(tree, {"transport", "portal", "target", "lun"});
     UrlParts parts = parse_url(filename);
     spec::merge(tree, parts.options);
     if (!parts.user.empty()) {

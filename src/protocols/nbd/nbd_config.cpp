@@ -81,14 +81,7 @@ NbdConfig config_from_options(spec::Options& o) {
   if (auto f = tree.find("filename"); f != tree.end()) {
     std::string filename = spec::scalar_text(*f);
     tree.erase("filename");
-    for (auto it = tree.begin(); it != tree.end(); ++it) {
-      const std::string& key = it.key();
-      if (key == "host" || key == "port" || key == "path" || key == "export" || key == "server") {
-        std::string shown = key;
-        if (key == "server" && it->is_object() && !it->empty()) shown += "." + it->begin().key();
-        throw Error(EINVAL, "Option '" + shown + "' cannot be used with a file name");
-      }
-    }
+    spec::refuse_with_filename(tree, {"host", "port", "path", "export", "server"});
     spec::merge(tree, options_from_filename(filename));
   }
 

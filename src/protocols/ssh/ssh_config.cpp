@@ -152,15 +152,7 @@ SshConfig config_from_options(spec::Options& o) {
   if (auto f = tree.find("filename"); f != tree.end()) {
     const std::string filename = spec::scalar_text(*f);
     tree.erase("filename");
-    for (auto it = tree.begin(); it != tree.end(); ++it) {
-      const std::string& key = it.key();
-      if (key == "host" || key == "port" || key == "path" || key == "user" || key == "host_key_check" ||
-          key == "server") {
-        std::string shown = key;
-        if (key == "server" && it->is_object() && !it->empty()) shown += "." + it->begin().key();
-        throw Error(EINVAL, "Option '" + shown + "' cannot be used with a file name");
-      }
-    }
+    spec::refuse_with_filename(tree, {"host", "port", "path", "user", "host_key_check", "server"});
     spec::merge(tree, options_from_url(filename));
   }
 
