@@ -7,6 +7,7 @@
 
 #include "protocols/curl/headers.hpp"
 #include "protocols/curl/url.hpp"
+#include "spec/uri.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   std::string_view input(reinterpret_cast<const char*>(data), size);
@@ -24,7 +25,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (auto cr = netblk::curlproto::parse_content_range(input)) {
     if (cr->total && cr->last && *cr->last >= *cr->total) __builtin_trap();
   }
-  std::string redacted = netblk::curlproto::redact_password(std::string(input));
+  std::string redacted = netblk::spec::redact_password(std::string(input));
   (void)redacted;
   return 0;
 }

@@ -5,6 +5,7 @@
 #include "netblk/open.hpp"
 #include "protocols/curl/headers.hpp"
 #include "protocols/curl/url.hpp"
+#include "spec/uri.hpp"
 
 using namespace netblk;
 using namespace netblk::curlproto;
@@ -75,15 +76,15 @@ TEST(CurlHeaders, ContentRangeForms) {
 }
 
 TEST(CurlUrl, PasswordIsRemovedUserKept) {
-  EXPECT_EQ(redact_password("http://alice:s3cret@127.0.0.1:8080/disk.img?x=1"),
+  EXPECT_EQ(netblk::spec::redact_password("http://alice:s3cret@127.0.0.1:8080/disk.img?x=1"),
             "http://alice@127.0.0.1:8080/disk.img?x=1");
-  EXPECT_EQ(redact_password("ftp://127.0.0.1/a.img"), "ftp://127.0.0.1/a.img");
-  EXPECT_EQ(redact_password("https://bob@h/x"), "https://bob@h/x");
-  EXPECT_EQ(redact_password("tftp://u:p@h/x").find(":p@"), std::string::npos);
+  EXPECT_EQ(netblk::spec::redact_password("ftp://127.0.0.1/a.img"), "ftp://127.0.0.1/a.img");
+  EXPECT_EQ(netblk::spec::redact_password("https://bob@h/x"), "https://bob@h/x");
+  EXPECT_EQ(netblk::spec::redact_password("tftp://u:p@h/x").find(":p@"), std::string::npos);
   // Even what libcurl cannot parse loses its userinfo.
-  EXPECT_EQ(redact_password("http://u:p@[bad/x").find("p@"), std::string::npos);
+  EXPECT_EQ(netblk::spec::redact_password("http://u:p@[bad/x").find("p@"), std::string::npos);
   // An '@' in the path is not userinfo.
-  EXPECT_EQ(redact_password("http://h/a@b"), "http://h/a@b");
+  EXPECT_EQ(netblk::spec::redact_password("http://h/a@b"), "http://h/a@b");
 }
 
 TEST(CurlUrl, SchemeAndOrigin) {

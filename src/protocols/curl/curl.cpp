@@ -30,6 +30,7 @@
 #include "protocols/curl/sequential_stream.hpp"
 #include "protocols/curl/session.hpp"
 #include "protocols/curl/url.hpp"
+#include "spec/uri.hpp"
 
 namespace netblk::curlproto {
 namespace {
@@ -295,7 +296,7 @@ class CurlNode final : public Node {
     if (!effective || session_->url == effective) return;
     std::string final_url = effective;
     if (!same_origin(session_->url, final_url)) session_->send_credentials = false;
-    NETBLK_LOG(info, "{}: redirected to {}", session_->name(), redact_password(final_url));
+    NETBLK_LOG(info, "{}: redirected to {}", session_->name(), spec::redact_password(final_url));
     session_->url = final_url;
   }
 

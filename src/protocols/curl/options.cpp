@@ -5,6 +5,7 @@
 
 #include "netblk/error.hpp"
 #include "protocols/curl/url.hpp"
+#include "spec/uri.hpp"
 
 namespace netblk::curlproto {
 
@@ -48,9 +49,9 @@ Config parse_config(spec::Options& o, const std::string& driver) {
     rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
   }
   if (!scheme_ok)
-    throw Error(EINVAL, "The '" + driver + "' driver cannot open '" + redact_password(c.url) + "': its scheme is not " +
+    throw Error(EINVAL, "The '" + driver + "' driver cannot open '" + spec::redact_password(c.url) + "': its scheme is not " +
                             family_schemes);
-  c.shown_url = redact_password(c.url);
+  c.shown_url = spec::redact_password(c.url);
   c.readahead = o.size("readahead", kDefaultReadahead);
   if (c.readahead % 512)
     throw Error(EINVAL, "HTTP_READAHEAD_SIZE " + std::to_string(c.readahead) + " is not a multiple of 512");

@@ -30,21 +30,6 @@ std::string part(CURLU* u, CURLUPart which, unsigned flags = 0) {
 
 }  // namespace
 
-std::string redact_password(const std::string& url) {
-  auto scheme_end = url.find("://");
-  auto at = url.find('@', scheme_end == std::string::npos ? 0 : scheme_end + 3);
-  auto slash = url.find('/', scheme_end == std::string::npos ? 0 : scheme_end + 3);
-  bool has_userinfo = scheme_end != std::string::npos && at != std::string::npos && (slash == std::string::npos || at < slash);
-  if (!has_userinfo) return url;
-  Url u = parse(url);
-  if (!u) return url.substr(0, scheme_end + 3) + url.substr(at + 1);
-  if (part(u.get(), CURLUPART_PASSWORD).empty()) return url;
-  curl_url_set(u.get(), CURLUPART_PASSWORD, nullptr, 0);
-  std::string out = part(u.get(), CURLUPART_URL);
-  if (out.empty()) return url.substr(0, scheme_end + 3) + url.substr(at + 1);
-  return out;
-}
-
 std::string url_scheme(const std::string& url) {
   auto colon = url.find(':');
   if (colon == std::string::npos || colon == 0) return {};

@@ -5,10 +5,7 @@
 
 namespace netblk::curlproto {
 
-// The URL without the password of its userinfo ("http://user@h/x" from
-// "http://user:pw@h/x"); the user name is kept. A URL libcurl cannot parse is returned
-// with everything between "//" and "@" removed, so no secret survives either way.
-std::string redact_password(const std::string& url);
+// (A URL's password is cut out of names shown by spec::redact_password, spec/uri.hpp.)
 // The scheme in lower case ("https"), or "" when there is none.
 std::string url_scheme(const std::string& url);
 // True when both URLs have the same scheme, host and port (credentials may follow).
