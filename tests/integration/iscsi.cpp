@@ -179,6 +179,18 @@ TEST(Iscsi, NameForms) {
   // Digests the target accepts.
   expect_ok(run_netblk({"info", "--image-opts", opts + ",header-digest=none"}, 30s), "header-digest=none");
   expect_ok(run_netblk({"info", "--image-opts", opts + ",header-digest=crc32c-none"}, 30s), "header-digest=crc32c-none");
+  // iser:// and transport=iser: libiscsi's iSER needs an RDMA device; without one, one line
+  // saying so (QEMU: "Failed to start full connect Couldn't connect transport: ...").
+  if (!std::filesystem::exists("/sys/class/infiniband")) {
+    for (const auto& name : {"iser://" + s.tgt.portal() + "/" + kDisk + "/1",
+                             "json:{\"driver\":\"iscsi\",\"transport\":\"iser\",\"portal\":\"" + s.tgt.portal() +
+                                 "\",\"target\":\"" + kDisk + "\",\"lun\":1}"}) {
+      auto iser = run_netblk({"info", name}, 30s);
+      expect_one_line_failure(iser, name);
+      EXPECT_NE(iser.err.find("the iser transport is not available here (it needs an RDMA device)"), std::string::npos)
+          << iser.err;
+    }
+  }
 }
 
 // The read-only LUN opens read-only; a read-write open fails with one line; nothing changes.
@@ -407,6 +419,50 @@ TEST(IscsiFaults, GoneForGoodWhileServing) {
   expect_gone_in_time({"convert", "-O", "raw", server.url(), t / "out.raw"}, lun.tgt, t);
   EXPECT_TRUE(server.running()) << "the server must outlive its target";
 }
+// A target that hangs (SIGSTOP: its connection stays open, nothing answers) during a copy.
+// Without a timeout, the NOP-Out keepalive finds it (QEMU: 3 NOP-Outs, 5 s apart, unanswered)
+// and reconnects; when the target answers again the copy completes with identical bytes.
+// With timeout=3 the commands fail in bounded time, the target still hung.
+TEST(IscsiFaults, HungTarget) {
+  BigLun& lun = BigLun::get();
+  TempDir t;
+  auto hang_during = [&](const std::string& source) {
+    std::filesystem::remove(t / "copy.log");
+    Process p({netblk_binary(), "convert", "-O", "raw", source, t / "out.raw"}, t / "copy.log", {"NETBLK_LOG=debug"});
+    const std::string established = "( sport = :" + std::to_string(lun.tgt.port()) + " )";
+    for (auto until = std::chrono::steady_clock::now() + 20s; std::chrono::steady_clock::now() < until;) {
+      if (!run({"ss", "-Htn", "state", "established", established}).out.empty()) break;
+      std::this_thread::sleep_for(20ms);
+    }
+    std::this_thread::sleep_for(150ms);
+    EXPECT_TRUE(p.running()) << "the copy ended before the target hung";
+    ::kill(lun.tgt.process().pid(), SIGSTOP);
+    return p;
+  };
+
+  const auto start = std::chrono::steady_clock::now();
+  Process p = hang_during(lun.tgt.url(kDisk, 1));
+  bool noticed = false;
+  while (!noticed && std::chrono::steady_clock::now() - start < 40s) {
+    std::this_thread::sleep_for(200ms);
+    noticed = read_file(t / "copy.log").find("NOP timeout; reconnecting") != std::string::npos;
+  }
+  ::kill(lun.tgt.process().pid(), SIGCONT);
+  EXPECT_TRUE(noticed) << read_file(t / "copy.log");
+  EXPECT_EQ(p.wait(60s), 0) << read_file(t / "copy.log");
+  EXPECT_EQ(file_hash(t / "out.raw"), file_hash(lun.dir / "big.img"));
+
+  const auto again = std::chrono::steady_clock::now();
+  Process q = hang_during(lun.with_timeout());
+  RunResult r;
+  r.exit_code = q.wait(60s);
+  r.err = read_file(t / "copy.log");
+  EXPECT_LT(std::chrono::steady_clock::now() - again, 30s);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("timed out"), std::string::npos) << r.err;
+  lun.tgt.kill();  // still stopped: SIGKILL ends it; the next test starts it again
+}
+
 // A qcow2 overlay whose backing file is a LUN, named by json:, read through serve with
 // copy-on-read: the bytes are the LUN's, and once read they no longer need the target.
 TEST(Iscsi, OverlayWithCopyOnRead) {

@@ -120,8 +120,13 @@ Task<void> Session::connect() {
   // out write while its data-out PDUs may still be queued).
   iscsi_set_timeout(ctx_, 0);
 
-  if (iscsi_full_connect_async(ctx_, portal.c_str(), static_cast<int>(config_.lun), &Session::on_connected, this) != 0)
+  if (iscsi_full_connect_async(ctx_, portal.c_str(), static_cast<int>(config_.lun), &Session::on_connected, this) != 0) {
+    // libiscsi's iSER needs an RDMA device; without one it fails here, in RDMA's words.
+    if (config_.transport == "iser")
+      throw Error(ENOTSUP, name_ + ": the iser transport is not available here (it needs an RDMA device): " +
+                               one_line(iscsi_get_error(ctx_)));
     throw Error(ECONNREFUSED, name_ + ": cannot connect to " + where + ": " + one_line(iscsi_get_error(ctx_)));
+  }
   update_events();
   {
     auto self = shared_from_this();
