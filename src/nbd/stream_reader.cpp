@@ -13,8 +13,13 @@
 
 namespace netblk::nbd {
 
+void StreamReader::reserve(std::size_t capacity) {
+  if (capacity > buf_.size()) buf_.resize(capacity);
+}
+
 Task<void> StreamReader::fill(std::size_t n) {
   if (buffered() >= n) co_return;
+  reserve(n);
   if (buf_.size() - pos_ < n) {
     std::memmove(buf_.data(), buf_.data() + pos_, buffered());
     end_ -= pos_;

@@ -52,9 +52,12 @@ class StreamReader {
     if (pos_ == end_) pos_ = end_ = 0;
     return s;
   }
-  // Makes `n` (<= capacity) bytes buffered, reading what the stream has (at most the
-  // read-ahead limit beyond them).
+  // Makes `n` bytes buffered, reading what the stream has (at most the read-ahead limit
+  // beyond them). The buffer grows to `n` when it is smaller: callers bound `n`.
   Task<void> fill(std::size_t n);
+  // Grows the buffer to `capacity` bytes (never shrinks it), keeping what it holds. A
+  // server starts each connection small and grows it once the handshake is done.
+  void reserve(std::size_t capacity);
   Task<void> read_exact(std::span<std::byte> out);
   Task<void> skip(std::uint64_t n);
   // Reads `n` bytes into the file `fd` at `fd_offset` (pwrite semantics). From a plain

@@ -167,13 +167,15 @@ class RawClient {
   int fd_ = -1;
 };
 
-long rss_kib(int pid) {
+// A field of /proc/PID/status in KiB (VmRSS; RssAnon: memory not backed by a file).
+long status_kib(int pid, const std::string& field = "VmRSS") {
   std::ifstream f("/proc/" + std::to_string(pid) + "/status");
   std::string line;
   while (std::getline(f, line))
-    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+    if (line.rfind(field + ":", 0) == 0) return std::stol(line.substr(field.size() + 1));
   return -1;
 }
+long rss_kib(int pid) { return status_kib(pid); }
 
 }  // namespace
 
@@ -486,6 +488,64 @@ TEST(NbdServer, HostileClients) {
   EXPECT_EQ(size.exit_code, 0) << size.err;
   EXPECT_EQ(size.out, "67108864\n");
   EXPECT_TRUE(s.process().running());
+}
+
+// Memory under many clients. Connections that never finish their handshake cost little
+// each (the input buffer grows only once a handshake is done); eight clients that pipeline
+// 32 MiB reads and never read the replies stay within the server-wide budget
+// (kServerBytesInFlight, 512 MiB), not eight times the per-connection one (256 MiB).
+TEST(NbdServer, MemoryBoundedOverClients) {
+  TempDir dir;
+  // Data everywhere, in qcow2 (never sent from the file itself), so that every read needs a
+  // buffer of its own.
+  write_pattern_file(dir / "disk.raw", kImageSize, 3);
+  ASSERT_EQ(run({"qemu-img", "convert", "-f", "raw", "-O", "qcow2", dir / "disk.raw", dir / "disk.qcow2"}, 60s).exit_code,
+            0);
+  NetblkServe s({.args = {"-t", "-e", "0", "-f", "qcow2", dir / "disk.qcow2"}, .unix_socket = true});
+  const int pid = s.process().pid();
+
+  const long idle_before = status_kib(pid, "RssAnon");
+  {
+    std::vector<std::unique_ptr<RawClient>> idle;
+    for (int i = 0; i < 400; ++i) {
+      idle.push_back(std::make_unique<RawClient>(s.socket()));
+      std::array<std::byte, nbd::kServerGreetingSize> g;
+      ASSERT_TRUE(idle.back()->recv(g));  // accepted and greeted; no client flags sent
+    }
+    const long idle_after = status_kib(pid, "RssAnon");
+    EXPECT_LT(idle_after - idle_before, 400 * 32) << "400 idle connections took " << (idle_after - idle_before)
+                                                   << " KiB";
+  }
+
+  std::vector<std::unique_ptr<RawClient>> greedy;
+  for (int c = 0; c < 8; ++c) {
+    greedy.push_back(std::make_unique<RawClient>(s.socket()));
+    ASSERT_EQ(greedy.back()->handshake("disk"), kImageSize);
+  }
+  // Each sends 32 MiB reads until the server stops reading its requests.
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  std::vector<int> sent(greedy.size(), 0);
+  for (bool more = true; more && std::chrono::steady_clock::now() < deadline;) {
+    more = false;
+    for (std::size_t c = 0; c < greedy.size(); ++c) {
+      if (sent[c] >= 64) continue;
+      std::array<std::byte, nbd::kRequestSize> b;
+      nbd::encode_request(b, nbd::Request{0, nbd::kCmdRead, static_cast<std::uint64_t>(sent[c]), 0, 32u << 20}, false);
+      const int r = greedy[c]->try_send(b);
+      if (r == 1) ++sent[c];
+      if (r >= 0) more = true;
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  std::this_thread::sleep_for(2s);
+  const long anon = status_kib(pid, "RssAnon");
+  EXPECT_GT(anon, 0);
+  EXPECT_LT(anon, 700 * 1024) << "server anonymous memory " << anon << " KiB with 8 greedy clients";
+  greedy.clear();
+  // The budget comes back: the server serves the next client.
+  auto size = run({"nbdinfo", "--size", s.url()}, 30s);
+  EXPECT_EQ(size.exit_code, 0) << size.err;
+  EXPECT_EQ(size.out, "67108864\n");
 }
 
 // No peer installed here speaks extended headers yet (QEMU 8.2+, libnbd 1.18+): check them,

@@ -36,6 +36,9 @@ namespace server_detail {
 
 using Socket = asio::generic::stream_protocol::socket;
 constexpr std::uint32_t kBaseAllocationId = 1;
+// The input buffer: small until the handshake is done (it grows for a long option), so that
+// connections that never finish one cost little; full size for transmission's requests.
+constexpr std::size_t kHandshakeInputCapacity = 4u << 10;
 constexpr std::size_t kInputCapacity = 256u << 10;
 constexpr std::size_t kMaxExtents = 2048;
 // Reads at least this large are sent from the file with sendfile when the node lies in one
@@ -57,6 +60,7 @@ class BufferPool {
     if (cls < kClasses && !free_[cls].empty()) {
       Buffer b = std::move(free_[cls].back());
       free_[cls].pop_back();
+      kept_bytes_ -= b.size();
       return b;
     }
     return Buffer(cls < kClasses ? (kMinSize << cls) : n);
@@ -64,19 +68,25 @@ class BufferPool {
   void put(Buffer b) {
     if (b.size() == 0) return;
     std::size_t cls = size_class(b.size());
-    if (cls < kClasses && (kMinSize << cls) == b.size() && free_[cls].size() < kKeep) free_[cls].push_back(std::move(b));
+    if (cls < kClasses && (kMinSize << cls) == b.size() && free_[cls].size() < kKeep &&
+        kept_bytes_ + b.size() <= kKeepBytes) {
+      kept_bytes_ += b.size();
+      free_[cls].push_back(std::move(b));
+    }
   }
 
  private:
   static constexpr std::size_t kMinSize = 4096;
   static constexpr std::size_t kClasses = 9;  // 4 KiB .. 1 MiB
   static constexpr std::size_t kKeep = 80;
+  static constexpr std::size_t kKeepBytes = 16u << 20;  // idle buffers kept per connection
   static std::size_t size_class(std::size_t n) {
     std::size_t cls = 0;
     while ((kMinSize << cls) < n && cls < kClasses) ++cls;
     return cls;
   }
   std::array<std::vector<Buffer>, kClasses> free_;
+  std::size_t kept_bytes_ = 0;
 };
 
 // One finished reply: a small header, an optional data buffer, an optional tail.
@@ -99,7 +109,7 @@ class Connection;
 
 struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   Impl(Executor ex, Node& n, ExportConfig c)
-      : executor(std::move(ex)), node(n), config(std::move(c)), changed(executor) {
+      : executor(std::move(ex)), node(n), config(std::move(c)), changed(executor), budget_freed(executor) {
     if (node.read_only()) config.read_only = true;
   }
 
@@ -117,6 +127,10 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   int accept_loops = 0;  // accept loops still running
   std::list<std::weak_ptr<server_detail::Connection>> connections;
   AsyncCondition changed;  // any of the above changed
+  // Read and write payloads in flight over all connections (kServerBytesInFlight): the sum
+  // of every connection's bytes_in_flight_.
+  std::uint64_t bytes_in_flight = 0;
+  AsyncCondition budget_freed;
   std::unique_ptr<Deadline> grace;  // closes what stop() could not finish
 
   // Accepts clients on a TCP or unix acceptor while there is room for them.
@@ -162,11 +176,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
         config_(server_->config),
         socket_(std::move(socket)),
         stream_(std::make_shared<ConnectionStream>(socket_, tls_)),
-        reader_(stream_, kInputCapacity, 1),
+        reader_(stream_, kHandshakeInputCapacity, 1),
         slots_(server_->executor),
         queue_changed_(server_->executor),
         writer_done_(server_->executor) {}
 
+  ~Connection() { release_budget(bytes_in_flight_); }
   Task<void> run();
   // Server stop: stop reading new requests; in-flight ones still complete.
   void request_stop();
@@ -231,8 +246,21 @@ class Connection : public std::enable_shared_from_this<Connection> {
     return r;
   }
 
+  // Counts `bytes` of a request's payload against this connection and the server.
+  void charge(Reply* r, std::uint64_t bytes) {
+    r->charge = bytes;
+    bytes_in_flight_ += bytes;
+    server_->bytes_in_flight += bytes;
+  }
+  void release_budget(std::uint64_t bytes) {
+    if (!bytes) return;
+    server_->bytes_in_flight -= bytes;
+    server_->budget_freed.notify_all();
+  }
+
   void release_reply(Reply* r) {
     bytes_in_flight_ -= r->charge;
+    release_budget(r->charge);
     r->charge = 0;
     reset_reply(*r);
     free_replies_.push_back(r);

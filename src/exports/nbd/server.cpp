@@ -144,6 +144,7 @@ void Server::Impl::stop() {
   }
   for (auto& w : connections)
     if (auto c = w.lock()) c->request_stop();
+  budget_freed.notify_all();  // readers waiting for room see the stop
   // Connections that cannot finish (a client that never reads) are closed after the grace.
   grace = std::make_unique<Deadline>(executor, config.stop_grace, [weak = weak_from_this()] {
     if (auto self = weak.lock())

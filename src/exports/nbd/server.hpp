@@ -38,6 +38,10 @@ struct ExportConfig {
 // Limits a connection holds itself to (a hostile client gets errors, never unbounded memory).
 inline constexpr std::size_t kMaxRequestsInFlight = 64;
 inline constexpr std::uint64_t kMaxBytesInFlight = 256u << 20;
+// The whole server's bound on read and write payloads in flight, over all connections: a
+// request waits (unread, its payload left in the socket) until it fits, unless nothing is in
+// flight at all. The server's data buffers stay within this plus one request.
+inline constexpr std::uint64_t kServerBytesInFlight = 512u << 20;
 
 class Server {
  public:

@@ -16,6 +16,7 @@ namespace netblk::nbd::server_detail {
 Task<void> Connection::transmission() {
   auto self = shared_from_this();
   transmission_started_ = true;
+  reader_.reserve(kInputCapacity);
   // push_out() sends with plain non-blocking syscalls (sendmsg, sendfile).
   std::error_code ec;
   socket_.native_non_blocking(true, ec);
@@ -56,15 +57,22 @@ Task<void> Connection::read_requests() {
       continue;
     }
     if (request.type == kCmdWrite && write_in_place(request)) continue;
+    const bool payload_in_memory = request.type == kCmdWrite || request.type == kCmdRead;
+    if (payload_in_memory) {
+      // The server's budget (a write's payload stays in the socket meanwhile).
+      while (!dead_ && !stop_requested_ && server_->bytes_in_flight > 0 &&
+             server_->bytes_in_flight + request.length > kServerBytesInFlight)
+        co_await server_->budget_freed.wait();
+      if (dead_ || stop_requested_) co_return;
+    }
+    // Charged before the payload is read, so that no other connection's request can take
+    // the same room meanwhile.
+    Reply* reply = acquire_reply();
+    if (payload_in_memory) charge(reply, request.length);
     Buffer data;
     if (request.type == kCmdWrite && request.length) {
       data = pool_.get(request.length);
       co_await reader_.read_exact(data.span().first(request.length));
-    }
-    Reply* reply = acquire_reply();
-    if (request.type == kCmdWrite || request.type == kCmdRead) {
-      reply->charge = request.length;
-      bytes_in_flight_ += request.length;
     }
     asio::co_spawn(server_->executor, handle(shared_from_this(), request, reply, std::move(data)), asio::detached);
   }
