@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "netblk/buffer.hpp"
@@ -101,6 +103,33 @@ inline void use_this_build() {
 #ifdef NETBLK_BINARY
   setenv("NETBLK_BINARY", NETBLK_BINARY, 0);
 #endif
+}
+
+// A copy of `source` into `out` (netblk convert -O raw) during which the server crashes
+// (`crash`, once the copy has run for `after`); `restart`, when given, starts it again a
+// second later. Returns how the copy ended, and how long it took.
+struct CrashResult {
+  RunResult run;
+  std::chrono::milliseconds took{};
+};
+inline CrashResult copy_through_a_crash(const std::string& source, const std::string& out,
+                                        std::chrono::milliseconds after, const std::function<void()>& crash,
+                                        const std::function<void()>& restart = {}) {
+  const std::string log = out + ".log";
+  const auto start = std::chrono::steady_clock::now();
+  netblk::test::Process copy({netblk::test::netblk_binary(), "convert", "-O", "raw", source, out}, log);
+  std::this_thread::sleep_for(after);
+  EXPECT_TRUE(copy.running()) << "the copy ended before the server crashed: " << read_all(log);
+  crash();
+  if (restart) {
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    restart();
+  }
+  CrashResult r;
+  r.run.exit_code = copy.wait(std::chrono::seconds(180));
+  r.run.err = read_all(log);
+  r.took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+  return r;
 }
 
 }  // namespace curltest

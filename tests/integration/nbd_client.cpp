@@ -429,6 +429,31 @@ TEST(NbdClient, ServerRestartDuringConvertLosesNothing) {
   }
 }
 
+// The server killed for good during a copy: with reconnect-delay=2 the copy gives up in
+// bounded time with one error line (after the warning that it was reconnecting).
+TEST(NbdClient, ServerGoneForGoodFailsInBoundedTime) {
+  TempDir dir;
+  const std::string img = dir / "big.raw";
+  write_pattern_file(img, 64 << 20, 4);
+  Nbdkit server({.args = {"--filter=rate", "file", img, "rate=16M"}});
+  const auto start = std::chrono::steady_clock::now();
+  Process convert({netblk_binary(), "convert", "-O", "raw", "--image-opts",
+                   "driver=nbd,host=127.0.0.1,port=" + port_text(server.port()) + ",reconnect-delay=2",
+                   dir / "out.raw"},
+                  dir / "convert.log");
+  std::this_thread::sleep_for(1s);
+  ASSERT_TRUE(convert.running()) << read_file(dir / "convert.log");
+  server.stop(SIGKILL);
+  const int code = convert.wait(60s);
+  const std::string log = read_file(dir / "convert.log");
+  EXPECT_NE(code, 0) << log;
+  EXPECT_LT(code, 124) << log;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 20s);
+  const auto last = log.substr(log.rfind('\n', log.size() - 2) + 1);
+  EXPECT_TRUE(last.starts_with("netblk: nbd://127.0.0.1:")) << log;
+  EXPECT_NE(last.find("the connection to the server was lost"), std::string::npos) << log;
+}
+
 TEST(NbdClient, NetblkServeWithExtendedHeaders) {
   // qemu-nbd 7.2 and nbdkit 1.32 predate extended headers; netblk's own server has them.
   TempDir dir;

@@ -41,7 +41,7 @@ std::string Nginx::https_url(const std::string& path) const {
   return "https://127.0.0.1:" + std::to_string(https_port_) + path;
 }
 
-Nginx::Nginx(Options options) : http_port_(free_port()) {
+Nginx::Nginx(Options options) : http_port_(options.port ? options.port : free_port()) {
   const std::string d = dir_.path();
   std::filesystem::create_directories(d + "/tmp");
   bool echo = false;

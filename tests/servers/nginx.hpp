@@ -28,6 +28,7 @@ class Nginx : public Daemon {
     bool https = false;  // a second server with TLS on https_port()
     int workers = 1;
     std::vector<Location> locations{};
+    std::uint16_t port = 0;  // the http port; 0: a free one (a second server on a port: a restart)
   };
 
   // 403 unless the Cookie header holds `cookie` ("name=value").

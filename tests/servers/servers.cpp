@@ -11,10 +11,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <dirent.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <sstream>
 #include <stdexcept>
@@ -369,4 +372,54 @@ void make_tls_certs(const TempDir& dir, const std::string& server_dir, const std
     std::filesystem::copy_file(ca_cert, d + "/ca-cert.pem", std::filesystem::copy_options::overwrite_existing);
   }
 }
+namespace {
+
+// Every process below `root` (its children, theirs, ...), from /proc.
+std::vector<int> descendants(int root) {
+  std::multimap<int, int> children;
+  if (DIR* d = opendir("/proc")) {
+    while (dirent* e = readdir(d)) {
+      const int pid = std::atoi(e->d_name);
+      if (pid <= 0) continue;
+      const std::string stat = read_file("/proc/" + std::string(e->d_name) + "/stat");
+      const auto close = stat.rfind(')');
+      if (close == std::string::npos) continue;
+      std::istringstream rest(stat.substr(close + 2));
+      char state;
+      int ppid = 0;
+      rest >> state >> ppid;
+      children.emplace(ppid, pid);
+    }
+    closedir(d);
+  }
+  std::vector<int> out, todo{root};
+  while (!todo.empty()) {
+    const int p = todo.back();
+    todo.pop_back();
+    auto [lo, hi] = children.equal_range(p);
+    for (auto it = lo; it != hi; ++it) {
+      out.push_back(it->second);
+      todo.push_back(it->second);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+void Daemon::kill_tree() {
+  if (!running()) return;
+  const int pid = process_.pid();
+  // Everything stopped first (no new children while we look, and no parent that respawns
+  // a worker it saw die), then killed.
+  ::kill(pid, SIGSTOP);
+  std::vector<int> tree = descendants(pid);
+  for (int p : tree) ::kill(p, SIGSTOP);
+  for (int p : descendants(pid)) ::kill(p, SIGSTOP);  // forked before their parent stopped
+  tree = descendants(pid);
+  ::kill(pid, SIGKILL);
+  for (int p : tree) ::kill(p, SIGKILL);
+  process_.stop(SIGKILL);
+}
+
 }  // namespace netblk::test

@@ -99,6 +99,9 @@ class Daemon {
   bool running() { return process_.running(); }
   // Process::stop: the signal, SIGKILL after a grace period; returns the wait status.
   int stop(int signal = 15) { return process_.stop(signal); }
+  // A crash: SIGKILL to the server and every process below it (servers that fork a
+  // process per connection keep serving through those otherwise).
+  void kill_tree();
 
  protected:
   Daemon() = default;

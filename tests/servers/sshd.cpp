@@ -27,36 +27,6 @@ std::string public_key(const std::string& private_key) {
   return type + " " + blob;
 }
 
-// Every process below `root` (its children, theirs, ...), from /proc.
-std::vector<int> descendants(int root) {
-  std::multimap<int, int> children;
-  if (DIR* d = opendir("/proc")) {
-    while (dirent* e = readdir(d)) {
-      const int pid = std::atoi(e->d_name);
-      if (pid <= 0) continue;
-      const std::string stat = read_file("/proc/" + std::string(e->d_name) + "/stat");
-      const auto close = stat.rfind(')');
-      if (close == std::string::npos) continue;
-      std::istringstream rest(stat.substr(close + 2));
-      char state;
-      int ppid = 0;
-      rest >> state >> ppid;
-      children.emplace(ppid, pid);
-    }
-    closedir(d);
-  }
-  std::vector<int> out, todo{root};
-  while (!todo.empty()) {
-    const int p = todo.back();
-    todo.pop_back();
-    auto [lo, hi] = children.equal_range(p);
-    for (auto it = lo; it != hi; ++it) {
-      out.push_back(it->second);
-      todo.push_back(it->second);
-    }
-  }
-  return out;
-}
 
 }  // namespace
 
@@ -115,11 +85,7 @@ void Sshd::start() {
 
 void Sshd::kill_all() {
   if (!running()) return;
-  const int pid = process_.pid();
-  ::kill(pid, SIGSTOP);  // no new children while we look
-  for (int child : descendants(pid)) ::kill(child, SIGKILL);
-  ::kill(pid, SIGCONT);
-  process_.stop(SIGKILL);
+  kill_tree();
 }
 
 void Sshd::restart() {

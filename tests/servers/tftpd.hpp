@@ -14,6 +14,7 @@ class Tftpd : public Daemon {
   struct Options {
     std::string root{};  // files world-readable, directories 755
     int max_blksize = 65464;
+    std::uint16_t port = 0;  // 0: a free one (a second server on a port: a restart)
   };
   explicit Tftpd(Options options);
   std::uint16_t port() const { return port_; }

@@ -17,7 +17,7 @@ int next_pasv_range() {
 }
 }  // namespace
 
-Vsftpd::Vsftpd(Options options) : tls_(options.implicit_tls), port_(free_port()) {
+Vsftpd::Vsftpd(Options options) : tls_(options.implicit_tls), port_(options.port ? options.port : free_port()) {
   const std::string empty = dir_ / "empty";  // secure_chroot_dir: empty, root-owned
   std::filesystem::create_directories(empty);
   chmod(empty.c_str(), 0755);
@@ -29,6 +29,7 @@ Vsftpd::Vsftpd(Options options) : tls_(options.implicit_tls), port_(free_port())
                      "pasv_min_port=" + std::to_string(pasv) + "\npasv_max_port=" + std::to_string(pasv + 9) +
                      "\nsecure_chroot_dir=" + empty + "\nxferlog_enable=NO\nseccomp_sandbox=NO\n"
                      "max_clients=200\nmax_per_ip=100\nvsftpd_log_file=" + dir_ / "vsftpd.log" + "\n";
+  if (options.max_rate) conf += "anon_max_rate=" + std::to_string(options.max_rate) + "\n";
   if (tls_) {
     make_self_signed_cert(dir_ / "cert.pem", dir_ / "key.pem");
     conf += "ssl_enable=YES\nimplicit_ssl=YES\nallow_anon_ssl=YES\nforce_anon_logins_ssl=YES\n"

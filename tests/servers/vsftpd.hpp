@@ -15,6 +15,8 @@ class Vsftpd : public Daemon {
   struct Options {
     std::string root{};  // anon_root: owned by root, mode 755; files world-readable
     bool implicit_tls = false;
+    std::uint16_t port = 0;  // 0: a free one (a second server on a port: a restart)
+    int max_rate = 0;        // anon_max_rate, bytes/s; 0: unlimited
   };
   explicit Vsftpd(Options options);
   std::uint16_t port() const { return port_; }

@@ -242,7 +242,12 @@ Task<void> CacheStream::transfer(std::shared_ptr<CacheStream> self, bool refill)
         co_return;
       }
       if (rc == CURLE_OK && !bad_status && status < 400) rc = CURLE_PARTIAL_FILE;  // ended early
-      if (retry.attempts() < kMaxRetries && transient(rc, bad_status || rc == CURLE_OK ? status : 0)) {
+      // Over UDP a server that went away mid-transfer shows only as silence: once a TFTP
+      // stream has had bytes, a timeout is worth a new transfer (nothing listening at open
+      // still fails at the first timeout).
+      const bool tftp_went_silent =
+          rc == CURLE_OPERATION_TIMEDOUT && s.config.family == Family::tftp && reached > 0;
+      if (retry.attempts() < kMaxRetries && (tftp_went_silent || transient(rc, bad_status || rc == CURLE_OK ? status : 0))) {
         NETBLK_LOG(info, "{}: stream failed at byte {} ({}), retrying", s.name(), reached, curl_easy_strerror(rc));
         co_await retry.wait();
         continue;
