@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Builds netblk. Usage: scripts/build.sh [release|sanitize|fuzz]
 #   release  (default) build/ : optimised, -Werror, CLI at build/netblk, all tests
-#   sanitize build-sanitize/  : GCC Debug with ASan + UBSan, the unit tests
+#   sanitize build-sanitize/  : GCC -O1 with ASan + UBSan: the unit tests, the CLI and the
+#                              integration tests scripts/test.sh runs sanitized
 #   fuzz     build-fuzz/      : clang with ASan + libFuzzer, every tests/fuzz target
 set -euo pipefail
 cd "$(dirname "$0")/.."
 kind=${1:-release}
+# The integration tests that also run under ASan + UBSan (scripts/test.sh): the NBD client
+# and server, curl over HTTP, qcow2.
+SANITIZED_INTEGRATION_TESTS="nbd_client nbd_server curl_http qcow2"
+sanitized_integration_targets() { for t in $SANITIZED_INTEGRATION_TESTS; do echo "it_$t"; done; }
 jobs=$(nproc)
 case "$kind" in
   release)
@@ -13,8 +18,10 @@ case "$kind" in
     ninja -C build -j"$jobs"
     ;;
   sanitize)
-    cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug -DNETBLK_SANITIZE=ON -DNETBLK_WERROR=ON >/dev/null
-    ninja -C build-sanitize -j"$jobs" unit_tests
+    # -O1: the integration tests copy hundreds of MiB; at -O0 under ASan they take minutes.
+    cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-g -O1" \
+      -DNETBLK_SANITIZE=ON -DNETBLK_WERROR=ON >/dev/null
+    ninja -C build-sanitize -j"$jobs" unit_tests netblk $(sanitized_integration_targets)
     ;;
   fuzz)
     CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <functional>
+#include <memory>
 #include <cstring>
 #include <random>
 #include <string>
@@ -130,6 +131,26 @@ inline CrashResult copy_through_a_crash(const std::string& source, const std::st
   r.run.err = read_all(log);
   r.took = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
   return r;
+}
+
+// The crash tests of a curl protocol: its server (`Server`, started from `options`) crashes
+// during a copy of `name(server)` `after` it started and comes back a second later on the
+// same port: the copy has `served_file`'s bytes. Then it crashes for good: a one-line
+// error in bounded time.
+template <class Server>
+void check_server_crashes(typename Server::Options options, const std::function<std::string(const Server&)>& name,
+                          const std::string& served_file, std::chrono::milliseconds after) {
+  netblk::test::TempDir d;
+  auto server = std::make_unique<Server>(options);
+  options.port = server->port();
+  const std::string source = name(*server);
+  auto r = copy_through_a_crash(source, d / "out.raw", after, [&] { server->kill_tree(); },
+                                [&] { server = std::make_unique<Server>(options); });
+  EXPECT_EQ(r.run.exit_code, 0) << r.run.err;
+  EXPECT_EQ(netblk::test::file_hash(d / "out.raw"), netblk::test::file_hash(served_file));
+  auto gone = copy_through_a_crash(source, d / "gone.raw", after, [&] { server->kill_tree(); });
+  netblk::test::expect_one_line_failure(gone.run, "the server gone for good");
+  EXPECT_LT(gone.took, std::chrono::seconds(60));
 }
 
 }  // namespace curltest

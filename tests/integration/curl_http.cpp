@@ -519,15 +519,6 @@ TEST_F(CurlHttp, ServerCrashDuringCopy) {
   run({"mkdir", "-p", www});
   write_pattern_file(www + "/big.img", 32u << 20, 31);
   run({"chmod", "-R", "a+rX", www});
-  Nginx::Options options{.root = www, .locations = {Nginx::limit_rate("/slow/", "1m")}};
-  auto web = std::make_unique<Nginx>(options);
-  options.port = web->port();
-  const std::string url = web->url("/slow/big.img");
-  auto r = copy_through_a_crash(url, d / "out.raw", 1s, [&] { web->kill_tree(); },
-                                [&] { web = std::make_unique<Nginx>(options); });
-  EXPECT_EQ(r.run.exit_code, 0) << r.run.err;
-  EXPECT_EQ(file_hash(d / "out.raw"), file_hash(www + "/big.img"));
-  auto gone = copy_through_a_crash(url, d / "gone.raw", 1s, [&] { web->kill_tree(); });
-  expect_one_line_failure(gone.run, "nginx gone for good");
-  EXPECT_LT(gone.took, 60s);
+  check_server_crashes<Nginx>({.root = www, .locations = {Nginx::limit_rate("/slow/", "1m")}},
+                              [](const Nginx& web) { return web.url("/slow/big.img"); }, www + "/big.img", 1s);
 }
