@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <exception>
 
 #include "core/log.hpp"
 #include "core/mapping.hpp"
@@ -72,7 +73,18 @@ Task<void> Connection::read_requests() {
     Buffer data;
     if (request.type == kCmdWrite && request.length) {
       data = pool_.get(request.length);
-      co_await reader_.read_exact(data.span().first(request.length));
+      // A stream that ends inside the payload: the reply goes back, or the connection's
+      // drain would wait for it for ever.
+      std::exception_ptr cut_short;
+      try {
+        co_await reader_.read_exact(data.span().first(request.length));
+      } catch (...) {
+        cut_short = std::current_exception();
+      }
+      if (cut_short) {
+        release_reply(reply);
+        std::rethrow_exception(cut_short);
+      }
     }
     asio::co_spawn(server_->executor, handle(shared_from_this(), request, reply, std::move(data)), asio::detached);
   }
