@@ -140,7 +140,9 @@ TEST(Locking, QemuToolsRefusedWhileServeWrites) {
     auto ro = run({"qemu-io", "-r", "-f", "qcow2", "-c", "read 0 64k", img});
     EXPECT_EQ(ro.err, qemu_io_refusal(img, "shared \"write\""));
     // A second netblk serve and a copy into the image: refused as well.
-    auto second = run_netblk({"serve", "-k", dir / "second.sock", "-f", "qcow2", img});
+    // (Bounded: without locks it would serve.)
+  const auto bounded = std::chrono::seconds(10);
+  auto second = run_netblk({"serve", "-k", dir / "second.sock", "-f", "qcow2", img}, bounded);
     EXPECT_EQ(second.exit_code, 1);
     EXPECT_EQ(second.err, netblk_refusal(img, "\"write\""));
 
@@ -171,10 +173,11 @@ TEST(Locking, NetblkRefusedWhileQemuNbdWrites) {
   auto convert = run_netblk({"convert", "-n", "-f", "raw", "-O", "qcow2", src, img});
   EXPECT_EQ(convert.exit_code, 1);
   EXPECT_EQ(convert.err, netblk_refusal(img, "\"write\""));
-  auto serve = run_netblk({"serve", "-k", dir / "n.sock", "-f", "qcow2", img});
+  const auto bounded = std::chrono::seconds(10);  // without locks it would serve
+  auto serve = run_netblk({"serve", "-k", dir / "n.sock", "-f", "qcow2", img}, bounded);
   EXPECT_EQ(serve.exit_code, 1);
   EXPECT_EQ(serve.err, netblk_refusal(img, "\"write\""));
-  auto serve_ro = run_netblk({"serve", "-r", "-k", dir / "n.sock", "-f", "qcow2", img});
+  auto serve_ro = run_netblk({"serve", "-r", "-k", dir / "n.sock", "-f", "qcow2", img}, bounded);
   EXPECT_EQ(serve_ro.err, netblk_refusal(img, "shared \"write\""));
   auto map = run_netblk({"map", img});
   EXPECT_EQ(map.err, netblk_refusal(img, "shared \"write\""));
@@ -195,7 +198,7 @@ TEST(Locking, NetblkRefusedWhileQemuNbdWrites) {
     EXPECT_NE(read.out.find("read 1048576/1048576 bytes"), std::string::npos) << read.out;
   }
   // Force-share on a writer: refused, as qemu-nbd and qemu-io refuse it.
-  auto writer = run_netblk({"serve", "-U", "-k", dir / "n.sock", "-f", "qcow2", img});
+  auto writer = run_netblk({"serve", "-U", "-k", dir / "n.sock", "-f", "qcow2", img}, bounded);
   EXPECT_EQ(writer.exit_code, 1);
   EXPECT_EQ(writer.err, "netblk: force-share=on can only be used with read-only images\n");
   // file.locking=off takes no locks at all (QEMU's option).
