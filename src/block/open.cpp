@@ -189,6 +189,9 @@ Task<std::unique_ptr<Node>> open_drive(DriveSpec spec) {
   ctx.executor = ex;
   ctx.read_only = spec.read_only;
   ctx.force_share = spec.force_share;
+  if (spec.force_share && !spec.read_only)  // as qemu-img, naming the image
+    throw Error(EINVAL, (spec.filename.empty() ? std::string() : "Could not open '" + spec.filename + "': ") +
+                            "force-share=on can only be used with read-only images");
   ctx.permissions = spec.permissions ? *spec.permissions : locking::default_permissions(spec.read_only);
   if (spec.copy_on_read) ctx.permissions = locking::copy_on_read_child(*ctx.permissions);
   Json options = spec.options.is_null() ? Json::object() : spec.options;

@@ -200,7 +200,7 @@ TEST(Locking, NetblkRefusedWhileQemuNbdWrites) {
   // Force-share on a writer: refused, as qemu-nbd and qemu-io refuse it.
   auto writer = run_netblk({"serve", "-U", "-k", dir / "n.sock", "-f", "qcow2", img}, bounded);
   EXPECT_EQ(writer.exit_code, 1);
-  EXPECT_EQ(writer.err, "netblk: force-share=on can only be used with read-only images\n");
+  EXPECT_EQ(writer.err, "netblk: Could not open '" + img + "': force-share=on can only be used with read-only images\n");
   // file.locking=off takes no locks at all (QEMU's option).
   auto off = run_netblk({"info", "json:{\"driver\":\"qcow2\",\"file\":{\"driver\":\"file\",\"filename\":\"" + img +
                                      "\",\"locking\":\"off\"}}"});

@@ -94,7 +94,8 @@ TEST(LockingFiles, ForceShareOnlyReadOnly) {
   TempImage img;
   DriveSpec s = raw_drive(img.path, false);
   s.force_share = true;
-  EXPECT_EQ(error_of([&] { open_sync(s); }), "force-share=on can only be used with read-only images");
+  EXPECT_EQ(error_of([&] { open_sync(s); }),
+            "Could not open '" + img.path + "': force-share=on can only be used with read-only images");
   s.read_only = true;
   EXPECT_NO_THROW(open_sync(s));
 }
