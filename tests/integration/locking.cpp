@@ -240,3 +240,29 @@ TEST(Locking, ConvertOntoItsOwnSourceIsRefused) {
   auto same = run_netblk({"compare", qcow2, qcow2});
   EXPECT_EQ(same.exit_code, 0) << same.err;
 }
+
+// A backing file another process writes: info of the overlay is fine (qemu-img info does
+// not open the backing file), reading through the overlay is refused by both.
+TEST(Locking, BackingFileWrittenElsewhere) {
+  TempDir dir;
+  const std::string base = dir / "base.qcow2", top = dir / "top.qcow2";
+  make_qcow2(base);
+  make_qcow2(top, base);
+  QemuNbd q({.file = base, .socket = dir / "q.sock", .format = "qcow2"});
+  wait_exported(q);
+  auto theirs = run({"qemu-img", "info", top});
+  EXPECT_EQ(theirs.exit_code, 0) << theirs.err;
+  auto ours = run_netblk({"info", top});
+  EXPECT_EQ(ours.exit_code, 0) << ours.err;
+  auto their_map = run({"qemu-img", "map", top});
+  EXPECT_EQ(their_map.exit_code, 1);
+  EXPECT_NE(their_map.err.find("Failed to get shared \"write\" lock"), std::string::npos) << their_map.err;
+  auto our_map = run_netblk({"map", top});
+  EXPECT_EQ(our_map.exit_code, 1);
+  EXPECT_EQ(our_map.err, "netblk: " + top + ": Could not open backing file: Could not open '" + base +
+                             "': Failed to get shared \"write\" lock. Is another process using the image [" + base +
+                             "]?\n");
+  // -U reads through it.
+  auto shared_map = run_netblk({"map", "-U", top});
+  EXPECT_EQ(shared_map.exit_code, 0) << shared_map.err;
+}

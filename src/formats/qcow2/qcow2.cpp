@@ -131,7 +131,9 @@ Task<void> Qcow2Node::init(const OpenContext& ctx, spec::Options& o) {
   // The backing chain: an explicit option wins over what the image stores.
   OpenContext bctx = ctx;
   bctx.read_only = true;
-  if (ctx.permissions) bctx.permissions = locking::backing_child(*ctx.permissions);
+  // Users that read nothing (info) lock no backing file: qemu-img info does not open it.
+  bctx.permissions.reset();
+  if (ctx.permissions && ctx.permissions->perm != 0) bctx.permissions = locking::backing_child(*ctx.permissions);
   bctx.base_dir = file_->driver() == "file" ? dirname_of(file_->plain_filename()) : std::string();
   try {
     if (backing_opt) {
