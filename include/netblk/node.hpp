@@ -35,6 +35,19 @@ inline constexpr unsigned kWriteCompressed = 1u << 3;
 inline constexpr unsigned kZeroMayUnmap = 1u << 1;  // may deallocate (punch a hole)
 inline constexpr unsigned kZeroFast = 1u << 2;      // fail with ENOTSUP rather than write slowly
 
+// QEMU's block permissions (BLK_PERM_*): what a user of a node does with it, and what it
+// lets other users do meanwhile. Image locks stand for them (QEMU's file locking: a lock on
+// byte 100 + N for permission bit N held, on byte 200 + N for bit N not shared).
+inline constexpr unsigned kPermConsistentRead = 1u << 0;
+inline constexpr unsigned kPermWrite = 1u << 1;
+inline constexpr unsigned kPermWriteUnchanged = 1u << 2;
+inline constexpr unsigned kPermResize = 1u << 3;
+inline constexpr unsigned kPermAll = (1u << 4) - 1;
+struct Permissions {
+  unsigned perm = 0;          // what the users need
+  unsigned shared = kPermAll; // what they allow others
+};
+
 // Flags of a block_status() answer.
 inline constexpr unsigned kStatusData = 1u << 0;       // reads may return non-zero bytes
 inline constexpr unsigned kStatusZero = 1u << 1;       // reads return zeroes
@@ -169,6 +182,14 @@ class Node {
     return std::nullopt;
   }
 
+  // Image locking: this node's users need `p.perm` and allow others `p.shared` (all of it
+  // under force-share). Nodes over files hold QEMU's lock bytes for it until closed; a
+  // conflict with another user's locks throws Error(EAGAIN) with QEMU's message. Other
+  // nodes ignore it (their children took theirs when they were opened).
+  void set_permissions(Permissions p);
+  // QEMU's force-share=on for this node: it shares everything (read-only nodes only).
+  void set_force_share(bool on) noexcept { force_share_ = on; }
+
   Task<void> read(std::uint64_t offset, std::span<std::byte> buf);
   // Reads [offset, offset + length) into the file `fd` at `fd_offset`, leaving there what
   // read() and then pwrite() would, but without a caller's buffer in between: the NBD
@@ -202,6 +223,8 @@ class Node {
   virtual Task<void> co_flush();
   virtual Task<BlockStatus> co_block_status(std::uint64_t offset, std::uint64_t length);
   virtual Task<void> co_close();
+  // What set_permissions() does on this node (force-share applied): nothing by default.
+  virtual void apply_permissions(Permissions) {}
 
   // Set by the driver while opening.
   std::uint64_t size_ = 0;
@@ -225,6 +248,7 @@ class Node {
 
   Executor executor_;
   bool closed_ = false;
+  bool force_share_ = false;
 };
 
 // The status of `offset` as read from `top`, walking down the backing chain to the first

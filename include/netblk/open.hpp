@@ -1,6 +1,7 @@
 // Opening a drive by any of QEMU's names, and naming it back.
 #pragma once
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "netblk/node.hpp"
@@ -19,6 +20,12 @@ struct DriveSpec {
   std::string format;
   bool read_only = false;
   bool copy_on_read = false;
+  // Image locking (QEMU's permissions, taken as QEMU's file locks): what the user of the
+  // drive needs and lets others do meanwhile. Unset: consistent reads, writes unless
+  // read-only, everything shared (qemu-img's images).
+  std::optional<Permissions> permissions;
+  // QEMU's force-share=on (qemu-img -U): lets others write meanwhile; read-only drives only.
+  bool force_share = false;
 };
 
 // Applies a QEMU cache mode (writeback, none, writethrough, directsync, unsafe) to an

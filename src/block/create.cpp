@@ -1,5 +1,6 @@
 #include <filesystem>
 
+#include "block/locking.hpp"
 #include "block/open.hpp"
 #include "netblk/open.hpp"
 #include "spec/tree.hpp"
@@ -40,6 +41,9 @@ Task<std::unique_ptr<Node>> create_protocol_file(const OpenContext& ctx, const s
   co_await proto->create(ctx, o, size);
   OpenContext rw = ctx;
   rw.read_only = false;
+  rw.force_share = false;
+  // What a format's storage takes while it is written (as QEMU's image creation).
+  rw.permissions = locking::storage_child(locking::default_permissions(false), true);
   co_return co_await open_node(rw, Json::object(), filename, true);
 }
 

@@ -26,7 +26,17 @@ struct OpenContext {
   // QEMU's cache.no-flush: flush requests succeed without reaching stable storage
   // (cache=unsafe; qemu-img convert's default for its target). Inherited by children.
   bool cache_no_flush = false;
+  // Image locking: what this node's users need of it and let others do (QEMU's
+  // permissions). Unset: take no locks (yet); a probed format's file gets its own once the
+  // format is known. Children are asked what their parent's driver needs (block/locking).
+  std::optional<Permissions> permissions;
+  // QEMU's force-share=on: the node and its children share everything. Inherited.
+  bool force_share = false;
 };
+
+// What a format or filter asks of its file child, given what its own users ask
+// (block/locking.hpp); unset: QEMU's rule for a format's storage (locking::storage_child).
+using ChildPermissions = std::function<Permissions(Permissions parent, bool read_only, const Json& options)>;
 
 struct ProtocolDriver {
   std::string name;  // the "driver" value: "file", "nbd", "http"
@@ -55,6 +65,7 @@ struct FormatDriver {
                                             bool probed)>
       open;
   std::function<Task<void>(const OpenContext&, const CreateRequest&)> create;  // optional
+  ChildPermissions file_permissions;
 };
 
 // A filter over one child node (copy-on-read): `driver=NAME,file=...`, or inserted by an
@@ -62,6 +73,7 @@ struct FormatDriver {
 struct FilterDriver {
   std::string name;
   std::function<Task<std::unique_ptr<Node>>(const OpenContext&, spec::Options&, std::unique_ptr<Node> child)> open;
+  ChildPermissions file_permissions;  // unset: passed through as they are
 };
 
 void register_protocol(ProtocolDriver driver);

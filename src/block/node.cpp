@@ -27,6 +27,11 @@ std::uint64_t chunk_limit(const Limits& l) {
 
 Node::~Node() = default;
 
+void Node::set_permissions(Permissions p) {
+  if (force_share_) p.shared = kPermAll;
+  apply_permissions(p);
+}
+
 Task<FileRead> Node::read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset,
                                   std::uint64_t zero_block) {
   check_range(offset, length, "read");

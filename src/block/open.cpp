@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "block/locking.hpp"
 #include "core/log.hpp"
 #include "core/parse.hpp"
 #include "netblk/buffer.hpp"
@@ -29,7 +30,9 @@ void take_generic_options(OpenContext& ctx, Json& options) {
   if (o.boolean("read-only", false)) ctx.read_only = true;
   o.ignore("node-name");
   o.ignore("auto-read-only");
-  o.ignore("force-share");
+  if (auto force_share = o.boolean("force-share")) ctx.force_share = *force_share;
+  if (ctx.force_share && !ctx.read_only)
+    throw Error(EINVAL, "force-share=on can only be used with read-only images");
   o.ignore("discard");
   if (auto dz = o.str("detect-zeroes"); dz && *dz != "off")
     throw Error(ENOTSUP, "detect-zeroes=" + *dz + " is not supported (only 'off')");
@@ -42,6 +45,12 @@ void take_generic_options(OpenContext& ctx, Json& options) {
     cache.finish();
     options.erase("cache");
   }
+}
+
+// What a format asks of its file child (a format's storage unless its driver says otherwise).
+Permissions format_file_permissions(const FormatDriver& fmt, Permissions parent, bool read_only, const Json& options) {
+  if (fmt.file_permissions) return fmt.file_permissions(parent, read_only, options);
+  return locking::storage_child(parent, !read_only);
 }
 
 Task<std::unique_ptr<Node>> probe_and_open(OpenContext ctx, Json options, std::unique_ptr<Node> file) {
@@ -59,6 +68,9 @@ Task<std::unique_ptr<Node>> probe_and_open(OpenContext ctx, Json options, std::u
   if (!best) throw Error(ENOTSUP, file->display_name() + ": could not determine the image format");
   spec::Options o(std::move(options), spec::Options::Kind::format, best->name);
   NETBLK_LOG(debug, "{}: probed format {}", file->display_name(), best->name);
+  // The file was opened before its format was known: it takes its locks now, before the
+  // format reads or writes anything that matters.
+  if (ctx.permissions) file->set_permissions(format_file_permissions(*best, *ctx.permissions, ctx.read_only, o.tree()));
   auto node = co_await best->open(ctx, o, std::move(file), true);
   o.finish();
   co_return node;
@@ -82,6 +94,12 @@ Task<std::unique_ptr<Node>> open_node(OpenContext ctx, Json options, std::string
     filename.clear();
   }
   take_generic_options(ctx, options);
+  if (ctx.permissions) {
+    // A read-only node writes nothing, whatever its users asked for; under force-share it
+    // lets others do anything.
+    if (ctx.read_only) ctx.permissions->perm &= ~(kPermWrite | kPermWriteUnchanged | kPermResize);
+    if (ctx.force_share) ctx.permissions->shared = kPermAll;
+  }
   std::string driver;
   if (auto it = options.find("driver"); it != options.end()) {
     if (!it->is_string()) throw Error(EINVAL, "Parameter 'driver' expects a driver name");
@@ -117,6 +135,8 @@ Task<std::unique_ptr<Node>> open_node(OpenContext ctx, Json options, std::string
     spec::Options o(std::move(options), spec::Options::Kind::protocol, proto->name);
     auto node = co_await proto->open(ctx, o);
     o.finish();
+    node->set_force_share(ctx.force_share);
+    if (ctx.permissions) node->set_permissions(*ctx.permissions);
     co_return node;
   }
 
@@ -137,17 +157,28 @@ Task<std::unique_ptr<Node>> open_node(OpenContext ctx, Json options, std::string
   }
   if (file_name.empty() && file_options.empty())
     throw Error(EINVAL, "A block device must be specified for \"file\"");
-  auto file = co_await open_node(ctx, std::move(file_options), std::move(file_name), true);
+  // The file child is asked for what this node's driver needs of it; a probed format's file
+  // is asked once the format is known.
+  OpenContext file_ctx = ctx;
+  file_ctx.permissions.reset();
+  if (ctx.permissions && filter)
+    file_ctx.permissions =
+        filter->file_permissions ? filter->file_permissions(*ctx.permissions, ctx.read_only, options) : *ctx.permissions;
+  if (ctx.permissions && fmt) file_ctx.permissions = format_file_permissions(*fmt, *ctx.permissions, ctx.read_only, options);
+  auto file = co_await open_node(file_ctx, std::move(file_options), std::move(file_name), true);
+  std::unique_ptr<Node> node;
   if (filter) {
     spec::Options o(std::move(options), spec::Options::Kind::filter, filter->name);
-    auto node = co_await filter->open(ctx, o, std::move(file));
+    node = co_await filter->open(ctx, o, std::move(file));
     o.finish();
-    co_return node;
+  } else if (!fmt) {
+    node = co_await probe_and_open(ctx, std::move(options), std::move(file));
+  } else {
+    spec::Options o(std::move(options), spec::Options::Kind::format, fmt->name);
+    node = co_await fmt->open(ctx, o, std::move(file), false);
+    o.finish();
   }
-  if (!fmt) co_return co_await probe_and_open(ctx, std::move(options), std::move(file));
-  spec::Options o(std::move(options), spec::Options::Kind::format, fmt->name);
-  auto node = co_await fmt->open(ctx, o, std::move(file), false);
-  o.finish();
+  node->set_force_share(ctx.force_share);
   co_return node;
 }
 
@@ -157,6 +188,12 @@ Task<std::unique_ptr<Node>> open_drive(DriveSpec spec) {
   OpenContext ctx;
   ctx.executor = ex;
   ctx.read_only = spec.read_only;
+  ctx.force_share = spec.force_share;
+  if (spec.force_share && !spec.read_only)  // as qemu-img, naming the image
+    throw Error(EINVAL, (spec.filename.empty() ? std::string() : "Could not open '" + spec.filename + "': ") +
+                            "force-share=on can only be used with read-only images");
+  ctx.permissions = spec.permissions ? *spec.permissions : locking::default_permissions(spec.read_only);
+  if (spec.copy_on_read) ctx.permissions = locking::copy_on_read_child(*ctx.permissions);
   Json options = spec.options.is_null() ? Json::object() : spec.options;
   if (spec::is_json_name(spec.filename)) {
     spec::merge(options, spec::parse_json_name(spec.filename));

@@ -60,7 +60,7 @@ const VerbRegistration kCheck{Verb{
       };
       auto a = std::make_shared<Args>();
       a->drive.add_options(app);
-      add_common_options(app, a->objects);
+      add_common_options(app, a->objects, &a->drive.force_share);
       app.add_option("-r", a->repair, "Repair: leaks or all")->check(CLI::IsMember({"leaks", "all"}));
       app.add_option("--output", a->output, "Output format")->check(CLI::IsMember({"human", "json"}));
       app.add_flag("-q,--quiet", a->quiet, "Print nothing but errors");

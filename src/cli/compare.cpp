@@ -92,7 +92,7 @@ const VerbRegistration kCompare{Verb{
       auto x = std::make_shared<Args>();
       x->a.add_options(app, "-f");
       app.add_option("-F", x->b.format, "Format of the second image");
-      add_common_options(app, x->objects);
+      add_common_options(app, x->objects, &x->a.force_share);
       app.add_flag("-s", x->strict, "Strict mode: images of different sizes differ");
       app.add_flag("-p", x->progress, "Show progress");
       app.add_flag("-q", x->quiet, "Quiet");
@@ -104,6 +104,7 @@ const VerbRegistration kCompare{Verb{
               define_objects(x->objects);
               DriveArgs second = x->b;
               second.image_opts = x->a.image_opts;
+              second.force_share = x->a.force_share;
               auto a = co_await open_drive(x->a.spec(true));
               auto b = co_await open_drive(second.spec(true));
               std::uint64_t common = std::min(a->size(), b->size());

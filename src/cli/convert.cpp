@@ -232,7 +232,7 @@ const VerbRegistration kConvert{Verb{
       };
       auto a = std::make_shared<Args>();
       a->src.add_options(app);
-      add_common_options(app, a->objects);
+      add_common_options(app, a->objects, &a->src.force_share);
       app.add_option("-O", a->out_format, "Output format (raw, qcow2)");
       app.add_option("-o", a->options, "Output format options, k=v,k=v; repeatable")->allow_extra_args(false);
       app.add_flag("-p", a->progress, "Show progress");
@@ -253,6 +253,8 @@ const VerbRegistration kConvert{Verb{
           const std::uint64_t sparse = sparse_option(a->sparse);
           const unsigned workers = workers_option(a->workers);
           DriveSpec src_spec = a->src.spec(true);
+          // As qemu-img: nobody may write or resize the source while it is copied.
+          src_spec.permissions = Permissions{kPermConsistentRead, kPermConsistentRead | kPermWriteUnchanged};
           if (!src_spec.options.contains("cache")) apply_cache_mode(src_spec.options, a->src_cache);
           auto src = co_await open_drive(src_spec);
           std::uint64_t size = src->size();

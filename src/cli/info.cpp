@@ -85,14 +85,17 @@ const VerbRegistration kInfo{Verb{
       auto chain = std::make_shared<bool>(false);
       auto objects = std::make_shared<std::vector<std::string>>();
       drive->add_options(app);
-      add_common_options(app, *objects);
+      add_common_options(app, *objects, &drive->force_share);
       app.add_option("--output", *output, "Output format")->check(CLI::IsMember({"human", "json"}));
       app.add_flag("--backing-chain", *chain, "Show every image of the backing chain");
       app.add_option("filename", drive->name, "Image name: path, URL or json:{...}");
       return [=]() {
         return run_verb([=]() -> Task<int> {
           define_objects(*objects);
-          auto node = co_await open_drive(drive->spec(true));
+          DriveSpec spec = drive->spec(true);
+          // As qemu-img info: no data is read, so no consistent read is asked for.
+          spec.permissions = Permissions{0, kPermAll};
+          auto node = co_await open_drive(spec);
           Json all = Json::array();
           for (const Node* n = &shown(*node); n; n = *chain ? n->backing() : nullptr) all.push_back(image_info(shown(*n)));
           co_await node->close();

@@ -67,7 +67,7 @@ const VerbRegistration kMap{Verb{
       };
       auto a = std::make_shared<Args>();
       a->drive.add_options(app);
-      add_common_options(app, a->objects);
+      add_common_options(app, a->objects, &a->drive.force_share);
       app.add_option("--output", a->output, "Output format")->check(CLI::IsMember({"human", "json"}));
       app.add_option("-s,--start-offset", a->start, "First byte to map");
       app.add_option("-l,--max-length", a->max_length, "Bytes to map at most");

@@ -39,7 +39,10 @@ Task<int> serve(const ServeArgs& args) {
   std::shared_ptr<const nbd::tls::ServerCredentials> tls;
   if (!args.tls_creds.empty()) tls = std::make_shared<nbd::tls::ServerCredentials>(nbd::tls::creds(args.tls_creds));
 
-  auto node = co_await open_drive(args.drive.spec(args.read_only));
+  DriveSpec spec = args.drive.spec(args.read_only);
+  // As qemu-nbd: others may do anything but resize the image while it is exported.
+  spec.permissions = Permissions{kPermConsistentRead | (spec.read_only ? 0u : kPermWrite), kPermAll & ~kPermResize};
+  auto node = co_await open_drive(spec);
   Executor ex = co_await asio::this_coro::executor;
 
   nbd::ExportConfig config;
@@ -81,7 +84,7 @@ const VerbRegistration kServe{Verb{
     "serve", "Export a disk image over NBD (qemu-nbd's options)", [](CLI::App& app) {
       auto args = std::make_shared<ServeArgs>();
       args->drive.add_options(app);
-      add_common_options(app, args->objects);
+      add_common_options(app, args->objects, &args->drive.force_share);
       app.add_option("SPEC", args->drive.name, "The image: a file name, URL, json:{...} or --image-opts keys");
       app.add_option("-b,--bind", args->bind, "Address to listen on (default 0.0.0.0)");
       app.add_option("-p,--port", args->port, "TCP port to listen on (default 10809)")

@@ -44,12 +44,15 @@ DriveSpec DriveArgs::spec(bool read_only) const {
     s.format = format;
   }
   s.read_only = s.read_only || read_only;
+  s.force_share = s.force_share || force_share;
   return s;
 }
 
-void add_common_options(CLI::App& app, std::vector<std::string>& objects) {
+void add_common_options(CLI::App& app, std::vector<std::string>& objects, bool* force_share) {
   app.add_option("--object", objects, "Define an object: secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]")->allow_extra_args(false);
-  app.add_flag("-U,--force-share")->description("Open images without locking (accepted; netblk takes no locks)");
+  if (force_share)
+    app.add_flag("-U,--force-share", *force_share,
+                 "Let others write the image meanwhile (QEMU's force-share=on; read-only images only)");
 }
 
 void define_objects(const std::vector<std::string>& objects) {

@@ -35,14 +35,17 @@ struct DriveArgs {
   std::string format;
   bool image_opts = false;
   std::string drive;
+  // -U/--force-share: others may write the image meanwhile (read-only drives only).
+  bool force_share = false;
   // Adds -f/--format, --image-opts and --drive to `app`; the positional is added by the verb.
   void add_options(CLI::App& app, const std::string& format_flag = "-f,--format");
   // Builds the DriveSpec; throws Error for a missing or contradictory name.
   DriveSpec spec(bool read_only) const;
 };
 
-// Adds --object (QEMU's secret objects), repeatable, and -U/--force-share (accepted).
-void add_common_options(CLI::App& app, std::vector<std::string>& objects);
+// Adds --object (QEMU's secret objects), repeatable, and, given `force_share`, qemu-img's
+// -U/--force-share.
+void add_common_options(CLI::App& app, std::vector<std::string>& objects, bool* force_share = nullptr);
 // Defines the secrets given with --object.
 void define_objects(const std::vector<std::string>& objects);
 

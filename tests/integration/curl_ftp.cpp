@@ -73,7 +73,11 @@ TEST_F(CurlFtp, FtpReadsTheRightBytes) {
   ASSERT_EQ(info.exit_code, 0) << info.err;
   EXPECT_EQ(json::parse(info.out)["virtual-size"], kDiskSize);
   EXPECT_EQ(json::parse(info.out)["filename"], url);
-  auto ours = nb({"compare", url, server->root + "/disk.img"}, 60s);
+  // Against a copy: vsftpd holds a whole-file lock on what it is sending, and netblk checks
+  // image locks as qemu-img does.
+  TempDir copy;
+  write_file(copy / "disk.img", server->content);
+  auto ours = nb({"compare", url, copy / "disk.img"}, 60s);
   EXPECT_EQ(ours.exit_code, 0) << ours.out << ours.err;
   auto theirs = run({"timeout", "90", "qemu-img", "compare", url, server->root + "/disk.img"}, 120s);
   EXPECT_EQ(theirs.exit_code, 0) << theirs.out << theirs.err;
@@ -126,7 +130,11 @@ TEST_F(CurlFtp, ImplicitFtpsVerifiesUnlessSslverifyOff) {
   std::string spec = server->ftps_spec("disk.img", false);
   check_reads(named(spec), server->content);
   check_convert({}, spec, server->content);
-  auto ours = nb({"compare", spec, server->root + "/disk.img"}, 60s);
+  // Against a copy: vsftpd holds a whole-file lock on what it is sending, and netblk checks
+  // image locks as qemu-img does.
+  TempDir copy;
+  write_file(copy / "disk.img", server->content);
+  auto ours = nb({"compare", spec, copy / "disk.img"}, 60s);
   EXPECT_EQ(ours.exit_code, 0) << ours.out << ours.err;
 }
 

@@ -248,13 +248,15 @@ void compare_agrees_with_qemu_img(const DriveCase& c, const std::string& want) {
   std::string other = want;
   other[other.size() / 2] = static_cast<char>(~other[other.size() / 2]);
   write_file(differs, other);
-  auto ours = netblk(with_objects(c, {"compare"}, {c.name, c.source}), 60s);
+  // A copy of the served file, not the file itself: a server may hold a whole-file lock on it
+  // while it serves it (vsftpd, in.tftpd), and netblk, like qemu-img, checks image locks.
+  const std::string same = t / "source.raw";
+  write_file(same, want);
+  auto ours = netblk(with_objects(c, {"compare"}, {c.name, same}), 60s);
   EXPECT_EQ(ours.exit_code, 0) << ours.out << ours.err;
   auto ours_differs = netblk(with_objects(c, {"compare"}, {c.name, differs}), 60s);
   EXPECT_EQ(ours_differs.exit_code, 1) << ours_differs.out << ours_differs.err;
   if (!c.qemu_reads_it) return;
-  const std::string same = t / "source.raw";  // (not the served file: see above)
-  write_file(same, want);
   auto theirs = qemu_img(c, {"compare"}, {c.name, same});
   EXPECT_EQ(theirs.exit_code, 0) << theirs.out << theirs.err;
   auto theirs_differs = qemu_img(c, {"compare"}, {c.name, differs});

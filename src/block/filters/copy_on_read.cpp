@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "block/filter.hpp"
+#include "block/locking.hpp"
 #include "netblk/buffer.hpp"
 
 namespace netblk {
@@ -110,6 +111,7 @@ Task<std::unique_ptr<Node>> open_copy_on_read(const OpenContext& ctx, spec::Opti
 const DriverRegistration kCopyOnRead{FilterDriver{
     .name = "copy-on-read",
     .open = open_copy_on_read,
+    .file_permissions = [](Permissions parent, bool, const Json&) { return locking::copy_on_read_child(parent); },
 }};
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include "block/locking.hpp"
 #include "block/open.hpp"
 #include "core/log.hpp"
 #include "formats/qcow2/compress.hpp"
@@ -130,6 +131,9 @@ Task<void> Qcow2Node::init(const OpenContext& ctx, spec::Options& o) {
   // The backing chain: an explicit option wins over what the image stores.
   OpenContext bctx = ctx;
   bctx.read_only = true;
+  // Users that read nothing (info) lock no backing file: qemu-img info does not open it.
+  bctx.permissions.reset();
+  if (ctx.permissions && ctx.permissions->perm != 0) bctx.permissions = locking::backing_child(*ctx.permissions);
   bctx.base_dir = file_->driver() == "file" ? dirname_of(file_->plain_filename()) : std::string();
   try {
     if (backing_opt) {
@@ -962,6 +966,7 @@ const DriverRegistration kQcow2{FormatDriver{
     .probe = probe_qcow2,
     .open = open_qcow2,
     .create = create_qcow2,
+    .file_permissions = {},  // QEMU's storage rule
 }};
 }  // namespace
 

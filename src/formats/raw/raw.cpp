@@ -5,7 +5,9 @@
 #include <cstring>
 
 #include "block/driver.hpp"
+#include "block/locking.hpp"
 #include "block/open.hpp"
+#include "spec/tree.hpp"
 #include "core/log.hpp"
 #include "netblk/buffer.hpp"
 
@@ -125,11 +127,20 @@ Task<void> create_raw(const OpenContext& ctx, const CreateRequest& req) {
   co_await node->close();
 }
 
+// As QEMU's raw: the whole file is passed its users' permissions as they are; a window
+// (an offset or a size) also keeps others from resizing the file.
+Permissions raw_file_permissions(Permissions parent, bool, const Json& options) {
+  auto offset = options.find("offset");
+  const bool window = options.contains("size") || (offset != options.end() && spec::scalar_text(*offset) != "0");
+  return window ? locking::window_child(parent) : parent;
+}
+
 const DriverRegistration kRaw{FormatDriver{
     .name = "raw",
     .probe = [](std::span<const std::byte>) { return 1; },
     .open = open_raw,
     .create = create_raw,
+    .file_permissions = raw_file_permissions,
 }};
 
 }  // namespace

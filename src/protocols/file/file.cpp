@@ -7,7 +7,8 @@
 // directly; large ones still go to the pool, where several copies run in parallel. Such a
 // file is also mapped, and file_span() offers the mapping to exporters: sending from it or
 // copying into it saves a system call and a copy per request. Flushes, zeroing and cold
-// I/O run on the pool.
+// I/O run on the pool. The file holds QEMU's image locks for its users (block/locking)
+// unless opened with locking=off.
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
@@ -19,6 +20,7 @@
 #include <unistd.h>
 
 #include "block/driver.hpp"
+#include "block/locking.hpp"
 #include "core/log.hpp"
 
 namespace netblk {
@@ -29,9 +31,9 @@ constexpr std::size_t kInlineCopyLimit = 128u << 10;
 
 class FileNode final : public Node {
  public:
-  FileNode(const OpenContext& ctx, std::string path, std::string aio, bool direct)
+  FileNode(const OpenContext& ctx, std::string path, std::string aio, bool direct, bool locking)
       : Node(ctx.executor), path_(std::move(path)), aio_(std::move(aio)), direct_(direct),
-        no_flush_(ctx.cache_no_flush) {}
+        no_flush_(ctx.cache_no_flush), locking_(locking) {}
 
   ~FileNode() override {
     unmap();
@@ -116,6 +118,15 @@ class FileNode final : public Node {
   }
 
  protected:
+  void apply_permissions(Permissions p) override {
+    if (!locking_ || fd_ < 0) return;
+    try {
+      locks_.set(fd_, path_, p);
+    } catch (const Error& e) {
+      throw Error(e.code(), "Could not open '" + path_ + "': " + e.what());
+    }
+  }
+
   Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override {
     std::size_t done = 0;
     if (memory_backed_ && buf.size() <= kInlineCopyLimit) {
@@ -190,6 +201,7 @@ class FileNode final : public Node {
 
   Task<void> co_close() override {
     unmap();
+    locks_.release();
     if (fd_ >= 0) ::close(fd_);
     fd_ = -1;
     co_return;
@@ -221,6 +233,8 @@ class FileNode final : public Node {
   bool try_nowait_ = true;         // cleared when the file system refuses RWF_NOWAIT reads
   bool try_nowait_write_ = true;   // the same for writes
   bool no_flush_;
+  bool locking_;
+  locking::FileLocks locks_;  // dropped with the descriptor
   int fd_ = -1;
   bool block_device_ = false;
   std::byte* mapping_ = nullptr;   // the whole file as it was at open, when memory-backed
@@ -243,7 +257,8 @@ Task<std::unique_ptr<Node>> open_file(const OpenContext& ctx, spec::Options& o) 
   o.boolean("drop-cache");
   o.uint("aio-max-batch");
   if (path.empty()) throw Error(EINVAL, "The 'file' block driver requires a file name");
-  auto node = std::make_unique<FileNode>(ctx, path, aio, ctx.cache_direct);
+  // QEMU's auto means on where open file description locks exist, as on Linux.
+  auto node = std::make_unique<FileNode>(ctx, path, aio, ctx.cache_direct, locking != "off");
   node->open(ctx.read_only);
   co_return node;
 }
@@ -252,8 +267,18 @@ Task<void> create_file(const OpenContext&, spec::Options& o, std::uint64_t size)
   std::string path = o.required_str("filename");
   o.finish();
   co_await offload([&] {
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) throw_errno(errno, "Could not create '" + path + "'");
+    // As QEMU, before truncating anything: take the locks of a writer that resizes and
+    // lets nobody else resize, and fail if a user of the image (this very command's source,
+    // say) does not let others write.
+    locking::FileLocks locks;
+    try {
+      locks.set(fd, path, Permissions{kPermWrite | kPermResize, kPermAll & ~kPermResize});
+    } catch (const Error& e) {
+      ::close(fd);
+      throw Error(e.code(), "Could not create '" + path + "': " + e.what());
+    }
     struct stat st;
     bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
     // Truncate to 0 first so no old data survives below the new size.
@@ -262,6 +287,7 @@ Task<void> create_file(const OpenContext&, spec::Options& o, std::uint64_t size)
       ::close(fd);
       throw_errno(err, "Could not resize '" + path + "'");
     }
+    locks.release();
     ::close(fd);
     return 0;
   });
