@@ -416,7 +416,8 @@ class GlusterNode final : public Node {
   }
 
   Task<BlockStatus> co_block_status(std::uint64_t offset, std::uint64_t length) override {
-    const BlockStatus data{length, kStatusData, offset};
+    // As the file driver: a protocol node allocates every byte it has, holes too.
+    const BlockStatus data{length, kStatusData | kStatusAllocated, offset};
     if (!caps().has_block_status) co_return data;
     glfs_fd_t* fd = fd_;
     const auto at = static_cast<off_t>(offset);
@@ -437,16 +438,16 @@ class GlusterNode final : public Node {
     // As QEMU's find_allocation: a hole up to the next data (or to the end: ENXIO), data up
     // to the next hole; anything unexpected is data.
     if (s.data < 0) {
-      if (s.data_err == ENXIO) co_return BlockStatus{length, kStatusZero, offset};
+      if (s.data_err == ENXIO) co_return BlockStatus{length, kStatusZero | kStatusAllocated, offset};
       co_return data;
     }
     if (s.data > at) {
       const auto hole = static_cast<std::uint64_t>(s.data) - offset;
-      co_return BlockStatus{std::min(length, hole), kStatusZero, offset};
+      co_return BlockStatus{std::min(length, hole), kStatusZero | kStatusAllocated, offset};
     }
     if (s.hole > at) {
       const auto run = static_cast<std::uint64_t>(s.hole) - offset;
-      co_return BlockStatus{std::min(length, run), kStatusData, offset};
+      co_return BlockStatus{std::min(length, run), kStatusData | kStatusAllocated, offset};
     }
     co_return data;
   }
