@@ -269,7 +269,9 @@ Registry& registry() {
   return *r;
 }
 
-Task<std::shared_ptr<Connection>> connect(const GlusterConfig& c, const std::string& name) {
+// The connection for `c` into `out` (not returned: GCC 12 may destroy an object returned
+// from a coroutine twice).
+Task<void> connect(const GlusterConfig& c, const std::string& name, std::shared_ptr<Connection>& out) {
   std::shared_ptr<Connection> conn;
   bool start = false;
   {
@@ -293,7 +295,7 @@ Task<std::shared_ptr<Connection>> connect(const GlusterConfig& c, const std::str
     throw Error(ETIMEDOUT, name + ": Gluster connection for volume " + c.volume + " did not complete within " +
                                std::to_string(kInitLimit.count()) + " s");
   if (!conn->ok()) throw Error(conn->err(), name + ": " + conn->error());
-  co_return conn;
+  out = std::move(conn);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -340,7 +342,7 @@ class GlusterNode final : public Node {
   ~GlusterNode() override {
     // Not closed: release the file off the loop (fsync first when it was written).
     if (!fd_) return;
-    asio::post(worker_pool(), [fd = fd_, wrote = wrote_, conn = conn_] {
+    asio::post(worker_pool(), [fd = fd_, wrote = written_ != synced_, conn = conn_] {
       if (wrote) glfs_fsync(fd, nullptr, nullptr);
       glfs_close(fd);
     });
@@ -369,41 +371,43 @@ class GlusterNode final : public Node {
   }
 
   Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned) override {
-    wrote_ = true;
     iovec iov{const_cast<std::byte*>(buf.data()), buf.size()};
     glfs_fd_t* fd = fd_;
     auto submit = [fd, &iov, offset](glfs_io_cbk cb, void* data) {
       return glfs_pwritev_async(fd, &iov, 1, static_cast<off_t>(offset), 0, cb, data);
     };
     const GfResult r = co_await gf_async(std::move(submit));
+    ++written_;
     check_transfer(r, buf.size(), offset, "write");
   }
 
   Task<void> co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags) override {
-    wrote_ = true;
+    // As QEMU's: zerofill may write the zeroes on the brick (a file system without
+    // FALLOC_FL_ZERO_RANGE), so it is not offered as fast.
+    if (flags & kZeroFast) throw Error(ENOTSUP, name_ + ": no fast zeroing");
     if (zerofill_works_) {
       glfs_fd_t* fd = fd_;
       auto submit = [fd, offset, length](glfs_io_cbk cb, void* data) {
         return glfs_zerofill_async(fd, static_cast<off_t>(offset), static_cast<off_t>(length), cb, data);
       };
       const GfResult r = co_await gf_async(std::move(submit));
+      ++written_;
       if (r.ret >= 0) co_return;
       if (r.err != ENOTSUP && r.err != EOPNOTSUPP) throw failure(r.err, offset, "write zeroes");
       zerofill_works_ = false;
       NETBLK_LOG(debug, "{}: zerofill is not supported; writing zeroes instead", name_);
     }
-    if (flags & kZeroFast) throw Error(ENOTSUP, name_ + ": the volume cannot zero without writing");
     co_await Node::co_write_zeroes(offset, length, flags);
   }
 
   Task<void> co_discard(std::uint64_t offset, std::uint64_t length, unsigned) override {
     if (!discard_works_) co_return;
-    wrote_ = true;
     glfs_fd_t* fd = fd_;
     auto submit = [fd, offset, length](glfs_io_cbk cb, void* data) {
       return glfs_discard_async(fd, static_cast<off_t>(offset), static_cast<size_t>(length), cb, data);
     };
     const GfResult r = co_await gf_async(std::move(submit));
+    ++written_;
     if (r.ret >= 0) co_return;
     // Advisory: a volume that cannot punch holes keeps the bytes.
     if (r.err != ENOTSUP && r.err != EOPNOTSUPP) throw failure(r.err, offset, "discard");
@@ -459,7 +463,7 @@ class GlusterNode final : public Node {
     std::exception_ptr first;
     // Written bytes leave this process before the file closes, cache.no-flush or not: the
     // connection is never finished (glfs_fini), so nothing else would send them.
-    if (wrote_) {
+    if (written_ != synced_) {
       try {
         co_await fsync_fd(fd);
       } catch (...) {
@@ -480,9 +484,11 @@ class GlusterNode final : public Node {
   Task<void> fsync() { co_await fsync_fd(fd_); }
 
   Task<void> fsync_fd(glfs_fd_t* fd) {
+    const std::uint64_t covers = written_;  // the writes completed so far
     auto submit = [fd](glfs_io_cbk cb, void* data) { return glfs_fsync_async(fd, cb, data); };
     const GfResult r = co_await gf_async(std::move(submit));
     if (r.ret < 0) throw Error(r.err, name_ + ": flush failed: " + errno_text(r.err));
+    synced_ = std::max(synced_, covers);
   }
 
   Error failure(int err, std::uint64_t offset, const char* what) const {
@@ -503,7 +509,9 @@ class GlusterNode final : public Node {
   glfs_fd_t* fd_;
   std::int64_t allocated_;
   bool no_flush_;
-  bool wrote_ = false;
+  // Writes, zeroes and discards completed, and how many of them an fsync has covered.
+  std::uint64_t written_ = 0;
+  std::uint64_t synced_ = 0;
   bool zerofill_works_ = true;
   bool discard_works_ = true;
 };
@@ -512,7 +520,8 @@ Task<std::unique_ptr<Node>> open_gluster(const OpenContext& ctx, spec::Options& 
   GlusterConfig config = config_from_options(o);
   if (config.rdma_requested) NETBLK_LOG(warn, "rdma feature is not supported, falling back to tcp");
   const std::string name = display_name(config);
-  std::shared_ptr<Connection> conn = co_await connect(config, name);
+  std::shared_ptr<Connection> conn;
+  co_await connect(config, name, conn);
   glfs_t* fs = conn->fs();
   const std::string path = config.path;
   const int flags = ctx.read_only ? O_RDONLY : O_RDWR;
@@ -552,7 +561,8 @@ Task<void> create_gluster(const OpenContext&, spec::Options& o, std::uint64_t si
   GlusterConfig config = config_from_options(o);
   if (config.rdma_requested) NETBLK_LOG(warn, "rdma feature is not supported, falling back to tcp");
   const std::string name = display_name(config);
-  std::shared_ptr<Connection> conn = co_await connect(config, name);
+  std::shared_ptr<Connection> conn;
+  co_await connect(config, name, conn);
   glfs_t* fs = conn->fs();
   const std::string path = config.path;
   auto work = [fs, path, size]() {
