@@ -182,6 +182,8 @@ class Connection {
     return fs_ != nullptr;
   }
   int err() const noexcept { return err_; }
+  // Closing a file waits for its written bytes to reach the bricks.
+  bool flush_waits() const noexcept { return flush_waits_; }
   const std::string& error() const noexcept { return error_; }
 
   void init(const GlusterConfig& c) {
@@ -217,6 +219,10 @@ class Connection {
         return;
       }
     }
+    // A file's close (its FLUSH) then waits for the writes gfapi's write-behind still holds
+    // (by default it returns at once and sends them later): with no glfs_fini to finish
+    // them, a close that returned early could lose them at exit.
+    flush_waits_ = glfs_set_xlator_option(fs, "*-write-behind", "flush-behind", "off") == 0;
     // gfapi's own log: where logfile= says, else only with NETBLK_LOG=debug (on stderr),
     // so that errors stay the one line netblk prints (gfapi writes even at level 4).
     std::string logfile = c.logfile;
@@ -254,6 +260,7 @@ class Connection {
   std::condition_variable cv_;
   bool done_ = false;
   glfs_t* fs_ = nullptr;
+  bool flush_waits_ = false;
   int err_ = 0;
   std::string error_;
 };
@@ -461,9 +468,10 @@ class GlusterNode final : public Node {
     glfs_fd_t* fd = fd_;
     fd_ = nullptr;
     std::exception_ptr first;
-    // Written bytes leave this process before the file closes, cache.no-flush or not: the
-    // connection is never finished (glfs_fini), so nothing else would send them.
-    if (written_ != synced_) {
+    // Written bytes leave this process before the file closes: the connection is never
+    // finished (glfs_fini), so nothing else would send them. The close does that itself
+    // when write-behind's flush waits; otherwise (or when flushes are wanted) an fsync.
+    if (written_ != synced_ && !(no_flush_ && conn_->flush_waits())) {
       try {
         co_await fsync_fd(fd);
       } catch (...) {
