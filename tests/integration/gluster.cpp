@@ -4,14 +4,19 @@
 // Every name form; a server list whose first entry is dead; raw and qcow2 images created,
 // written and read on the volume (qemu-img check passes on the qcow2); the replica written
 // to both bricks, and one brick killed while a copy reads (identical bytes); a missing
-// volume, file or server (one line, in seconds); a local qcow2 overlay over a backing file
+// volume, file or server (one line, in seconds), and a server that never answers (one
+// line after the 10 s deadline of glfs_init); a local qcow2 overlay over a backing file
 // on the volume, exported by `netblk serve`; the drive checks. qemu-img is called once: each
 // of its calls on Gluster spends ~10 s in glfs_fini.
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -299,6 +304,27 @@ TEST(Gluster, MissingVolumeFileOrServer) {
     EXPECT_LT(took, 10.0) << c.name;
     std::cout << "[ gluster  ] " << c.name << " failed in " << took << " s\n";
   }
+}
+
+// A socket that accepts and never answers (glusterd's own -S socket does that to gfapi):
+// glfs_init would wait for ever; the open gives up after its deadline with one line.
+TEST(Gluster, ServerThatNeverAnswers) {
+  TempDir t;
+  const std::string path = t / "silent.sock";
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un sa{};
+  sa.sun_family = AF_UNIX;
+  std::strncpy(sa.sun_path, path.c_str(), sizeof(sa.sun_path) - 1);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof(sa)), 0);
+  ASSERT_EQ(::listen(fd, 8), 0);
+  const auto start = std::chrono::steady_clock::now();
+  expect_failure_with(run_netblk({"info", "gluster+unix:///gv/disk.img?socket=" + path}, 60s), "silent server",
+                      {"Gluster connection for volume gv did not complete within 10 s"});
+  const double took = seconds_since(start);
+  EXPECT_LT(took, 20.0);
+  std::cout << "[ gluster  ] a server that never answers: failed in " << took << " s\n";
+  ::close(fd);
 }
 
 TEST(Gluster, CreateRawAndQcow2OnTheVolume) {

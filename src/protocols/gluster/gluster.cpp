@@ -42,8 +42,10 @@ namespace {
 
 using namespace std::chrono_literals;
 
-// glfs_init, which can wait for ever (a socket that is not glusterd's CLI socket).
-constexpr std::chrono::seconds kInitLimit = 20s;
+// glfs_init, which can wait for ever (a socket that is not glusterd's CLI socket). It
+// takes 5-250 ms; gfapi's failover between volfile servers is 3 s, and the servers that do
+// not answer were put last.
+constexpr std::chrono::seconds kInitLimit = 10s;
 // Blocking calls (open, stat, lseek, close): longer than gfapi's own 42 s ping-timeout,
 // after which it fails them itself.
 constexpr std::chrono::seconds kCallLimit = 60s;
