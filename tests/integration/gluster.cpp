@@ -24,6 +24,8 @@
 
 #include "drive_checks.hpp"
 #include "glusterd.hpp"
+#include "netblk/buffer.hpp"
+#include "netblk/open.hpp"
 #include "netblk_serve.hpp"
 #include "protocols/gluster/gluster_config.hpp"
 #include "servers.hpp"
@@ -304,6 +306,58 @@ TEST(Gluster, MissingVolumeFileOrServer) {
     EXPECT_LT(took, 10.0) << c.name;
     std::cout << "[ gluster  ] " << c.name << " failed in " << took << " s\n";
   }
+}
+
+// Through the library on a protocol node: block status from SEEK_DATA/SEEK_HOLE, zeroes
+// (zerofill), discard (a hole punched on the brick), fast zeroing refused as QEMU does,
+// writes past the end growing the file, and every byte in the brick after close.
+TEST(Gluster, ZeroesDiscardAndBlockStatus) {
+  auto& s = shared<Served>();
+  constexpr std::uint64_t kMiB = 1u << 20;
+  expect_ok(run_netblk({"create", "-f", "raw", s.gd.url("gv", "ops.raw"), "8M"}, 30s), "create");
+  const std::string name = json_name(gluster_options("gv", "ops.raw", Json::array({server_tcp()})));
+  std::string want(8 * kMiB, '\0');
+  run_sync<void>([&]() -> Task<void> {
+    auto node = co_await open_drive(named(name, false));
+    EXPECT_EQ(node->driver(), "gluster");
+    EXPECT_TRUE(node->caps().has_block_status);
+    // A new file is one hole, and reads as zeroes.
+    BlockStatus st = co_await node->block_status(0, node->size());
+    EXPECT_EQ(st.length, 8 * kMiB);
+    EXPECT_EQ(st.flags & (kStatusZero | kStatusData), kStatusZero);
+    // 3 MiB of data at 2 MiB: hole, data, hole.
+    Buffer data(3 * kMiB);
+    for (std::size_t i = 0; i < data.size(); ++i) data.data()[i] = static_cast<std::byte>(i * 7 + 1);
+    co_await node->write(2 * kMiB, data.span());
+    std::memcpy(want.data() + 2 * kMiB, data.data(), data.size());
+    st = co_await node->block_status(0, node->size());
+    EXPECT_EQ(st.length, 2 * kMiB);
+    EXPECT_TRUE(st.flags & kStatusZero);
+    st = co_await node->block_status(2 * kMiB, node->size() - 2 * kMiB);
+    EXPECT_EQ(st.length, 3 * kMiB);
+    EXPECT_TRUE(st.flags & kStatusData);
+    // Zeroes over the first data MiB, a discard over the second.
+    co_await node->write_zeroes(2 * kMiB, kMiB);
+    std::memset(want.data() + 2 * kMiB, 0, kMiB);
+    co_await node->discard(3 * kMiB, kMiB);
+    std::memset(want.data() + 3 * kMiB, 0, kMiB);
+    int fast = 0;
+    try {
+      co_await node->write_zeroes(0, kMiB, kZeroFast);
+    } catch (const Error& e) {
+      fast = e.code();
+    }
+    EXPECT_EQ(fast, ENOTSUP);
+    Buffer back(8 * kMiB);
+    co_await node->read(0, back.span());
+    EXPECT_TRUE(std::memcmp(back.data(), want.data(), want.size()) == 0);
+    // The discarded MiB is a hole again.
+    st = co_await node->block_status(3 * kMiB, kMiB);
+    EXPECT_TRUE(st.flags & kStatusZero) << st.flags;
+    co_await node->flush();
+    co_await node->close();
+  });
+  EXPECT_TRUE(read_file(s.brick_file("ops.raw")) == want);
 }
 
 // A socket that accepts and never answers (glusterd's own -S socket does that to gfapi):
