@@ -360,6 +360,44 @@ TEST(Gluster, ZeroesDiscardAndBlockStatus) {
   EXPECT_TRUE(read_file(s.brick_file("ops.raw")) == want);
 }
 
+// Nodes of one process on the same volume and server list share one gfapi connection: a
+// second node adds no connection (counted by gfapi's timer threads, one per connection), nor
+// does one opened after both closed; the same volume through another server list is a
+// connection of its own.
+TEST(Gluster, OneConnectionPerVolumeAndServerList) {
+  auto& s = shared<Served>();
+  // Each connection has one timer thread, named by gfapi (its other threads come and go).
+  const auto threads = [] {
+    std::size_t n = 0;
+    for (const auto& e : std::filesystem::directory_iterator("/proc/self/task"))
+      n += read_file(e.path().string() + "/comm") == "glfs_timer\n" ? 1 : 0;
+    return n;
+  };
+  const std::string tcp = json_name(gluster_options("rv", "small.img", Json::array({server_tcp()})));
+  const std::string via_unix =
+      json_name(gluster_options("rv", "small.img", Json::array({{{"type", "unix"}, {"path", s.gd.socket()}}})));
+  // On the replica volume: other tests reach it through the CLI, in processes of their own.
+  TempDir t;
+  write_pattern_file(t / "small.img", 1u << 20, 3);
+  Served::put(t / "small.img", s.gd.url("rv", "small.img"));
+  run_sync<void>([&]() -> Task<void> {
+    const std::size_t before = threads();
+    auto first = co_await open_drive(named(tcp));
+    const std::size_t with_one = threads();
+    EXPECT_EQ(with_one, before + 1);
+    auto second = co_await open_drive(named(tcp));
+    EXPECT_EQ(threads(), with_one) << "a second node on the same volume made a connection of its own";
+    co_await first->close();
+    co_await second->close();
+    auto third = co_await open_drive(named(tcp));
+    EXPECT_EQ(threads(), with_one) << "the connection was not kept for the next node";
+    co_await third->close();
+    auto other = co_await open_drive(named(via_unix));
+    EXPECT_EQ(threads(), with_one + 1) << "another server list shared the connection";
+    co_await other->close();
+  });
+}
+
 // A socket that accepts and never answers (glusterd's own -S socket does that to gfapi):
 // glfs_init would wait for ever; the open gives up after its deadline with one line.
 TEST(Gluster, ServerThatNeverAnswers) {
