@@ -319,6 +319,7 @@ struct Opened {
 };
 
 struct Seek {
+  int drain_err = 0;  // the fstat before the seeks failed
   off_t data = -1;
   int data_err = 0;
   off_t hole = -1;
@@ -434,8 +435,18 @@ class GlusterNode final : public Node {
     if (!caps().has_block_status) co_return data;
     glfs_fd_t* fd = fd_;
     const auto at = static_cast<off_t>(offset);
-    auto seek = [fd, at]() {
+    // gfapi's write-behind answers writes before the brick has them, and passes SEEK_DATA
+    // on without waiting for them: the brick would report a hole where they go. An fstat
+    // waits for them (write-behind must, for the size it returns).
+    const bool drain = written_ != drained_;
+    const std::uint64_t covers = written_;
+    auto seek = [fd, at, drain]() {
       Seek s;
+      struct stat st {};
+      if (drain && glfs_fstat(fd, &st) != 0) {
+        s.drain_err = errno ? errno : EIO;
+        return s;
+      }
       errno = 0;
       s.data = glfs_lseek(fd, at, SEEK_DATA);
       s.data_err = errno;
@@ -448,6 +459,8 @@ class GlusterNode final : public Node {
     };
     const std::string what = name_ + ": block status";
     const Seek s = co_await offload(std::move(seek), kCallLimit, what);
+    if (s.drain_err) throw failure(s.drain_err, offset, "block status");
+    drained_ = std::max(drained_, covers);
     // As QEMU's find_allocation: a hole up to the next data (or to the end: ENXIO), data up
     // to the next hole; anything unexpected is data.
     if (s.data < 0) {
@@ -499,6 +512,7 @@ class GlusterNode final : public Node {
     const GfResult r = co_await gf_async(std::move(submit));
     if (r.ret < 0) throw Error(r.err, name_ + ": flush failed: " + errno_text(r.err));
     synced_ = std::max(synced_, covers);
+    drained_ = std::max(drained_, covers);
   }
 
   Error failure(int err, std::uint64_t offset, const char* what) const {
@@ -522,6 +536,8 @@ class GlusterNode final : public Node {
   // Writes, zeroes and discards completed, and how many of them an fsync has covered.
   std::uint64_t written_ = 0;
   std::uint64_t synced_ = 0;
+  // How many of them the brick is known to have (an fsync or fstat waited for them).
+  std::uint64_t drained_ = 0;
   bool zerofill_works_ = true;
   bool discard_works_ = true;
 };
