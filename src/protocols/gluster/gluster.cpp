@@ -10,10 +10,11 @@
 // executor of the coroutine that waits (never resumed there). Opening, closing and
 // SEEK_DATA/SEEK_HOLE are blocking calls, offloaded with a deadline.
 //
-// Closing a node fsyncs (when it wrote) and closes its file; the connection itself is
-// never finished with glfs_fini, which spends ~10 s polling for frames that cannot exist
-// once every file is closed: it ends with the process (docs/decisions.md, "GlusterFS
-// connections end with the process").
+// Closing a node fsyncs what it wrote (unless cache.no-flush says not to) and closes its
+// file, which waits for whatever gfapi's write-behind still holds (flush-behind is off on
+// every connection); the connection itself is never finished with glfs_fini, which spends
+// ~10 s polling for frames that cannot exist once every file is closed: it ends with the
+// process (docs/decisions.md, "GlusterFS connections end with the process").
 #include <fcntl.h>
 #include <glusterfs/api/glfs.h>
 #include <netdb.h>
