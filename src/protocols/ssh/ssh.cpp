@@ -1,5 +1,5 @@
 // The SSH protocol driver: ssh://[USER@]HOST[:PORT]/PATH, or driver=ssh with QEMU's
-// options, over SFTP. SSH itself (key exchange, ciphers, host keys, agent) is libssh2's;
+// options, over SFTP. SSH itself (key exchange, ciphers, host keys, agent) is libssh's;
 // the SFTP requests are netblk's own (sftp_codec), many in flight, each as large as the
 // server allows (limits@openssh.com), on one channel driven from the event loop.
 //
@@ -198,7 +198,7 @@ class Client : public std::enable_shared_from_this<Client> {
 // may then block for a while (convert writes its target file from the loop) without the
 // connection stalling, and decryption overlaps the caller's work. Reading 256 MiB into a
 // file on disk took 1.33 s with the connection on the caller's loop and OpenSSH's sftp
-// 0.95 s (decisions.md, "SFTP on libssh2's channel").
+// 0.95 s (decisions.md, "SFTP on libssh's channel").
 class IoThread {
  public:
   IoThread()
