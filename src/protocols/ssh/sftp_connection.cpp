@@ -337,8 +337,8 @@ bool Connection::receive() {
     const auto want = static_cast<std::uint32_t>(std::min<std::size_t>(buf.size(), 1u << 30));
     const int n = ssh_channel_read_nonblocking(ch, buf.data(), want, 0);
     if (n == SSH_EOF) throw Error(ECONNRESET, "the server closed the SFTP channel");
-    if (n < 0) throw Error(ECONNRESET, "receiving failed: " + session_->last_error());
-    if (n == 0) {
+    if (n < 0 && n != SSH_AGAIN) throw Error(ECONNRESET, "receiving failed: " + session_->last_error());
+    if (n <= 0) {
       // Nothing whole yet: read on while the socket has more.
       if (++empty > kEmptyReads || !readable(session_->fd())) break;
       continue;
