@@ -1,8 +1,9 @@
 # ssh: SFTP over libssh (SSH: key exchange, ciphers, host keys, agent); the SFTP requests
-# are netblk's own (sftp_codec).
+# are netblk's own (sftp_codec). OpenSSL, libssh's crypto, is initialised by netblk first.
 pkg_check_modules(LIBSSH IMPORTED_TARGET libssh)
-if(NOT LIBSSH_FOUND)
-  message(STATUS "netblk: libssh not found: ssh is left out")
+find_package(OpenSSL)
+if(NOT LIBSSH_FOUND OR NOT OpenSSL_FOUND)
+  message(STATUS "netblk: libssh or OpenSSL not found: ssh is left out")
   return()
 endif()
-netblk_add_protocol(${CMAKE_CURRENT_LIST_DIR} LIBRARIES PkgConfig::LIBSSH)
+netblk_add_protocol(${CMAKE_CURRENT_LIST_DIR} LIBRARIES PkgConfig::LIBSSH OpenSSL::Crypto)

@@ -4,6 +4,7 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/crypto.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -37,13 +38,6 @@ constexpr timeval kGoodbyeTimeout{0, 10 * 1000};
 // is what bounds a copy. See decisions.md.
 constexpr const char* kCiphers =
     "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes256-ctr,aes192-ctr,aes128-ctr";
-
-void global_init() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    if (ssh_init() != SSH_OK) throw Error(EIO, "libssh failed to initialise");
-  });
-}
 
 std::string hex(const unsigned char* p, std::size_t n) {
   static const char digits[] = "0123456789abcdef";
@@ -328,6 +322,17 @@ void set_timeout(ssh_session s, Clock::time_point deadline) {
 
 }  // namespace
 
+void prepare_library() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (ssh_init() != SSH_OK) throw Error(EIO, "libssh failed to initialise");
+    // OpenSSL (libssh's crypto) loads its configuration on the first thread that needs it
+    // and keeps that thread's error state for good: let that be a thread that opens drives,
+    // not a worker thread that ends and leaves it unreachable (a leak to LeakSanitizer).
+    OPENSSL_init_crypto(OPENSSL_INIT_LOAD_CONFIG, nullptr);
+  });
+}
+
 Session::~Session() {
   if (session_) {
     // libssh closes its descriptor itself when the connection failed (then it no longer
@@ -366,7 +371,7 @@ std::string describe_host_key(ssh_session s) {
 }
 
 std::shared_ptr<Session> open_session(const SshConfig& c, const std::string& name, std::chrono::milliseconds limit) {
-  global_init();
+  prepare_library();
   const auto deadline = Clock::now() + limit;
   auto out = std::make_shared<Session>();
   out->fd_ = connect_tcp(c.server, name, deadline);

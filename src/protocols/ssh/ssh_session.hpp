@@ -37,6 +37,10 @@ class Session {
   ssh_channel channel_ = nullptr;
 };
 
+// Initialises libssh and OpenSSL, once: called by open_session(), and first by the thread
+// that opens a drive.
+void prepare_library();
+
 // Connects and sets everything up, blocking, within `limit`; the session is left in
 // blocking mode. Throws Error with one line naming `name` and what failed (the host key's
 // fingerprint when it is unknown or does not match; what was tried when no credential
