@@ -285,12 +285,12 @@ void authenticate(Session& session, const SshConfig& c, const std::string& name)
                           method_names(methods));
 }
 
-// Options set before connecting: who and where; AES-GCM first; no ~/.ssh/config (QEMU's names say it
-// all); the known_hosts files the host key check reads, so that libssh asks the server
-// for a key of a type they hold (none when the check does not use them).
+// Options set before connecting: who and where; AES-GCM first; no ~/.ssh/config (QEMU's
+// names say it all); the known_hosts files the host key check reads, so that libssh asks
+// the server for a key of a type they hold (none when the check does not use them).
 void set_options(ssh_session s, const SshConfig& c, const std::string& name) {
   const int port = std::atoi(c.server.port.c_str());
-  const bool no_config = false;
+  const bool process_config = false;
   const std::string home = local_home();
   const std::string ssh_dir = home.empty() ? std::string("/nonexistent") : home + "/.ssh";
   std::string user_hosts = "/dev/null", system_hosts = "/dev/null";
@@ -299,7 +299,7 @@ void set_options(ssh_session s, const SshConfig& c, const std::string& name) {
     system_hosts = files.back();
     if (files.size() > 1) user_hosts = files.front();
   }
-  const bool ok = ssh_options_set(s, SSH_OPTIONS_PROCESS_CONFIG, &no_config) == 0 &&
+  const bool ok = ssh_options_set(s, SSH_OPTIONS_PROCESS_CONFIG, &process_config) == 0 &&
                   ssh_options_set(s, SSH_OPTIONS_HOST, c.server.host.c_str()) == 0 &&
                   ssh_options_set(s, SSH_OPTIONS_PORT, &port) == 0 &&
                   ssh_options_set(s, SSH_OPTIONS_USER, c.user.c_str()) == 0 &&
