@@ -10,6 +10,8 @@
 #include <map>
 #include <sstream>
 #include <stdexcept>
+#include <chrono>
+#include <thread>
 
 namespace netblk::test {
 namespace {
@@ -25,6 +27,13 @@ std::string public_key(const std::string& private_key) {
   std::string type, blob;
   in >> type >> blob;
   return type + " " + blob;
+}
+
+// The state letter of a process in /proc ('T' when stopped), or 0 when it is gone.
+char process_state(int pid) {
+  const std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  const auto close = stat.rfind(')');
+  return close == std::string::npos || close + 2 >= stat.size() ? 0 : stat[close + 2];
 }
 
 // Every process below `root` (its children, theirs, ...), from /proc.
@@ -116,9 +125,17 @@ void Sshd::start() {
 void Sshd::kill_all() {
   if (!running()) return;
   const int pid = process_.pid();
-  ::kill(pid, SIGSTOP);  // no new children while we look
+  // Stopped (really: a signal takes effect when the process next runs), sshd starts no
+  // new connection process while its children are found and killed; killed while still
+  // stopped, it accepts nothing more. A client that reconnects at once must be refused,
+  // not served by a child started after the look and never killed.
+  ::kill(pid, SIGSTOP);
+  for (int i = 0; i < 1000; ++i) {
+    const char state = process_state(pid);
+    if (state == 'T' || state == 't' || state == 0) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   for (int child : descendants(pid)) ::kill(child, SIGKILL);
-  ::kill(pid, SIGCONT);
   process_.stop(SIGKILL);
 }
 
