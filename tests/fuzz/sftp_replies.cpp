@@ -1,5 +1,5 @@
 // The SFTP codec facing a hostile server: the input is the byte stream of the channel, cut
-// into replies by ReplyReader in uneven pieces (as libssh2 hands them over), with three
+// into replies by ReplyReader in uneven pieces (as libssh hands them over), with three
 // reads of different sizes awaiting DATA. Every reply is decoded as the driver would
 // (status, handle, attributes, extensions, limits). Malformed input must end in
 // Error(EPROTO), never a crash or a write outside the reads' buffers.

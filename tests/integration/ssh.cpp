@@ -3,8 +3,9 @@
 // known_hosts matching, unknown and mismatching, none), authentication by agent, identity
 // file and password secret (and none that works), reads, writes and flushes through the
 // drive checks (qemu-img compare agrees), create -f raw/qcow2 over SSH, a local qcow2
-// overlay on an ssh:// backing file, a missing remote file, and sshd killed mid-copy:
-// restarted (identical bytes) or gone for good (a clear error in bounded time).
+// overlay on an ssh:// backing file, a missing remote file, key re-exchanges mid-copy, and
+// sshd killed mid-copy: restarted (identical bytes) or gone for good (a clear error in
+// bounded time).
 //
 // known_hosts is read from the home directory the password database gives (as QEMU's
 // libssh does), which a test must not write. Those tests run netblk in a mount namespace of
@@ -447,6 +448,25 @@ TEST(Ssh, LocalOverlayOnSshBacking) {
   EXPECT_EQ(json::parse(info.out)["backing-filename"], backing);
   expect_same_bytes({overlay}, base);
   expect_ok(run({"timeout", "60", "qemu-img", "compare", overlay, base}), "qemu-img compare of the overlay");
+}
+
+TEST(Ssh, KeyReexchangeMidCopy) {
+  // sshd renews the session keys after every MiB: reads and writes go on through the key
+  // exchanges, and a stall fails the copy (no reconnect to hide it).
+  Sshd sshd({.extra_config = "RekeyLimit 1M"});
+  TempDir dir;
+  const std::string img = dir / "src.img", out = dir / "out.raw", target = dir / "target.img";
+  write_pattern_file(img, 16u << 20, 13);
+  json o = keyed_options(sshd, img);
+  o["x-reconnect-delay"] = 0;
+  o["x-io-timeout"] = 5;
+  expect_ok(nb({"convert", "-O", "raw", json_name(o), out}, kNoAgent, 60s), "read");
+  EXPECT_EQ(file_hash(out), file_hash(img));
+  ASSERT_EQ(run({"truncate", "-s", "16M", target}).exit_code, 0);
+  o["path"] = target;
+  const json raw_target{{"driver", "raw"}, {"file", o}};
+  expect_ok(nb({"convert", "-n", "-O", "raw", img, json_name(raw_target)}, kNoAgent, 60s), "write");
+  EXPECT_EQ(file_hash(target), file_hash(img));
 }
 
 // Copies `from` to `to` with netblk convert (`extra` before them), kills sshd a sixth of the

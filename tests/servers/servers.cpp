@@ -405,17 +405,36 @@ std::vector<int> descendants(int root) {
   return out;
 }
 
+// The state letter of a process in /proc ('T' when stopped), or 0 when it is gone.
+char process_state(int pid) {
+  const std::string stat = read_file("/proc/" + std::to_string(pid) + "/stat");
+  const auto close = stat.rfind(')');
+  return close == std::string::npos || close + 2 >= stat.size() ? 0 : stat[close + 2];
+}
+
+// Sends SIGSTOP and waits (up to 1 s) until it took effect: a signal acts when the process
+// next runs, and a process still running may fork meanwhile.
+void stop_process(int pid) {
+  ::kill(pid, SIGSTOP);
+  for (int i = 0; i < 1000; ++i) {
+    const char state = process_state(pid);
+    if (state == 'T' || state == 't' || state == 0) return;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
 }  // namespace
 
 void Daemon::kill_tree() {
   if (!running()) return;
   const int pid = process_.pid();
   // Everything stopped first (no new children while we look, and no parent that respawns
-  // a worker it saw die), then killed.
-  ::kill(pid, SIGSTOP);
-  std::vector<int> tree = descendants(pid);
-  for (int p : tree) ::kill(p, SIGSTOP);
-  for (int p : descendants(pid)) ::kill(p, SIGSTOP);  // forked before their parent stopped
+  // a worker it saw die), then killed while still stopped: a client that reconnects at
+  // once is refused, never served by a child started after the look.
+  stop_process(pid);
+  for (int p : descendants(pid)) stop_process(p);
+  std::vector<int> tree = descendants(pid);  // children forked before their parent stopped
+  for (int p : tree) stop_process(p);
   tree = descendants(pid);
   ::kill(pid, SIGKILL);
   for (int p : tree) ::kill(p, SIGKILL);

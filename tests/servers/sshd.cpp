@@ -10,6 +10,8 @@
 #include <map>
 #include <sstream>
 #include <stdexcept>
+#include <chrono>
+#include <thread>
 
 namespace netblk::test {
 namespace {

@@ -1,9 +1,9 @@
-# ssh: SFTP over libssh2 (SSH: key exchange, ciphers, host keys, agent); the SFTP requests
-# are netblk's own (sftp_codec). OpenSSL's libcrypto prints host key fingerprints (base64).
-pkg_check_modules(LIBSSH2 IMPORTED_TARGET libssh2)
+# ssh: SFTP over libssh (SSH: key exchange, ciphers, host keys, agent); the SFTP requests
+# are netblk's own (sftp_codec). OpenSSL, libssh's crypto, is initialised by netblk first.
+pkg_check_modules(LIBSSH IMPORTED_TARGET libssh)
 find_package(OpenSSL)
-if(NOT LIBSSH2_FOUND OR NOT OpenSSL_FOUND)
-  message(STATUS "netblk: libssh2 or OpenSSL not found: ssh is left out")
+if(NOT LIBSSH_FOUND OR NOT OpenSSL_FOUND)
+  message(STATUS "netblk: libssh or OpenSSL not found: ssh is left out")
   return()
 endif()
-netblk_add_protocol(${CMAKE_CURRENT_LIST_DIR} LIBRARIES PkgConfig::LIBSSH2 OpenSSL::Crypto)
+netblk_add_protocol(${CMAKE_CURRENT_LIST_DIR} LIBRARIES PkgConfig::LIBSSH OpenSSL::Crypto)

@@ -1,6 +1,6 @@
 // The SFTP version 3 subset netblk speaks (draft-ietf-secsh-filexfer-02, and OpenSSH's
 // fsync@openssh.com and limits@openssh.com extensions): requests encoded into bytes, and
-// the server's byte stream cut into replies. Pure: no sockets and no libssh2, so the
+// the server's byte stream cut into replies. Pure: no sockets and no SSH library, so the
 // driver and the fuzz target run the same code.
 //
 // Conventions: every integer is big-endian; a string is a uint32 length and its bytes.

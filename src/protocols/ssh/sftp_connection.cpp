@@ -1,5 +1,6 @@
 #include "protocols/ssh/sftp_connection.hpp"
 
+#include <poll.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -16,9 +17,14 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// libssh2 1.10 sends at most this much channel data per libssh2_channel_write call (one
-// SSH packet); smaller queued pieces are gathered up to it.
-constexpr std::size_t kPacketData = 32700;
+// Queued pieces smaller than this are gathered into one channel write (one SSH packet:
+// OpenSSH's sshd takes 32768 bytes of channel data per packet); larger ones are written
+// from the caller's buffer, and libssh cuts them into packets.
+constexpr std::size_t kPacketData = 32 * 1024 - 64;
+// libssh reads the socket 4 KiB at a time, and a read that ends inside an SSH packet hands
+// over nothing; a receive goes on while the socket has bytes, but not forever without a
+// whole packet.
+constexpr int kEmptyReads = 256;
 // Requests larger than this are not asked for, whatever the server allows.
 constexpr std::uint64_t kMaxRequest = 1u << 20;
 
@@ -32,6 +38,11 @@ std::uint32_t open_flags(OpenMode mode) {
       break;
   }
   return sftp::kOpenWrite | sftp::kOpenCreate | sftp::kOpenTruncate;
+}
+
+bool readable(int fd) {
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, 0) > 0 && p.revents != 0;
 }
 
 }  // namespace
@@ -68,7 +79,7 @@ Task<std::shared_ptr<Connection>> Connection::open(Executor ex, SshConfig config
   const std::string what = name + ": connecting";
   const auto wait = limit + std::chrono::seconds(2);
   std::shared_ptr<Session> session = co_await offload(std::move(setup), wait, what);
-  libssh2_session_set_blocking(session->session(), 0);
+  ssh_set_blocking(session->session(), 0);
   auto conn = std::make_shared<Connection>(ex, std::move(session), name, config.io_timeout);
   conn->start();
   std::exception_ptr failure;
@@ -237,12 +248,16 @@ void Connection::pump() {
   if (dead_) return;
   try {
     // Writes and reads feed each other (a window adjust read lets writes go on; a reply
-    // frees room): go round while either moves, but never start the other direction
-    // while one call has an outbound packet half sent.
+    // frees room): go round while either moves. Any libssh call may take packets off the
+    // socket into the channel's buffer, so a receive comes last: nothing is left there
+    // when the connection waits for its socket.
+    ssh_session s = session_->session();
     for (int round = 0; round < 64 && !dead_; ++round) {
       bool moved = false;
-      if (partial_ != Partial::receive) moved |= send();
-      if (partial_ != Partial::send && !dead_) moved |= receive();
+      if ((ssh_get_poll_flags(s) & SSH_WRITE_PENDING) && ssh_blocking_flush(s, 0) == SSH_ERROR)
+        throw Error(ECONNRESET, "sending failed: " + session_->last_error());
+      moved |= send();
+      if (!dead_) moved |= receive();
       if (!moved || !has_output()) break;
     }
   } catch (const Error& e) {
@@ -253,9 +268,11 @@ void Connection::pump() {
 }
 
 bool Connection::send() {
-  LIBSSH2_CHANNEL* ch = session_->channel();
+  ssh_channel ch = session_->channel();
   bool moved = false;
-  while (true) {
+  // With the server's window closed a write would only poll the socket; a window adjust
+  // comes in through receive().
+  while (ssh_channel_window_size(ch) > 0) {
     std::span<const std::byte> chunk;
     bool direct = false;
     if (stage_off_ < stage_.size()) {
@@ -266,7 +283,7 @@ bool Connection::send() {
       if (out_.empty()) break;
       const auto rest = out_.front().bytes().subspan(out_.front().done);
       if (rest.size() >= kPacketData) {
-        chunk = rest.first(kPacketData);  // large data goes out from the caller's buffer
+        chunk = rest;  // large data goes out from the caller's buffer
         direct = true;
       } else {
         while (!out_.empty() && stage_.size() < kPacketData) {
@@ -285,16 +302,11 @@ bool Connection::send() {
         chunk = stage_;
       }
     }
-    const ssize_t n = libssh2_channel_write(ch, reinterpret_cast<const char*>(chunk.data()), chunk.size());
-    if (n == LIBSSH2_ERROR_EAGAIN) {
-      // With an outbound packet half sent, only this call may go on (on writability);
-      // otherwise the server's window is full and a window adjust will come in.
-      const bool half_sent = libssh2_session_block_directions(session_->session()) & LIBSSH2_SESSION_BLOCK_OUTBOUND;
-      partial_ = half_sent ? Partial::send : Partial::none;
-      break;
-    }
+    // libssh copies what the window takes into packets of its own and queues what the
+    // socket does not take at once: the bytes are handed over.
+    const auto len = static_cast<std::uint32_t>(std::min<std::size_t>(chunk.size(), 1u << 30));
+    const int n = ssh_channel_write(ch, chunk.data(), len);
     if (n < 0) throw Error(ECONNRESET, "sending failed: " + session_->last_error());
-    partial_ = Partial::none;
     if (n == 0) break;
     moved = true;
     last_progress_ = Clock::now();
@@ -317,24 +329,21 @@ void Connection::handed_over(Segment& s) {
 }
 
 bool Connection::receive() {
-  LIBSSH2_CHANNEL* ch = session_->channel();
+  ssh_channel ch = session_->channel();
   bool moved = false;
   int empty = 0;
   while (!dead_) {
     const auto buf = reader_.buffer();
-    const ssize_t n = libssh2_channel_read(ch, reinterpret_cast<char*>(buf.data()), buf.size());
-    if (n == LIBSSH2_ERROR_EAGAIN) {
-      const bool half_sent = libssh2_session_block_directions(session_->session()) & LIBSSH2_SESSION_BLOCK_OUTBOUND;
-      partial_ = half_sent ? Partial::receive : Partial::none;
-      break;
-    }
-    if (n < 0) throw Error(ECONNRESET, "receiving failed: " + session_->last_error());
-    if (partial_ == Partial::receive) partial_ = Partial::none;
-    if (n == 0) {
-      if (libssh2_channel_eof(ch)) throw Error(ECONNRESET, "the server closed the SFTP channel");
-      if (++empty > 4) break;
+    const auto want = static_cast<std::uint32_t>(std::min<std::size_t>(buf.size(), 1u << 30));
+    const int n = ssh_channel_read_nonblocking(ch, buf.data(), want, 0);
+    if (n == SSH_EOF) throw Error(ECONNRESET, "the server closed the SFTP channel");
+    if (n < 0 && n != SSH_AGAIN) throw Error(ECONNRESET, "receiving failed: " + session_->last_error());
+    if (n <= 0) {
+      // Nothing whole yet: read on while the socket has more.
+      if (++empty > kEmptyReads || !readable(session_->fd())) break;
       continue;
     }
+    empty = 0;
     moved = true;
     last_progress_ = Clock::now();
     if (reader_.stored(static_cast<std::size_t>(n))) dispatch(reader_.reply());
@@ -397,9 +406,9 @@ void Connection::shutdown(const std::string& why) { die(why, false); }
 
 void Connection::rewatch() {
   if (dead_) return;
-  // A half-sent packet waits for writability alone: watching reads too would wake us,
-  // uselessly, for every byte that arrives meanwhile.
-  watcher_.watch(session_->fd(), partial_ == Partial::none ? FdEvents::read : FdEvents::write);
+  // Writability only while libssh has bytes the socket did not take.
+  const bool write = ssh_get_poll_flags(session_->session()) & SSH_WRITE_PENDING;
+  watcher_.watch(session_->fd(), write ? FdEvents::read_write : FdEvents::read);
 }
 
 Task<void> Connection::watchdog(std::shared_ptr<Connection> self) {

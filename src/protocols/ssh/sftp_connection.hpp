@@ -1,14 +1,10 @@
-// One SFTP session with one open remote file, over a libssh2 channel driven from the event
+// One SFTP session with one open remote file, over a libssh channel driven from the event
 // loop: requests are encoded by netblk's codec (sftp_codec), queued, and written to the
-// channel as libssh2 takes them; replies are cut from the channel's bytes and matched to
+// channel as its window allows; replies are cut from the channel's bytes and matched to
 // their requests by id, DATA straight into the reader's buffer. Any number of requests may
-// be in flight (the Client bounds them). Nothing here blocks: libssh2 runs in non-blocking
-// mode and the FdWatcher wakes the connection when its socket is ready.
-//
-// libssh2 1.10 keeps one half-sent packet per session and refuses (LIBSSH2_ERROR_BAD_USE)
-// a different one until it is finished, so when a channel write or read returns EAGAIN
-// with an outbound packet half sent, only that same call is repeated (on writability)
-// until it completes.
+// be in flight (the Client bounds them). Nothing here waits for the server: libssh runs in
+// non-blocking mode (it queues what the socket does not take at once and sends it when
+// the socket is writable) and the FdWatcher wakes the connection when its socket is ready.
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -54,7 +50,7 @@ struct Request {
 
   // The connection's bookkeeping.
   std::uint32_t id = 0;
-  unsigned unsent = 0;  // queued pieces not yet handed to libssh2
+  unsigned unsent = 0;  // queued pieces not yet handed to libssh
 
   // A read or write of `length` bytes at `offset`.
   void set_io(Kind k, std::uint64_t at, std::size_t bytes) {
@@ -106,8 +102,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
     Request* owner = nullptr;
     std::span<const std::byte> bytes() const { return owned.empty() ? view : std::span<const std::byte>(owned); }
   };
-  enum class Partial { none, send, receive };
-
   void start();
   Task<void> start_sftp(std::string path, OpenMode mode);
   // Submits and waits; throws Error(ECONNRESET) when the connection died first.
@@ -116,7 +110,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void enqueue(std::vector<std::byte> owned, std::span<const std::byte> view, Request* owner);
   void schedule_pump();
   void pump();
-  bool send();     // true when libssh2 took bytes
+  bool send();     // true when libssh took bytes
   bool receive();  // true when bytes came in
   void handed_over(Segment& s);
   void dispatch(const sftp::Reply& reply);
@@ -133,13 +127,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   sftp::ReplyReader reader_;
   std::deque<Segment> out_;
   // Small pieces gathered into one channel packet; bytes from stage_off_ on are not yet
-  // taken by libssh2.
+  // taken by libssh.
   std::vector<std::byte> stage_;
   std::size_t stage_off_ = 0;
   std::unordered_map<std::uint32_t, Request*> in_flight_;
   Request* init_ = nullptr;  // INIT awaiting VERSION (which has no id)
   std::uint32_t next_id_ = 1;
-  Partial partial_ = Partial::none;
   bool pump_posted_ = false;
   bool dead_ = false;
   std::string death_;

@@ -1,5 +1,5 @@
 // The SSH protocol driver: ssh://[USER@]HOST[:PORT]/PATH, or driver=ssh with QEMU's
-// options, over SFTP. SSH itself (key exchange, ciphers, host keys, agent) is libssh2's;
+// options, over SFTP. SSH itself (key exchange, ciphers, host keys, agent) is libssh's;
 // the SFTP requests are netblk's own (sftp_codec), many in flight, each as large as the
 // server allows (limits@openssh.com), on one channel driven from the event loop.
 //
@@ -198,7 +198,7 @@ class Client : public std::enable_shared_from_this<Client> {
 // may then block for a while (convert writes its target file from the loop) without the
 // connection stalling, and decryption overlaps the caller's work. Reading 256 MiB into a
 // file on disk took 1.33 s with the connection on the caller's loop and OpenSSH's sftp
-// 0.95 s (decisions.md, "SFTP on libssh2's channel").
+// 0.95 s (decisions.md, "SFTP on libssh's channel").
 class IoThread {
  public:
   IoThread()
@@ -241,7 +241,9 @@ class SshNode final : public Node {
     limits_.request_alignment = 1;
   }
   ~SshNode() override {
-    asio::post(io_->executor(), [client = client_] { client->shutdown(); });
+    // The client (its timers, its connection) is shut down and destroyed on its thread,
+    // before that thread's io_context goes: its timers must not outlive their service.
+    asio::post(io_->executor(), [client = std::move(client_)] { client->shutdown(); });
     io_.reset();  // runs the shutdown, then stops the thread
   }
 
@@ -366,6 +368,7 @@ class SshNode final : public Node {
 
 Task<std::unique_ptr<Node>> open_ssh(const OpenContext& ctx, spec::Options& o) {
   SshConfig config = config_from_options(o);
+  prepare_library();
   auto io = std::make_unique<IoThread>();
   auto client = std::make_shared<Client>(io->executor(), std::move(config),
                                          ctx.read_only ? OpenMode::read_only : OpenMode::read_write);
@@ -378,7 +381,7 @@ Task<std::unique_ptr<Node>> open_ssh(const OpenContext& ctx, spec::Options& o) {
     failure = std::current_exception();
   }
   if (failure) {
-    asio::post(io->executor(), [client] { client->shutdown(); });
+    asio::post(io->executor(), [client = std::move(client)] { client->shutdown(); });  // as ~SshNode
     io.reset();
     std::rethrow_exception(failure);
   }
@@ -389,6 +392,7 @@ Task<std::unique_ptr<Node>> open_ssh(const OpenContext& ctx, spec::Options& o) {
 // `netblk create` over SSH: creates (or truncates) the remote file and sets its size.
 Task<void> create_ssh(const OpenContext& ctx, spec::Options& o, std::uint64_t size) {
   SshConfig config = config_from_options(o);
+  prepare_library();
   const std::string name = display_name(config);
   std::shared_ptr<Connection> conn = co_await Connection::open(ctx.executor, config, name, OpenMode::create,
                                                                kAttemptLimit);
