@@ -10,19 +10,26 @@ jobs=$(nproc)
 
 scripts/install-deps.sh
 scripts/build.sh release
+
+# The sanitizer and fuzz builds compile while the integration tests run: those mostly wait
+# on servers and timers, not on the CPUs.
+background_log=$(mktemp)
+( nice -n 5 scripts/build.sh sanitize && nice -n 5 scripts/build.sh fuzz ) >"$background_log" 2>&1 &
+background=$!
+trap 'kill $background 2>/dev/null || true; rm -f "$background_log"' EXIT
+
 echo "== unit and integration tests"
-# Two at a time: most integration tests wait on servers and timers, not on the CPU (the
-# load test runs alone: RUN_SERIAL).
+# Two at a time (the load test and the guest boot run alone: RUN_SERIAL).
 ctest --test-dir build --output-on-failure --timeout 900 -j"$jobs"
 
-echo "== sanitizer build (GCC -O1, ASan + UBSan): unit tests and the NBD, HTTP and qcow2 integration tests"
-scripts/build.sh sanitize
+echo "== sanitizer build (GCC -O1, ASan + UBSan) and fuzz build (clang, ASan + libFuzzer)"
+wait $background || { tail -40 "$background_log"; exit 1; }
+echo "== sanitizer build: unit tests and the NBD, HTTP and qcow2 integration tests"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-sanitize --output-on-failure --timeout 900 -j"$jobs" \
   -R '^(unit|nbd_client|nbd_server|curl_http|qcow2)$'
 
-echo "== fuzz build (clang, ASan + libFuzzer): every target for ${FUZZ_SECONDS}s"
-scripts/build.sh fuzz
+echo "== fuzz targets: each for ${FUZZ_SECONDS}s"
 for fuzzer in build-fuzz/tests/fuzz/fuzz_*; do
   [ -x "$fuzzer" ] || continue
   name=$(basename "$fuzzer")
