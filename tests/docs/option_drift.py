@@ -15,7 +15,8 @@ of the page's OPTIONS section (or "; drift-test section: NAME") and CREATE OPTIO
 Other lines: "drivers: NAMES" (the drivers the page documents; "-" for the generic
 options), "alias: DRIVER=PREFIX" (keys a nested reader reports under its own name, such as
 the NBD server address, belong to PREFIX), "internal: KEYS" (keys a driver reads that users
-may not give). {dir} is a temporary directory with disk.raw and disk.qcow2; {new} a name
+may not give), "cli: yes" (the page of the command: every verb of `netblk --help` has a
+"## VERB" section and every flag of `netblk [VERB] --help` is in the page, in bold). {dir} is a temporary directory with disk.raw and disk.qcow2; {new} a name
 there for an image to create, different for every command.
 
 Usage: option_drift.py NETBLK MAN_DIR [PAGE.scd ...]
@@ -33,7 +34,7 @@ UNKNOWN = re.compile(r"does(n't| not) support the option|is unexpected|Invalid p
 
 
 def page_spec(path):
-    spec = {"drivers": set(), "aliases": {}, "internal": set(), "runs": [], "bases": [],
+    spec = {"cli": False, "text": open(path, encoding="utf-8").read(), "drivers": set(), "aliases": {}, "internal": set(), "runs": [], "bases": [],
             "create_bases": [], "section": "OPTIONS"}
     sections = {}
     current = None
@@ -57,6 +58,8 @@ def page_spec(path):
                 spec["create_bases"].append(value)
             elif what == "section":
                 spec["section"] = value
+            elif what == "cli":
+                spec["cli"] = True
             else:
                 raise SystemExit(f"{path}: unknown drift-test line: {line}")
             continue
@@ -123,12 +126,50 @@ def with_option(base, key):
     return ",".join(items + [f"{key}={value}"])
 
 
+def help_flags(netblk, args):
+    """The flags `netblk ARGS --help` lists (CLI11: "  -f,--format TEXT  ...")."""
+    text = subprocess.run([netblk] + args + ["--help"], capture_output=True, text=True).stdout
+    flags = set()
+    in_options = False
+    for line in text.splitlines():
+        if line.rstrip().endswith(":") and not line.startswith(" "):
+            in_options = line.startswith("Options")
+            continue
+        m = re.match(r"  (-[^ ]+)", line) if in_options else None
+        if m:
+            flags.update(f for f in m.group(1).split(",") if f.startswith("-"))
+    return text, flags
+
+
+def check_cli(netblk, spec, name):
+    """Every verb of `netblk --help` has a section, and every flag it lists is in the page."""
+    errors = []
+    text, flags = help_flags(netblk, [])
+    verbs = []
+    in_verbs = False
+    for line in text.splitlines():
+        if not line.startswith(" "):
+            in_verbs = line.startswith("Subcommands")
+        elif in_verbs and line.strip():
+            verbs.append(line.split()[0])
+    page = spec["text"]
+    for verb in verbs:
+        if f"## {verb}\n" not in page:
+            errors.append(f"{name}: verb '{verb}' has no '## {verb}' section")
+        _, verb_flags = help_flags(netblk, [verb])
+        flags |= verb_flags
+    for flag in sorted(flags):
+        if not re.search(r"\*" + re.escape(flag) + r"(\*|=)", page):
+            errors.append(f"{name}: flag '{flag}' (netblk --help) is not in the page")
+    return errors
+
+
 def check_page(netblk, path, tmp):
     spec = page_spec(path)
-    if not spec["drivers"]:
-        return []
     name = os.path.basename(path)
-    errors = []
+    errors = check_cli(netblk, spec, name) if spec["cli"] else []
+    if not spec["drivers"]:
+        return errors
     seen = set()
     # Every command at once: most of them wait for a connection to be refused (libcurl
     # retries for about 3 s), not for the CPU.
