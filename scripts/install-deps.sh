@@ -11,6 +11,9 @@ packages=(
   build-essential cmake ninja-build pkg-config clang libclang-rt-14-dev
   libasio-dev nlohmann-json3-dev libcli11-dev libgtest-dev libgmock-dev
   zlib1g-dev libzstd-dev libgnutls28-dev
+  # man pages (docs/man: scdoc turns them into roff; man-db reads them) and the .deb
+  # (scripts/package.sh: CPack runs dpkg-shlibdeps and file)
+  scdoc man-db dpkg-dev file
   # reference tools for the tests and benchmarks (qemu-nbd serves the NBD export tests too)
   qemu-utils qemu-block-extra nbdkit libnbd-bin fio ca-certificates iproute2 procps python3 bc
   # the guest that boots from a netblk export

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian 12 machine (as root): installs the packages,
 # builds, runs unit and integration tests (real servers on 127.0.0.1 and unix sockets
-# only), then the sanitizer build's unit tests and the NBD client/server, HTTP and qcow2
-# integration tests, and a short run of every fuzz target.
+# only) and a program built on the installed library (tests/consumer), then the sanitizer
+# build's unit tests and the NBD client/server, HTTP and qcow2 integration tests, and a
+# short run of every fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FUZZ_SECONDS=${FUZZ_SECONDS:-10}   # a short run each; scripts/fuzz.sh runs them for long
@@ -21,6 +22,9 @@ trap 'kill $background 2>/dev/null || true; rm -f "$background_log"' EXIT
 echo "== unit and integration tests"
 # Two at a time (the load test and the guest boot run alone: RUN_SERIAL).
 ctest --test-dir build --output-on-failure --timeout 900 -j"$jobs"
+
+echo "== the installed library: install into a temporary prefix, build tests/consumer against it, run it"
+tests/consumer/run.sh build
 
 echo "== sanitizer build (GCC -O1, ASan + UBSan) and fuzz build (clang, ASan + libFuzzer)"
 wait $background || { tail -40 "$background_log"; exit 1; }

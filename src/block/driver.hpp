@@ -48,6 +48,9 @@ struct ProtocolDriver {
   std::function<Task<std::unique_ptr<Node>>(const OpenContext&, spec::Options&)> open;
   // Creates (or truncates to `size`) the file named by `options`, for `create`. Optional.
   std::function<Task<void>(const OpenContext&, spec::Options&, std::uint64_t size)> create;
+  // The library the protocol is built on and its version ("libcurl 7.88.1"), for
+  // `netblk --version`. Optional: empty for protocols that are netblk's own.
+  std::function<std::string()> library_version = {};
 };
 
 struct CreateRequest {

@@ -1,11 +1,38 @@
 // netblk: open VM disk images over the network by QEMU's names; verbs as in qemu-img.
+#include <algorithm>
 #include <csignal>
 #include <iostream>
 
+#include "block/driver.hpp"
 #include "cli/verbs.hpp"
 #include "core/log.hpp"
 #include "spec/config_groups.hpp"
 #include "spec/tree.hpp"
+
+namespace {
+
+// `netblk --version`: the version, then the drivers compiled in, each protocol with the
+// library it is built on (as nbdkit --dump-config).
+std::string version_text() {
+  using namespace netblk;
+  std::string s = "netblk " NETBLK_VERSION;
+  std::vector<std::string> protocols = protocol_names();
+  std::sort(protocols.begin(), protocols.end());
+  for (const auto& name : protocols) {
+    const ProtocolDriver* d = find_protocol(name);
+    std::string line = "\nprotocol " + name;
+    if (d && d->library_version) line += std::string(line.size() < 18 ? 18 - line.size() : 1, ' ') + d->library_version();
+    s += line;
+  }
+  std::vector<std::string> others;
+  for (const auto& f : formats()) others.push_back("format   " + f.name);
+  for (const auto& f : filter_names()) others.push_back("filter   " + f);
+  std::sort(others.begin(), others.end());
+  for (const auto& line : others) s += "\n" + line;
+  return s;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace netblk;
@@ -18,7 +45,7 @@ int main(int argc, char** argv) {
   app.fallthrough();
   int verbosity = 0;
   app.add_flag("-v,--verbose", verbosity, "More log output (repeat for more); NETBLK_LOG=debug also works");
-  app.set_version_flag("-V,--version", "netblk 0.1.0");
+  app.set_version_flag("-V,--version", version_text, "Print the version and the drivers compiled in, then exit");
   // QEMU's -iscsi and -readconfig: option groups drivers look up when they open a drive.
   std::vector<std::string> iscsi_groups, config_files;
   app.add_option("--iscsi", iscsi_groups,

@@ -1,6 +1,9 @@
 #include "spec/options.hpp"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <string_view>
 
 #include "core/parse.hpp"
 #include "core/secrets.hpp"
@@ -16,12 +19,32 @@ Options::Options(Json tree, Kind kind, std::string driver, std::string prefix)
                             "' expects an object of options");
 }
 
+bool Options::listing_keys() {
+  static const bool on = [] {
+    const char* v = std::getenv("NETBLK_LIST_OPTIONS");
+    return v && *v && std::string_view(v) != "0";
+  }();
+  return on;
+}
+
+void Options::mark_used(const std::string& key) {
+  used_.insert(key);
+  if (!listing_keys()) return;
+  static constexpr const char* kKinds[] = {"protocol", "format", "filter", "object", "create"};
+  std::string driver = driver_.empty() ? "-" : driver_;
+  std::replace(driver.begin(), driver.end(), ' ', '_');  // "NBD server" (a nested address)
+  std::fprintf(stderr, "netblk-option %s %s %s%s\n", kKinds[static_cast<int>(kind_)], driver.c_str(),
+               prefix_.c_str(), key.c_str());
+}
+
+void Options::ignore(const std::string& key) { mark_used(key); }
+
 void Options::invalid(const std::string& key, const std::string& why) const {
   throw Error(EINVAL, "Parameter '" + prefix_ + key + "' " + why);
 }
 
 const Json* Options::find(const std::string& key) {
-  used_.insert(key);
+  mark_used(key);
   auto it = tree_.find(key);
   if (it == tree_.end()) return nullptr;
   if (it->is_object() || it->is_array()) invalid(key, "expects a value, not a group of options");
@@ -112,7 +135,7 @@ std::optional<Options::Secret> Options::secret(const std::string& key) {
 }
 
 Options Options::group(const std::string& key) {
-  used_.insert(key);
+  mark_used(key);
   auto it = tree_.find(key);
   Json sub = it == tree_.end() ? Json::object() : *it;
   if (!sub.is_object()) invalid(key, "expects a group of options");
@@ -120,7 +143,7 @@ Options Options::group(const std::string& key) {
 }
 
 std::optional<Json> Options::take(const std::string& key) {
-  used_.insert(key);
+  mark_used(key);
   auto it = tree_.find(key);
   if (it == tree_.end()) return std::nullopt;
   return *it;

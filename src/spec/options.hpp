@@ -50,16 +50,22 @@ class Options {
   // The raw subtree or value, if present.
   std::optional<Json> take(const std::string& key);
   // Marks a key as accepted and ignored.
-  void ignore(const std::string& key) { used_.insert(key); }
+  void ignore(const std::string& key);
 
   // Throws for the first key no getter asked for.
   void finish() const;
+
+  // With NETBLK_LIST_OPTIONS=1 in the environment, every key a getter (or group, take,
+  // ignore) is asked for is written to stderr as one line, "netblk-option KIND DRIVER KEY"
+  // (KEY with its group prefix). tests/docs/option_drift.py compares them with the man pages.
+  static bool listing_keys();
 
   // "Parameter 'X' ..." style error naming the (prefixed) key.
   [[noreturn]] void invalid(const std::string& key, const std::string& why) const;
 
  private:
   const Json* find(const std::string& key);
+  void mark_used(const std::string& key);
   Json tree_;
   Kind kind_;
   std::string driver_;

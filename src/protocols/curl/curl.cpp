@@ -412,6 +412,7 @@ ProtocolDriver make_driver(const std::string& name) {
       .parse_filename = parse_curl_filename,
       .open = [name](const OpenContext& ctx, spec::Options& o) { return open_curl(ctx, o, name); },
       .create = nullptr,
+      .library_version = [] { return std::string("libcurl ") + curl_version_info(CURLVERSION_NOW)->version; },
   };
 }
 

@@ -371,6 +371,7 @@ const DriverRegistration kIscsi{ProtocolDriver{
     .parse_filename = parse_filename,
     .open = open_iscsi,
     .create = {},
+    .library_version = [] { return std::string("libiscsi " NETBLK_LIBISCSI_VERSION); },  // no runtime call
 }};
 
 }  // namespace

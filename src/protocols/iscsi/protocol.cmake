@@ -5,3 +5,6 @@ if(NOT ISCSI_FOUND)
   return()
 endif()
 netblk_add_protocol(${CMAKE_CURRENT_LIST_DIR} LIBRARIES PkgConfig::ISCSI)
+# libiscsi has no call that returns its version: `netblk --version` shows the one built against.
+set_property(SOURCE ${CMAKE_CURRENT_LIST_DIR}/iscsi.cpp APPEND PROPERTY
+             COMPILE_DEFINITIONS NETBLK_LIBISCSI_VERSION="${ISCSI_VERSION}")

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include <asio/executor_work_guard.hpp>
+#include <gnutls/gnutls.h>
 
 #include "block/driver.hpp"
 #include "core/backoff.hpp"
@@ -640,6 +641,7 @@ const DriverRegistration kNbd{ProtocolDriver{
     .parse_filename = parse_filename,
     .open = open_nbd,
     .create = {},
+    .library_version = [] { return std::string("netblk's own client, GnuTLS ") + gnutls_check_version(nullptr); },
 }};
 
 }  // namespace

@@ -12,6 +12,7 @@
 
 #include <asio/executor_work_guard.hpp>
 #include <asio/post.hpp>
+#include <libssh2.h>
 
 #include "block/driver.hpp"
 #include "core/backoff.hpp"
@@ -412,6 +413,7 @@ const DriverRegistration kSsh{ProtocolDriver{
     .parse_filename = parse_filename,
     .open = open_ssh,
     .create = create_ssh,
+    .library_version = [] { return std::string("libssh2 ") + libssh2_version(0); },
 }};
 
 }  // namespace
