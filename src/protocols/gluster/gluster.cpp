@@ -612,6 +612,7 @@ const DriverRegistration kGluster{ProtocolDriver{
     .parse_filename = parse_filename,
     .open = open_gluster,
     .create = create_gluster,
+    .library_version = [] { return std::string("libgfapi (glusterfs-api) " NETBLK_GFAPI_VERSION); },  // no runtime call
 }};
 
 }  // namespace

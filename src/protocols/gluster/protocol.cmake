@@ -5,3 +5,6 @@ if(NOT GFAPI_FOUND)
   return()
 endif()
 netblk_add_protocol(${CMAKE_CURRENT_LIST_DIR} LIBRARIES PkgConfig::GFAPI)
+# libgfapi has no call that returns its version: `netblk --version` shows the one built against.
+set_property(SOURCE ${CMAKE_CURRENT_LIST_DIR}/gluster.cpp APPEND PROPERTY
+             COMPILE_DEFINITIONS NETBLK_GFAPI_VERSION="${GFAPI_VERSION}")

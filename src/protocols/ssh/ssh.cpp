@@ -12,7 +12,7 @@
 
 #include <asio/executor_work_guard.hpp>
 #include <asio/post.hpp>
-#include <libssh2.h>
+#include <libssh/libssh.h>
 
 #include "block/driver.hpp"
 #include "core/backoff.hpp"
@@ -413,7 +413,7 @@ const DriverRegistration kSsh{ProtocolDriver{
     .parse_filename = parse_filename,
     .open = open_ssh,
     .create = create_ssh,
-    .library_version = [] { return std::string("libssh2 ") + libssh2_version(0); },
+    .library_version = [] { return std::string("libssh ") + ssh_version(0); },
 }};
 
 }  // namespace
