@@ -174,6 +174,16 @@ std::string psk_key(const Creds& creds, const std::string& user, const std::stri
 // ---------------------------------------------------------------------------------------
 
 ServerCredentials::ServerCredentials(const Creds& creds) : creds_(creds) {
+  // A constructor that throws runs no destructor: what load() allocated goes here.
+  try {
+    load(creds);
+  } catch (...) {
+    release();
+    throw;
+  }
+}
+
+void ServerCredentials::load(const Creds& creds) {
   namespace fs = std::filesystem;
   const std::string what = "TLS credentials '" + creds.id + "'";
   if (creds.endpoint != "server") throw Error(EINVAL, "Expecting TLS credentials with a server endpoint");
@@ -202,9 +212,13 @@ ServerCredentials::ServerCredentials(const Creds& creds) : creds_(creds) {
   }
 }
 
-ServerCredentials::~ServerCredentials() {
+ServerCredentials::~ServerCredentials() { release(); }
+
+void ServerCredentials::release() noexcept {
   if (cert_) gnutls_certificate_free_credentials(cert_);
   if (psk_) gnutls_psk_free_server_credentials(psk_);
+  cert_ = nullptr;
+  psk_ = nullptr;
 }
 
 void ServerCredentials::apply(Session& session) const {

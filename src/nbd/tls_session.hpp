@@ -80,6 +80,8 @@ class ServerCredentials {
   void check_client(const Session& session) const;
 
  private:
+  void load(const Creds& creds);
+  void release() noexcept;
   Creds creds_;
   gnutls_certificate_credentials_t cert_ = nullptr;
   gnutls_psk_server_credentials_t psk_ = nullptr;
