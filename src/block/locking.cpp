@@ -59,25 +59,26 @@ const char* perm_name(int bit) {
   return names[bit];
 }
 
-// A shared (read) lock on one byte, or its release.
-int lock_byte(int fd, off_t offset, short type) {
+// The lock description of one byte.
+struct flock byte_at(off_t offset, short type) {
   struct flock fl;
   std::memset(&fl, 0, sizeof fl);
   fl.l_type = type;
   fl.l_whence = SEEK_SET;
   fl.l_start = offset;
   fl.l_len = 1;
+  return fl;
+}
+
+// A shared (read) lock on one byte, or its release.
+int lock_byte(int fd, off_t offset, short type) {
+  struct flock fl = byte_at(offset, type);
   return fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : errno;
 }
 
 // 0 when no other open file holds a lock on the byte, EAGAIN when one does, else errno.
 int test_byte(int fd, off_t offset) {
-  struct flock fl;
-  std::memset(&fl, 0, sizeof fl);
-  fl.l_type = F_WRLCK;
-  fl.l_whence = SEEK_SET;
-  fl.l_start = offset;
-  fl.l_len = 1;
+  struct flock fl = byte_at(offset, F_WRLCK);
   if (fcntl(fd, F_OFD_GETLK, &fl) != 0) return errno;
   return fl.l_type == F_UNLCK ? 0 : EAGAIN;
 }
