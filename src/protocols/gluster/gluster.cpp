@@ -441,13 +441,17 @@ class GlusterNode final : public Node {
     // waits for them (write-behind must, for the size it returns).
     const bool drain = written_ != drained_;
     const std::uint64_t covers = written_;
-    auto seek = [fd, at, drain]() {
+    auto seek = [fd, at, drain, seeking = seeking_]() {
       Seek s;
       struct stat st {};
       if (drain && glfs_fstat(fd, &st) != 0) {
         s.drain_err = errno ? errno : EIO;
         return s;
       }
+      // glfs_lseek returns the file's offset after the call rather than the call's result:
+      // two seeks on one file at once may each get the other's answer (a hole where data
+      // is, and a copy with zeroes in its place).
+      std::lock_guard one_at_a_time(*seeking);
       errno = 0;
       s.data = glfs_lseek(fd, at, SEEK_DATA);
       s.data_err = errno;
@@ -539,6 +543,8 @@ class GlusterNode final : public Node {
   std::uint64_t synced_ = 0;
   // How many of them the brick is known to have (an fsync or fstat waited for them).
   std::uint64_t drained_ = 0;
+  // Held by each SEEK_DATA/SEEK_HOLE pair (on a pool thread, which may outlive the node).
+  std::shared_ptr<std::mutex> seeking_ = std::make_shared<std::mutex>();
   bool zerofill_works_ = true;
   bool discard_works_ = true;
 };
