@@ -30,7 +30,7 @@ exec 9>/run/lock/netblk-glusterd.lock
 flock -w 600 9 || { echo "another glusterd instance holds /run/lock/netblk-glusterd.lock"; exit 1; }
 if ss -Hltn "sport = :24007" | grep -q .; then echo "port 24007 is taken: $(ss -Hltnp 'sport = :24007')"; exit 1; fi
 
-bench_workdir gluster "${BENCH_DIR:-/var/tmp}"
+bench_workdir gluster
 # glusterd's brick daemons detach from it: stop them by the PIDs in their pid files (and
 # remove their sockets), then glusterd.
 stop_gluster() {
