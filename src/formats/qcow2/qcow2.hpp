@@ -9,6 +9,7 @@
 // cluster with refcount 0 (leaks are possible, corruptions are not); data acknowledged by
 // a flush survives. Guest data is written before the L2 entry that points at it changes.
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -45,7 +46,9 @@ class Qcow2Node final : public Node {
   std::string_view driver() const override { return "qcow2"; }
   Json options() const override;
   ImageInfo image_info() const override;
-  bool has_zero_init() const override { return !backing_; }
+  bool has_zero_init() const override { return !has_backing_; }
+  bool has_backing() const override { return has_backing_; }
+  Task<Node*> open_backing() override;
   const Header& header() const { return h_; }
 
   bool supports_check() const override { return true; }
@@ -117,6 +120,15 @@ class Qcow2Node final : public Node {
   bool ext_l2_;
   Json backing_option_;  // "backing" as given at open (absent: null)
   bool backing_given_ = false;
+  // The backing file, opened by open_backing() (at once when it is a local file).
+  bool has_backing_ = false;
+  OpenContext backing_ctx_;
+  Json backing_options_;
+  std::string backing_name_;
+  AsyncSemaphore backing_opening_;  // one opener at a time
+  bool backing_failed_ = false;  // the last attempt failed, at backing_failed_at_
+  std::chrono::steady_clock::time_point backing_failed_at_;
+  Error backing_error_{0, ""};
 
   std::vector<std::uint64_t> l1_;
   bool l1_dirty_ = false;
