@@ -529,10 +529,55 @@ Task<void> Qcow2Node::co_write(std::uint64_t offset, std::span<const std::byte> 
 }
 
 Task<void> Qcow2Node::write_in_l2(std::uint64_t offset, std::span<const std::byte> data, unsigned flags) {
-  const std::uint64_t end = offset + data.size();
-  const std::uint64_t first = offset >> cb_, last = (end - 1) >> cb_;
+  const std::uint64_t first = offset >> cb_, last = (offset + data.size() - 1) >> cb_;
   auto held = co_await cluster_locks_.acquire(first, last + 1, true);
   const RangeLocks::Guard range(cluster_locks_, held);
+  co_await write_in_l2_locked(offset, data, flags);
+}
+
+Task<std::uint64_t> Qcow2Node::fill_unallocated(std::uint64_t offset, std::span<const std::byte> data) {
+  if (caps_.read_only) throw Error(EPERM, name() + ": the image is read-only");
+  const unsigned cover_bits = cb_ + l2_bits_;
+  const std::uint64_t index_mask = (std::uint64_t{1} << l2_bits_) - 1;
+  // Zero clusters need v3; with subclusters the plain write path keeps the bitmaps right.
+  const bool zero_clusters = h_.version >= 3 && !ext_l2_;
+  std::uint64_t written = 0;
+  while (!data.empty()) {
+    const std::uint64_t table_end = ((offset >> cover_bits) + 1) << cover_bits;
+    const std::uint64_t n = std::min<std::uint64_t>(data.size(), table_end - offset);
+    const std::uint64_t first = offset >> cb_, last = (offset + n - 1) >> cb_;
+    // What is unallocated is decided under the clusters' lock, which every writer holds:
+    // a cluster a guest wrote meanwhile is left alone.
+    auto held = co_await cluster_locks_.acquire(first, last + 1, true);
+    const RangeLocks::Guard range(cluster_locks_, held);
+    for (std::uint64_t pos = offset; pos < offset + n;) {
+      Extent x = co_await map_range(pos, offset + n - pos);
+      if (x.kind == Kind::unallocated) {
+        const auto piece = data.subspan(pos - offset, x.length);
+        const bool whole = (pos & (cs_ - 1)) == 0 && ((pos + x.length) & (cs_ - 1)) == 0;
+        if (zero_clusters && whole && is_zero(piece)) {
+          auto t = co_await l2_for_write(pos >> cover_bits);
+          Pin pin(t);
+          co_await meta_.acquire();
+          const AsyncSemaphore::Permit lock(meta_);
+          for (std::uint64_t gc = pos >> cb_; gc < (pos + x.length) >> cb_; ++gc) t->e[gc & index_mask] = kOflagZero;
+          t->dirty = true;
+        } else {
+          co_await write_in_l2_locked(pos, piece, 0);
+        }
+        written += x.length;
+      }
+      pos += x.length;
+    }
+    offset += n;
+    data = data.subspan(n);
+  }
+  co_return written;
+}
+
+Task<void> Qcow2Node::write_in_l2_locked(std::uint64_t offset, std::span<const std::byte> data, unsigned flags) {
+  const std::uint64_t end = offset + data.size();
+  const std::uint64_t first = offset >> cb_, last = (end - 1) >> cb_;
   auto t = co_await l2_for_write(offset >> (cb_ + l2_bits_));
   Pin pin(t);
   const std::uint64_t index_mask = (std::uint64_t{1} << l2_bits_) - 1;
@@ -905,6 +950,34 @@ Task<void> Qcow2Node::grow_reftable(std::uint64_t min_entries) {
   reftable_dirty_ = true;
   reftable_moved_ = true;
   for (std::uint64_t i = 0; i < clusters; ++i) co_await update_refcount(c + i, +1);
+}
+
+Task<void> Qcow2Node::drop_backing_reference() {
+  if (caps_.read_only) throw Error(EPERM, name() + ": the image is read-only");
+  co_await co_flush();  // every cluster the image now holds is durable first
+  Buffer head(cs_);
+  co_await file_->read(0, head.span());
+  std::byte* p = head.data();
+  // The header extensions are kept as they are, but for the backing format.
+  const std::uint64_t start = h_.header_length;
+  std::vector<std::byte> kept;
+  for (std::uint64_t pos = start; pos + 8 <= cs_;) {
+    const std::uint32_t type = load_be32(p + pos);
+    const std::uint64_t padded = (std::uint64_t{load_be32(p + pos + 4)} + 7) & ~std::uint64_t{7};
+    if (type == kExtEnd) break;
+    if (pos + 8 + padded > cs_) throw Error(EIO, name() + ": header extension beyond the header cluster");
+    if (type != kExtBackingFormat) kept.insert(kept.end(), p + pos, p + pos + 8 + padded);
+    pos += 8 + padded;
+  }
+  std::memset(p + start, 0, cs_ - start);
+  std::memcpy(p + start, kept.data(), kept.size());  // the zeroes after it are the end marker
+  store_be64(p + 8, 0);   // backing_file_offset
+  store_be32(p + 16, 0);  // backing_file_size
+  co_await write_header_field(0, head.span());
+  h_.backing_file.clear();
+  h_.backing_format.clear();
+  h_.backing_file_offset = 0;
+  h_.backing_file_size = 0;
 }
 
 Task<void> Qcow2Node::write_header_field(std::uint64_t offset, std::span<const std::byte> bytes) {

@@ -51,6 +51,15 @@ class Qcow2Node final : public Node {
   Task<Node*> open_backing() override;
   const Header& header() const { return h_; }
 
+  // Writes `data`, read from the backing chain at `offset`, into those parts of
+  // [offset, offset + data.size()) that are still unallocated here (QEMU's block-stream and
+  // copy-on-read rule); what a writer put there meanwhile stays. All-zero whole clusters
+  // become zero clusters. Returns how many bytes it wrote.
+  Task<std::uint64_t> fill_unallocated(std::uint64_t offset, std::span<const std::byte> data);
+  // Clears the backing file reference in the header (and the backing format extension), so
+  // the image stands alone; the caller made sure it holds every cluster.
+  Task<void> drop_backing_reference();
+
   bool supports_check() const override { return true; }
   Task<CheckResult> check(unsigned fix) override;
 
@@ -87,6 +96,8 @@ class Qcow2Node final : public Node {
 
   // Writing helpers.
   Task<void> write_in_l2(std::uint64_t offset, std::span<const std::byte> data, unsigned flags);
+  // The same with the clusters' lock held by the caller.
+  Task<void> write_in_l2_locked(std::uint64_t offset, std::span<const std::byte> data, unsigned flags);
   Task<void> zero_or_discard(std::uint64_t first_cluster, std::uint64_t count, bool discard, unsigned flags);
   void release_entry(std::uint64_t l2_entry);  // queues the clusters an old entry used
 
