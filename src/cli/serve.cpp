@@ -115,13 +115,12 @@ class GuestActivity final : public FilterNode {
   AsyncCondition changed_;
 };
 
-// serve --pull: the overlay's pull, beside the guest and behind it (fewer, smaller
-// requests, each waiting for the guest to be idle). It ends by itself when complete, or
+// serve --pull: the overlay's pull, beside the guest and behind it (two requests at a
+// time, each waiting for the guest to be idle). It ends by itself when complete, or
 // when stop() makes its next wait throw; `done` is set either way.
 Task<void> pull_in_background(GuestActivity& guest, qcow2::Qcow2Node& overlay, AsyncEvent& done) {
   qcow2::PullOptions options;
   options.requests = 2;
-  options.piece = 1u << 20;
   options.wait_turn = [&guest]() { return guest.wait_until_idle(); };
   try {
     const qcow2::PullResult r = co_await qcow2::pull(overlay, options);

@@ -43,7 +43,6 @@ struct Pull {
   std::vector<Piece> pieces;
   std::size_t next = 0;
   std::uint64_t done = 0;  // bytes allocated in the overlay, for progress
-  std::uint64_t since_flush = 0;
   bool failed = false;
   PullResult result;
 
@@ -70,10 +69,41 @@ struct Pull {
     }
   }
 
+  // Bytes written into the overlay whose L2 entries are not yet on disk: what a kill now
+  // would make the next run fetch again (with the pieces in flight). Workers wait while it
+  // is twice flush_every, so a slow flush holds the fetching back instead of letting it
+  // run ahead of what is recorded.
+  std::uint64_t unrecorded = 0;
+  std::uint64_t unflushed = 0;  // of those, not yet in a flush under way
+  bool flushing = false;
+  AsyncCondition recorded;
+
+  Task<void> record(std::uint64_t bytes) {
+    unrecorded += bytes;
+    unflushed += bytes;
+    while (unflushed >= options.flush_every && !flushing) {
+      // One flush at a time; the other workers go on meanwhile.
+      const std::uint64_t covered = unflushed;
+      unflushed = 0;
+      flushing = true;
+      try {
+        co_await overlay.flush();
+      } catch (...) {
+        flushing = false;
+        recorded.notify_all();
+        throw;
+      }
+      flushing = false;
+      unrecorded -= covered;
+      recorded.notify_all();
+    }
+  }
+
   Task<void> worker() {
     Buffer buf(options.piece);
     while (!failed && next < pieces.size()) {
       if (options.wait_turn) co_await options.wait_turn();
+      while (!failed && unrecorded >= 2 * options.flush_every) co_await recorded.wait();
       if (failed || next >= pieces.size()) break;
       const Piece p = pieces[next++];
       // A writer (the guest, or its copy-on-read) may have filled it meanwhile.
@@ -83,11 +113,7 @@ struct Pull {
         const auto data = buf.span().first(p.length);
         co_await read_chain(*backing, p.offset, data);
         result.written += co_await overlay.fill_unallocated(p.offset, data);
-        since_flush += p.length;
-        if (since_flush >= options.flush_every) {
-          since_flush = 0;
-          co_await overlay.flush();
-        }
+        co_await record(p.length);
       }
       done += p.length;
       if (options.progress) options.progress(done, overlay.size());
@@ -118,14 +144,18 @@ Task<PullResult> pull(Qcow2Node& overlay, const PullOptions& options) {
   const std::uint64_t cluster = overlay.image_info().cluster_size;
   PullOptions opts = options;
   opts.piece = std::max(cluster, opts.piece / cluster * cluster);
-  Pull pull{overlay, opts, {}, 0, 0, 0, false, {}};
+  Executor ex = co_await asio::this_coro::executor;
+  Pull pull{overlay, opts, {}, 0, 0, false, {}, 0, 0, false, AsyncCondition(ex)};
   pull.pieces = co_await missing_pieces(overlay, opts.piece);
   std::uint64_t missing = 0;
   for (const Piece& p : pull.pieces) missing += p.length;
   pull.done = overlay.size() - missing;
   if (opts.progress) opts.progress(pull.done, overlay.size());
   auto work = [&pull] { return pull.worker(); };
-  auto stop = [&pull] { pull.failed = true; };
+  auto stop = [&pull] {
+    pull.failed = true;
+    pull.recorded.notify_all();
+  };
   co_await run_concurrently(std::max(1u, opts.requests), work, stop);
   co_await overlay.flush();
   co_return pull.result;
