@@ -97,9 +97,11 @@ TEST(Pull, LazyBackingWithTheServerGone) {
 
 // netblk pull killed (SIGKILL) at random moments and run again: the overlay stays a sound
 // image, ends identical to the web server's, and the bytes fetched in all stay within 1.1x
-// the image. NETBLK_PULL_KILLS sets how many kills (5 by default).
+// the image. NETBLK_PULL_KILLS sets how many kills (5 by default), NETBLK_PULL_MIB the
+// image's size (512).
 TEST(Pull, KilledAtRandomAndRunAgain) {
-  constexpr std::uint64_t kSize = 512 << 20;
+  const char* mib = std::getenv("NETBLK_PULL_MIB");
+  const std::uint64_t kSize = std::uint64_t(mib ? std::atoi(mib) : 512) << 20;
   Fixture f(kSize);
   const char* env = std::getenv("NETBLK_PULL_KILLS");
   const int kills = env ? std::atoi(env) : 5;
