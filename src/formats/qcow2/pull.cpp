@@ -87,6 +87,10 @@ struct Pull {
       unflushed = 0;
       flushing = true;
       try {
+        // The data first, without the driver's metadata lock: the flush's own sync before
+        // it writes the L2 tables (under that lock, which allocations wait for) then has
+        // little left to write.
+        co_await overlay.file()->flush();
         co_await overlay.flush();
       } catch (...) {
         flushing = false;
