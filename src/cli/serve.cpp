@@ -185,14 +185,20 @@ Task<int> serve(const ServeArgs& args) {
       auto pulling = [guest, overlay, &pull_done]() { return pull_in_background(*guest, *overlay, pull_done); };
       asio::co_spawn(ex, pulling, asio::detached);
     }
-    co_await server.run();
+    std::exception_ptr failed;
+    try {
+      co_await server.run();
+    } catch (...) {
+      failed = std::current_exception();
+    }
     std::error_code ignored;
     signals.cancel(ignored);
-  }
-  if (guest) {
-    // The pieces in flight land before the image is closed.
-    guest->stop();
-    co_await pull_done.wait();
+    if (guest) {
+      // The pull's pieces in flight land before the server and the image go.
+      guest->stop();
+      co_await pull_done.wait();
+    }
+    if (failed) std::rethrow_exception(failed);
   }
   try {
     co_await node->close();
