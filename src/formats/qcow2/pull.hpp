@@ -21,9 +21,8 @@ struct PullOptions {
   unsigned requests = 8;                   // pieces in flight (-m)
   // A pull killed at a random moment fetches again what was in flight (requests * piece)
   // and what was written but not yet recorded (below 2 * flush_every, as the workers wait
-  // there for the flush). With these, 20 kills during a 512 MiB pull over loopback cost
-  // 1.09x the image in all; 512 KiB pieces and 4 MiB flushes cost 1.29x and were no
-  // faster into a file on disk (1 GiB: 2-3 s either way, noise ruling).
+  // there for the flush): small pieces and frequent flushes bound that refetch
+  // (docs/decisions.md, "What a killed pull fetches again").
   std::uint64_t piece = 256u << 10;        // bytes per request, rounded to whole clusters
   std::uint64_t flush_every = 2u << 20;    // metadata written back after this many bytes
   // Called as bytes land: (bytes allocated now, image size).
