@@ -534,3 +534,59 @@ TEST(RbdFaults, OsdStoppedInACopyThenMonitorStopped) {
   EXPECT_LT(took, 3.0 + 5.0 + 1.0);
   std::cout << "[ rbd      ] info with the monitor stopped (timeout=3): failed in " << took << " s\n";
 }
+
+// ---------------------------------------------------------------------------------------
+// Formats over RBD
+
+// A qcow2 overlay on local disk backed by an RBD image, exported by serve with
+// copy-on-read: the bytes are the image's, everything read lands in the overlay, and a
+// write through the export stays there.
+TEST(Rbd, LocalOverlayWithCopyOnReadThroughServe) {
+  auto& s = shared<Plain>();
+  TempDir d;
+  const std::string overlay = d / "overlay.qcow2";
+  expect_ok(run_netblk({"create", "-f", "qcow2", "-b", s.name("disk"), "-F", "raw", overlay}, 30s), "create overlay");
+  auto info = run_netblk({"info", "--output=json", overlay}, 30s);
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_EQ(json::parse(info.out).value("backing-filename", ""), s.name("disk"));
+  {
+    NetblkServe server({.args = {"-t", "--drive", "file=" + overlay + ",format=qcow2,copy-on-read=on"}});
+    expect_ok(run_netblk({"compare", "-f", "raw", "-F", "raw", server.url(), s.disk()}, 60s), "compare via serve");
+    write_pattern_file(d / "patch.img", kMiB, 99);
+    expect_ok(run_netblk({"convert", "-n", "-f", "raw", "-O", "raw", d / "patch.img", server.url()}, 60s),
+              "write via serve");
+  }
+  // Every byte of the disk is in the overlay now (qemu-img's map: depth 0 only).
+  auto map = run({"qemu-img", "map", "--output=json", overlay}, 60s);
+  ASSERT_EQ(map.exit_code, 0) << map.err;
+  std::uint64_t top = 0;
+  for (const auto& e : json::parse(map.out))
+    if (e["depth"] == 0 && e["data"].get<bool>()) top += e["length"].get<std::uint64_t>();
+  EXPECT_EQ(top, kDiskSize) << map.out;
+  // The RBD image is unchanged.
+  s.ceph.tool({"rbd", "export", "rbd/disk", d / "exported.raw"});
+  EXPECT_EQ(file_hash(d / "exported.raw"), file_hash(s.disk()));
+}
+
+// A qcow2 image inside an RBD image: written by convert (the image grows as qcow2 does),
+// read back, and qemu-img check passes.
+TEST(Rbd, Qcow2InsideAnRbdImage) {
+  auto& s = shared<Plain>();
+  TempDir t;
+  write_pattern_file(t / "src.img", 40 * kMiB + 4096, 8);
+  expect_ok(run_netblk({"convert", "-O", "qcow2", t / "src.img", s.name("q2")}, 60s), "convert to qcow2 on rbd");
+  auto info = run_netblk({"info", "--output=json", s.name("q2")}, 30s);
+  ASSERT_EQ(info.exit_code, 0) << info.err;
+  EXPECT_EQ(json::parse(info.out)["format"], "qcow2");
+  EXPECT_EQ(json::parse(info.out)["virtual-size"], 40 * kMiB + 4096);
+  expect_ok(run_netblk({"convert", "-O", "raw", s.name("q2"), t / "back.raw"}, 60s), "read qcow2");
+  EXPECT_EQ(file_hash(t / "back.raw"), file_hash(t / "src.img"));
+  expect_ok(run_netblk({"check", s.name("q2")}, 30s), "netblk check");
+  auto q = run({"qemu-img", "check", s.name("q2")}, 60s);
+  EXPECT_EQ(q.exit_code, 0) << q.out << q.err;
+  EXPECT_NE(q.out.find("No errors were found on the image."), std::string::npos) << q.out;
+  // And an empty one made by create.
+  expect_ok(run_netblk({"create", "-f", "qcow2", s.name("q2empty"), "1G"}, 30s), "create qcow2 on rbd");
+  auto q2 = run({"qemu-img", "check", s.name("q2empty")}, 60s);
+  EXPECT_EQ(q2.exit_code, 0) << q2.out << q2.err;
+}

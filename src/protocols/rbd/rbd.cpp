@@ -32,6 +32,7 @@
 #include "core/deadline.hpp"
 #include "core/fd_watcher.hpp"
 #include "core/log.hpp"
+#include "netblk/range_lock.hpp"
 #include "protocols/rbd/rbd_config.hpp"
 
 namespace netblk::rbd {
@@ -45,6 +46,9 @@ constexpr std::uint64_t kMaxTransfer = 32u << 20;
 constexpr std::uint64_t kMaxStatus = 1ull << 30;
 // A blocking call's deadline beyond the timeout librados was given.
 constexpr std::chrono::seconds kGrace = 5s;
+// A write past the end resizes the image to the next multiple of this (a qcow2 image
+// inside an RBD image grows a cluster at a time; one resize each would be slow).
+constexpr std::uint64_t kGrowStep = 16u << 20;
 // rbd_diff_iterate2's callback stops the walk with this.
 constexpr int kStopWalk = -9000;
 
@@ -310,6 +314,8 @@ class RbdNode final : public Node {
     caps_.can_zero = !ro;
     caps_.can_discard = !ro;
     caps_.has_block_status = f.diff;
+    caps_.can_grow = !ro;  // by rbd_resize: a qcow2 image inside an RBD image grows as it is written
+    image_size_ = f.size;
     watcher_.watch(efd_, FdEvents::read);
   }
 
@@ -338,6 +344,7 @@ class RbdNode final : public Node {
   }
 
   Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned) override {
+    if (offset + buf.size() > image_size_) co_await grow(offset + buf.size());
     rbd_image_t image = image_;
     auto submit = [image, offset, buf](rbd_completion_t c) {
       return rbd_aio_write(image, offset, buf.size(), reinterpret_cast<const char*>(buf.data()), c);
@@ -349,6 +356,7 @@ class RbdNode final : public Node {
   Task<void> co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags) override {
     // librbd writes the zeroes of partial objects: not offered as fast.
     if (flags & kZeroFast) throw Error(ENOTSUP, name_ + ": no fast zeroing");
+    if (offset + length > image_size_) co_await grow(offset + length);
     rbd_image_t image = image_;
     auto submit = [image, offset, length](rbd_completion_t c) {
       return rbd_aio_write_zeroes(image, offset, length, c, 0, 0);
@@ -358,6 +366,8 @@ class RbdNode final : public Node {
   }
 
   Task<void> co_discard(std::uint64_t offset, std::uint64_t length, unsigned) override {
+    if (offset >= image_size_) co_return;
+    length = std::min(length, image_size_ - offset);
     rbd_image_t image = image_;
     auto submit = [image, offset, length](rbd_completion_t c) { return rbd_aio_discard(image, offset, length, c); };
     const ssize_t r = co_await rbd_async(std::move(submit));
@@ -432,6 +442,21 @@ class RbdNode final : public Node {
   }
 
  private:
+  // The image made at least `end` bytes long, one resize at a time (a smaller one finishing
+  // last would cut off what a larger one made room for).
+  Task<void> grow(std::uint64_t end) {
+    auto held = co_await growing_.acquire(0, 1, true);
+    const RangeLocks::Guard guard(growing_, held);
+    if (end <= image_size_) co_return;
+    const std::uint64_t to = (end + kGrowStep - 1) / kGrowStep * kGrowStep;
+    rbd_image_t image = image_;
+    auto work = [image, to]() { return rbd_resize(image, to); };
+    const std::string what = name_ + ": resize";
+    const int r = co_await offload(std::move(work), config_.timeout + kGrace, what);
+    if (r < 0) throw Error(-r, name_ + ": resizing the image to " + std::to_string(to) + " bytes failed: " + errno_text(-r));
+    image_size_ = to;
+  }
+
   Task<void> flush_image() {
     rbd_image_t image = image_;
     auto submit = [image](rbd_completion_t c) { return rbd_aio_flush(image, c); };
@@ -468,6 +493,8 @@ class RbdNode final : public Node {
   rbd_image_t image_;
   int efd_;
   bool no_flush_;
+  std::uint64_t image_size_ = 0;  // the RBD image's size (size() follows the writes)
+  RangeLocks growing_;
   FdWatcher watcher_;
 };
 
