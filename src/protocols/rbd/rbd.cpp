@@ -17,7 +17,10 @@
 // threads, which a dead cluster can hold.
 #include <rados/librados.h>
 #include <rbd/librbd.h>
+#include <netdb.h>
+#include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -82,6 +85,73 @@ std::string base64(const std::string& in) {
 }
 
 // ---------------------------------------------------------------------------------------
+// Monitors given as server.N
+
+// A monitor's address as librados takes it, with the messenger protocol its banner shows:
+// "v2:HOST:PORT" or "v1:HOST:PORT". librados takes an untyped HOST:PORT as both, and then a
+// refused key is not an error but a reason to keep hunting until client_mount_timeout; with
+// the type it fails at once. `why` says why no banner came (the address is then untyped).
+std::string typed_monitor(const Monitor& m, std::string& why) {
+  const bool v6 = m.host.find(':') != std::string::npos;
+  const std::string hostport = (v6 ? "[" + m.host + "]" : m.host) + (m.port.empty() ? "" : ":" + m.port);
+  if (m.port.empty()) return hostport;  // librados tries 3300 (v2) and 6789 (v1)
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (const int rc = ::getaddrinfo(m.host.c_str(), m.port.c_str(), &hints, &found); rc != 0) {
+    why = std::string("cannot resolve host: ") + ::gai_strerror(rc);
+    return hostport;
+  }
+  std::string type;
+  why = "no address";
+  for (addrinfo* a = found; a && type.empty(); a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) {
+      why = errno_text(errno);
+      continue;
+    }
+    int err = 0;
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) != 0) err = errno;
+    if (err == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      const int n = ::poll(&p, 1, 2000);
+      socklen_t len = sizeof(err);
+      if (n == 0)
+        err = ETIMEDOUT;
+      else if (n < 0 || ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+        err = errno;
+    }
+    if (err == 0) {
+      // Both protocols greet first: "ceph v2\n" or "ceph v027".
+      char banner[16] = {};
+      std::size_t got = 0;
+      const auto until = std::chrono::steady_clock::now() + 2s;
+      while (got < 9 && std::chrono::steady_clock::now() < until) {
+        pollfd p{fd, POLLIN, 0};
+        if (::poll(&p, 1, 200) <= 0) continue;
+        const ssize_t n = ::recv(fd, banner + got, 9 - got, 0);
+        if (n <= 0) break;
+        got += static_cast<std::size_t>(n);
+      }
+      const std::string_view b(banner, got);
+      if (b.starts_with("ceph v2\n"))
+        type = "v2:";
+      else if (b.starts_with("ceph v027"))
+        type = "v1:";
+      else
+        why = "no Ceph monitor banner";
+    } else {
+      why = errno_text(err);
+    }
+    ::close(fd);
+  }
+  ::freeaddrinfo(found);
+  if (type.empty()) return hostport;
+  why.clear();
+  return type + hostport;
+}
+
+// ---------------------------------------------------------------------------------------
 // The process's cluster connections
 
 class Connection {
@@ -130,8 +200,24 @@ class Connection {
       if (r < 0) return fail(-r, "invalid conf option " + k + ": " + errno_text(-r));
     }
     if (!c.servers.empty()) {
-      r = rados_conf_set(cluster, "mon_host", mon_host(c).c_str());
-      if (r < 0) return fail(-r, "invalid monitor list " + mon_host(c) + ": " + errno_text(-r));
+      std::string hosts, unreachable;
+      std::size_t answering = 0;
+      for (std::size_t i = 0; i < c.servers.size(); ++i) {
+        std::string why;
+        hosts += (hosts.empty() ? "" : ";") + typed_monitor(c.servers[i], why);
+        if (why.empty()) {
+          ++answering;
+        } else {
+          unreachable += (unreachable.empty() ? "" : "; ") + std::string("server.") + std::to_string(i) + " (" +
+                         c.servers[i].host + (c.servers[i].port.empty() ? "" : ":" + c.servers[i].port) + "): " + why;
+        }
+      }
+      NETBLK_LOG(debug, "rbd: monitors {}{}", hosts, unreachable.empty() ? "" : " (" + unreachable + ")");
+      if (answering == 0 && !unreachable.empty() &&
+          std::all_of(c.servers.begin(), c.servers.end(), [](const Monitor& m) { return !m.port.empty(); }))
+        return fail(ECONNREFUSED, "error connecting: no monitor answers (" + unreachable + ")");
+      r = rados_conf_set(cluster, "mon_host", hosts.c_str());
+      if (r < 0) return fail(-r, "invalid monitor list " + hosts + ": " + errno_text(-r));
     }
     if (!c.auth_client_required.empty()) {
       std::string modes;
