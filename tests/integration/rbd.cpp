@@ -226,6 +226,14 @@ TEST(Rbd, EveryNameForm) {
     SCOPED_TRACE(f.back());
     expect_same_bytes(f, s.disk());
   }
+  // A namespace, in the file name and as an option.
+  s.ceph.tool({"rbd", "namespace", "create", "rbd/ns1"});
+  s.ceph.tool({"rbd", "import", "--no-progress", s.disk(), "rbd/ns1/inns"});
+  expect_same_bytes({"rbd:rbd/ns1/inns:conf=" + conf}, s.disk());
+  expect_same_bytes({json_name({{"driver", "rbd"}, {"pool", "rbd"}, {"namespace", "ns1"}, {"image", "inns"}, {"conf", conf}})},
+                    s.disk());
+  expect_failure_with(run_netblk({"info", "rbd:rbd/inns:conf=" + conf}, 30s), "not in the default namespace",
+                      {"error opening image inns"});
   auto info = run_netblk({"info", "--output=json", json_name({{"driver", "rbd"}, {"pool", "rbd"}, {"image", "disk"}, {"conf", conf}})});
   ASSERT_EQ(info.exit_code, 0) << info.err;
   EXPECT_EQ(json::parse(info.out)["filename"], s.name("disk"));
