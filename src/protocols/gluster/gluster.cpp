@@ -36,6 +36,7 @@
 #include "block/driver.hpp"
 #include "core/deadline.hpp"
 #include "core/log.hpp"
+#include "core/shared_connection.hpp"
 #include "protocols/gluster/gluster_config.hpp"
 
 namespace netblk::gluster {
@@ -165,29 +166,12 @@ std::string probe(const spec::SocketAddress& s) {
   return why;
 }
 
-// One glfs_t. Made by init() on a thread of its own; waiters learn the outcome through
-// wait_for().
-class Connection {
+// One glfs_t, made by init() (core/shared_connection.hpp).
+class Connection : public SharedConnection<glfs_t*> {
  public:
-  glfs_t* fs() const noexcept { return fs_; }
-
-  // True once init() finished (then ok() or error()), false when `limit` passed first.
-  bool wait_for(std::chrono::seconds limit) {
-    std::unique_lock lock(m_);
-    return cv_.wait_for(lock, limit, [this] { return done_; });
-  }
-  bool failed() {
-    std::lock_guard lock(m_);
-    return done_ && !fs_;
-  }
-  bool ok() {
-    std::lock_guard lock(m_);
-    return fs_ != nullptr;
-  }
-  int err() const noexcept { return err_; }
+  glfs_t* fs() const noexcept { return handle(); }
   // Closing a file waits for its written bytes to reach the bricks.
   bool flush_waits() const noexcept { return flush_waits_; }
-  const std::string& error() const noexcept { return error_; }
 
   void init(const GlusterConfig& c) {
     // Servers that accept connections first, in the order given; the others after them,
@@ -248,64 +232,16 @@ class Connection {
   }
 
  private:
-  void finish(glfs_t* fs, int err, std::string error) {
-    {
-      std::lock_guard lock(m_);
-      fs_ = fs;
-      err_ = err;
-      error_ = std::move(error);
-      done_ = true;
-    }
-    cv_.notify_all();
-  }
-
-  std::mutex m_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  glfs_t* fs_ = nullptr;
   bool flush_waits_ = false;
-  int err_ = 0;
-  std::string error_;
 };
 
-// Connections by volume and server list. Never destroyed, nor are its connections
-// (see the file comment): no static destructor may run while gfapi's threads do.
-struct Registry {
-  std::mutex m;
-  std::map<std::string, std::shared_ptr<Connection>> connections;
-};
-Registry& registry() {
-  static auto* r = new Registry;
-  return *r;
-}
-
-// The connection for `c` into `out` (not returned: GCC 12 may destroy an object returned
-// from a coroutine twice).
+// The connection for `c` into `out`.
 Task<void> connect(const GlusterConfig& c, const std::string& name, std::shared_ptr<Connection>& out) {
-  std::shared_ptr<Connection> conn;
-  bool start = false;
-  {
-    Registry& r = registry();
-    std::lock_guard lock(r.m);
-    auto& slot = r.connections[connection_key(c)];
-    if (!slot || slot->failed()) {
-      slot = std::make_shared<Connection>();
-      start = true;
-    }
-    conn = slot;
-  }
-  if (start) {
-    // A thread of its own, not the worker pool: a glfs_init that never returns must not
-    // hold a pool thread (nor keep the process from exiting).
-    std::thread([conn, c] { conn->init(c); }).detach();
-  }
-  auto wait = [conn] { return conn->wait_for(kInitLimit); };
-  const bool finished = co_await offload(std::move(wait));
-  if (!finished)
-    throw Error(ETIMEDOUT, name + ": Gluster connection for volume " + c.volume + " did not complete within " +
-                               std::to_string(kInitLimit.count()) + " s");
-  if (!conn->ok()) throw Error(conn->err(), name + ": " + conn->error());
-  out = std::move(conn);
+  auto init = [c](Connection& conn) { conn.init(c); };
+  const std::string key = connection_key(c);
+  const std::string too_slow = name + ": Gluster connection for volume " + c.volume + " did not complete within " +
+                               std::to_string(kInitLimit.count()) + " s";
+  co_await connect_shared(key, std::move(init), kInitLimit, name, too_slow, out);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@
 #include "core/deadline.hpp"
 #include "core/fd_watcher.hpp"
 #include "core/log.hpp"
+#include "core/shared_connection.hpp"
 #include "netblk/range_lock.hpp"
 #include "protocols/rbd/rbd_config.hpp"
 
@@ -154,24 +155,9 @@ std::string typed_monitor(const Monitor& m, std::string& why) {
 // ---------------------------------------------------------------------------------------
 // The process's cluster connections
 
-class Connection {
+class Connection : public SharedConnection<rados_t> {
  public:
-  rados_t cluster() const noexcept { return cluster_; }
-
-  bool wait_for(std::chrono::steady_clock::duration limit) {
-    std::unique_lock lock(m_);
-    return cv_.wait_for(lock, limit, [this] { return done_; });
-  }
-  bool failed() {
-    std::lock_guard lock(m_);
-    return done_ && !cluster_;
-  }
-  bool ok() {
-    std::lock_guard lock(m_);
-    return cluster_ != nullptr;
-  }
-  int err() const noexcept { return err_; }
-  const std::string& error() const noexcept { return error_; }
+  rados_t cluster() const noexcept { return handle(); }
 
   void init(const RbdConfig& c) {
     rados_t cluster = nullptr;
@@ -240,58 +226,16 @@ class Connection {
     finish(cluster, 0, {});
   }
 
- private:
-  void finish(rados_t cluster, int err, std::string error) {
-    {
-      std::lock_guard lock(m_);
-      cluster_ = cluster;
-      err_ = err;
-      error_ = std::move(error);
-      done_ = true;
-    }
-    cv_.notify_all();
-  }
-
-  std::mutex m_;
-  std::condition_variable cv_;
-  bool done_ = false;
-  rados_t cluster_ = nullptr;
-  int err_ = 0;
-  std::string error_;
 };
 
-struct Registry {
-  std::mutex m;
-  std::map<std::string, std::shared_ptr<Connection>> connections;
-};
-Registry& registry() {
-  static auto* r = new Registry;
-  return *r;
-}
-
-// The connection for `c` into `out` (not returned: GCC 12).
+// The connection for `c` into `out`, made within the timeout and its grace.
 Task<void> connect(const RbdConfig& c, const std::string& name, std::shared_ptr<Connection>& out) {
-  std::shared_ptr<Connection> conn;
-  bool start = false;
-  {
-    Registry& r = registry();
-    std::lock_guard lock(r.m);
-    auto& slot = r.connections[connection_key(c)];
-    if (!slot || slot->failed()) {
-      slot = std::make_shared<Connection>();
-      start = true;
-    }
-    conn = slot;
-  }
-  if (start) std::thread([conn, c] { conn->init(c); }).detach();
+  auto init = [c](Connection& conn) { conn.init(c); };
+  const std::string key = connection_key(c);
   const auto limit = c.timeout + kGrace;
-  auto wait = [conn, limit] { return conn->wait_for(limit); };
-  const bool finished = co_await offload(std::move(wait));
-  if (!finished)
-    throw Error(ETIMEDOUT, name + ": connecting to the cluster did not complete within " +
-                               std::to_string(limit.count()) + " s");
-  if (!conn->ok()) throw Error(conn->err(), name + ": " + conn->error());
-  out = std::move(conn);
+  const std::string too_slow =
+      name + ": connecting to the cluster did not complete within " + std::to_string(limit.count()) + " s";
+  co_await connect_shared(key, std::move(init), limit, name, too_slow, out);
 }
 
 // An I/O context on the pool and namespace: -errno or 0.
