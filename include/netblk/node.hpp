@@ -210,6 +210,15 @@ class Node {
   Task<void> flush();
   // The status of [offset, offset + result.length), result.length in (0, length].
   Task<BlockStatus> block_status(std::uint64_t offset, std::uint64_t length);
+  // Changes the virtual size (qemu-img resize); shrinking drops what lies past the new end.
+  // Drivers that cannot resize throw ENOTSUP.
+  Task<void> truncate(std::uint64_t size);
+  // Image verbs a format may implement; the defaults throw ENOTSUP.
+  // Stores `name` (empty: none) and `format` as this image's backing file (rebase, commit);
+  // the open backing node stays as it is.
+  virtual Task<void> set_backing_file(const std::string& name, const std::string& format);
+  // Drops everything this image defines, so that it reads as its backing file (commit).
+  virtual Task<void> make_empty();
   // Flushes (when writable) and releases the node and its children. Idempotent.
   Task<void> close();
 
@@ -221,6 +230,8 @@ class Node {
   virtual Task<void> co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags);
   virtual Task<void> co_discard(std::uint64_t offset, std::uint64_t length, unsigned flags);
   virtual Task<void> co_flush();
+  // Sets size_ to `size` (ENOTSUP by default); called on a writable node.
+  virtual Task<void> co_truncate(std::uint64_t size);
   virtual Task<BlockStatus> co_block_status(std::uint64_t offset, std::uint64_t length);
   virtual Task<void> co_close();
   // What set_permissions() does on this node (force-share applied): nothing by default.

@@ -51,6 +51,10 @@ class Qcow2Node final : public Node {
   bool supports_check() const override { return true; }
   Task<CheckResult> check(unsigned fix) override;
 
+  // Image verbs: verbs.cpp.
+  Task<void> set_backing_file(const std::string& name, const std::string& format) override;
+  Task<void> make_empty() override;
+
  protected:
   Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override;
   Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags) override;
@@ -58,6 +62,7 @@ class Qcow2Node final : public Node {
   Task<void> co_discard(std::uint64_t offset, std::uint64_t length, unsigned flags) override;
   Task<void> co_flush() override;
   Task<BlockStatus> co_block_status(std::uint64_t offset, std::uint64_t length) override;
+  Task<void> co_truncate(std::uint64_t size) override;  // verbs.cpp
 
  private:
   enum class Kind { unallocated, zero, data, compressed };
@@ -99,6 +104,11 @@ class Qcow2Node final : public Node {
   // Writing metadata back (meta_ held).
   Task<void> flush_metadata_locked();
   Task<void> write_header_field(std::uint64_t offset, std::span<const std::byte> bytes);
+
+  // Image verbs (verbs.cpp, meta_ held).
+  Task<void> grow_l1_locked(std::uint64_t entries);
+  Task<void> unallocate_from_locked(std::uint64_t first_cluster);
+  Task<void> rewrite_header_locked(Header h);
 
   // check.
   struct SnapshotInfo {

@@ -72,6 +72,12 @@ class RawNode final : public Node {
     co_await file_->discard(offset_ + off, len, flags);
   }
   Task<void> co_flush() override { co_await file_->flush(); }
+  Task<void> co_truncate(std::uint64_t size) override {
+    // As QEMU: a window into the file has a fixed size.
+    if (offset_ || size_option_) throw Error(ENOTSUP, display_name() + ": Cannot resize a raw image with an offset or size option");
+    co_await file_->truncate(size);
+    size_ = size;
+  }
   Task<BlockStatus> co_block_status(std::uint64_t off, std::uint64_t len) override {
     BlockStatus s = co_await file_->block_status(offset_ + off, len);
     s.host_offset = offset_ + off;
