@@ -133,6 +133,14 @@ Task<void> create_raw(const OpenContext& ctx, const CreateRequest& req) {
   co_await node->close();
 }
 
+// As QEMU's raw_measure: every byte counts, allocated or not.
+Task<MeasureResult> measure_raw(spec::Options& o, Node* source, std::uint64_t size) {
+  o.str("preallocation");
+  o.finish();
+  const std::uint64_t bytes = source ? source->size() : (size + 511) / 512 * 512;
+  co_return MeasureResult{bytes, bytes, std::nullopt};
+}
+
 // As QEMU's raw: the whole file is passed its users' permissions as they are; a window
 // (an offset or a size) also keeps others from resizing the file.
 Permissions raw_file_permissions(Permissions parent, bool, const Json& options) {
@@ -146,6 +154,7 @@ const DriverRegistration kRaw{FormatDriver{
     .probe = [](std::span<const std::byte>) { return 1; },
     .open = open_raw,
     .create = create_raw,
+    .measure = measure_raw,
     .file_permissions = raw_file_permissions,
 }};
 
