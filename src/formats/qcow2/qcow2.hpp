@@ -108,7 +108,7 @@ class Qcow2Node final : public Node {
   // Image verbs (verbs.cpp, meta_ held).
   Task<void> grow_l1_locked(std::uint64_t entries);
   Task<void> unallocate_from_locked(std::uint64_t first_cluster);
-  Task<void> rewrite_header_locked(Header h);
+  Task<void> rewrite_header_locked(const Header& proposed);
 
   // check.
   struct SnapshotInfo {

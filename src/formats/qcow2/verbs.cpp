@@ -95,7 +95,8 @@ Task<void> Qcow2Node::unallocate_from_locked(std::uint64_t first) {
   }
 }
 
-Task<void> Qcow2Node::rewrite_header_locked(Header h) {
+Task<void> Qcow2Node::rewrite_header_locked(const Header& proposed) {
+  Header h = proposed;
   // build_header() writes what netblk knows; a bitmap directory would be lost (and leak).
   if (h.has_bitmaps_ext && h.nb_bitmaps)
     throw Error(ENOTSUP, name() + ": rewriting the header of a qcow2 image with bitmaps is not supported by netblk");
@@ -119,7 +120,7 @@ Task<void> Qcow2Node::set_backing_file(const std::string& backing, const std::st
   Header h = h_;
   h.backing_file = backing;
   h.backing_format = backing.empty() ? std::string() : format;
-  co_await rewrite_header_locked(std::move(h));
+  co_await rewrite_header_locked(h);
 }
 
 Task<void> Qcow2Node::make_empty() {
