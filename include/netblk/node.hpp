@@ -219,6 +219,9 @@ class Node {
   virtual Task<void> set_backing_file(const std::string& name, const std::string& format);
   // Drops everything this image defines, so that it reads as its backing file (commit).
   virtual Task<void> make_empty();
+  // Changes format options of the image in place (qemu-img amend -o; qcow2's compat,
+  // lazy_refcounts, size, backing_file, backing_fmt).
+  virtual Task<void> amend(const Json& options);
   // Flushes (when writable) and releases the node and its children. Idempotent.
   Task<void> close();
 

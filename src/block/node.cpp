@@ -225,6 +225,11 @@ Task<void> Node::make_empty() {
   co_return;
 }
 
+Task<void> Node::amend(const Json&) {
+  throw Error(ENOTSUP, "Format driver '" + std::string(driver()) + "' does not support option amendment");
+  co_return;
+}
+
 Task<BlockStatus> Node::block_status(std::uint64_t offset, std::uint64_t length) {
   check_range(offset, length, "block status");
   if (length == 0) throw Error(EINVAL, display_name() + ": block status of 0 bytes");

@@ -3,6 +3,8 @@
 // identical and `qemu-img check` finds clean; one remote (NBD) name per verb family.
 #include <gtest/gtest.h>
 
+#include <sstream>
+
 #include "qemu_nbd.hpp"
 #include "servers.hpp"
 
@@ -260,4 +262,48 @@ TEST(Verbs, DdAsQemuImg) {
     ok(p == "n" ? run_netblk(args) : run(args), "dd from NBD");
   }
   expect_same_image(dir / "n-remote.qcow2", dir / "q-remote.qcow2");
+}
+
+TEST(Verbs, AmendAsQemuImg) {
+  TempDir dir;
+  auto img = [&](const std::string& p) { return dir / (p + ".qcow2"); };
+  // Data, zero clusters with and without an allocation, over a backing file and without.
+  for (const std::string p : {"n", "q", "n-base", "q-base"}) {
+    ok(run({"qemu-img", "create", "-q", "-f", "qcow2", img(p), "4M"}), "create");
+    qemu_io(img(p), {"write -P 1 0 1M", "write -z 2M 64k", "write -P 2 3M 64k", "write -z 3M 64k"});
+  }
+  for (const std::string p : {"n-ov", "q-ov"}) {
+    const std::string base = p == "n-ov" ? img("n-base") : img("q-base");
+    ok(run({"qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", img(p)}), "overlay");
+    qemu_io(img(p), {"write -z 1M 128k", "write -P 3 2M 64k", "write -z 2M 64k"});
+  }
+  auto facts = [](const std::string& image) {
+    auto out = run({"qemu-img", "info", image}).out;
+    std::string kept;
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);)
+      if (line.find("compat:") != std::string::npos || line.find("lazy refcounts:") != std::string::npos ||
+          line.find("virtual size:") != std::string::npos)
+        kept += line + "\n";
+    return kept;
+  };
+  for (const std::string o : {"compat=0.10", "lazy_refcounts=on", "compat=1.1,lazy_refcounts=on", "lazy_refcounts=off",
+                              "cluster_size=64k", "foo=1", "compat=0.10,refcount_bits=8", "size=8M", "compat=2",
+                              "compat=0.10"}) {
+    same_run({"amend", "-o", o, "@"}, img("n"), img("q"));
+    expect_same_image(img("n"), img("q"));
+    expect_clean(img("n"));
+    EXPECT_EQ(facts(img("n")), facts(img("q"))) << o;
+  }
+  same_run({"amend", "@"}, img("n"), img("q"));
+  // A downgrade over a backing file: zero clusters become clusters of zeroes.
+  same_run({"amend", "-o", "compat=0.10", "@"}, img("n-ov"), img("q-ov"));
+  expect_same_image(img("n-ov"), img("q-ov"));
+  expect_clean(img("n-ov"));
+  // qemu-img writes the downgraded image, netblk upgrades it again.
+  qemu_io(img("n-ov"), {"write -P 4 1M 4k"});
+  ok(run_netblk({"amend", "-o", "compat=1.1", img("n-ov")}), "upgrade");
+  EXPECT_NE(facts(img("n-ov")).find("compat: 1.1"), std::string::npos);
+  expect_clean(img("n-ov"));
+  same_run({"amend", "-f", "raw", "-o", "compat=1.1", "@"}, dir / "none.raw", dir / "none.raw");
 }

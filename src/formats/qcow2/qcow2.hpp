@@ -54,6 +54,7 @@ class Qcow2Node final : public Node {
   // Image verbs: verbs.cpp.
   Task<void> set_backing_file(const std::string& name, const std::string& format) override;
   Task<void> make_empty() override;
+  Task<void> amend(const Json& options) override;  // amend.cpp
 
  protected:
   Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override;
@@ -109,6 +110,7 @@ class Qcow2Node final : public Node {
   Task<void> grow_l1_locked(std::uint64_t entries);
   Task<void> unallocate_from_locked(std::uint64_t first_cluster);
   Task<void> rewrite_header_locked(const Header& proposed);
+  Task<void> expand_zero_clusters_locked();  // amend.cpp
 
   // check.
   struct SnapshotInfo {
