@@ -104,6 +104,15 @@ struct CheckResult {
   std::uint64_t fragmented_clusters = 0, compressed_clusters = 0;
   std::vector<std::string> messages;  // one line each, for stderr
 };
+// One internal snapshot (QEMU's QEMUSnapshotInfo).
+struct Snapshot {
+  std::string id, name;
+  std::uint64_t vm_state_size = 0;
+  std::uint32_t date_sec = 0, date_nsec = 0;
+  std::uint64_t vm_clock_nsec = 0;
+  std::optional<std::uint64_t> icount;
+};
+
 inline constexpr unsigned kFixLeaks = 1;
 inline constexpr unsigned kFixErrors = 2;
 
@@ -219,6 +228,8 @@ class Node {
   virtual Task<void> set_backing_file(const std::string& name, const std::string& format);
   // Drops everything this image defines, so that it reads as its backing file (commit).
   virtual Task<void> make_empty();
+  // The internal snapshots the image holds (qemu-img snapshot -l); none by default.
+  virtual Task<std::vector<Snapshot>> snapshots();
   // Changes format options of the image in place (qemu-img amend -o; qcow2's compat,
   // lazy_refcounts, size, backing_file, backing_fmt).
   virtual Task<void> amend(const Json& options);

@@ -225,6 +225,8 @@ Task<void> Node::make_empty() {
   co_return;
 }
 
+Task<std::vector<Snapshot>> Node::snapshots() { co_return std::vector<Snapshot>{}; }
+
 Task<void> Node::amend(const Json&) {
   throw Error(ENOTSUP, "Format driver '" + std::string(driver()) + "' does not support option amendment");
   co_return;

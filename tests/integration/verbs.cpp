@@ -307,3 +307,27 @@ TEST(Verbs, AmendAsQemuImg) {
   expect_clean(img("n-ov"));
   same_run({"amend", "-f", "raw", "-o", "compat=1.1", "@"}, dir / "none.raw", dir / "none.raw");
 }
+
+// Listing is netblk's; creating, applying and deleting are refused (and writes to an image
+// with snapshots too), never half done.
+TEST(Verbs, SnapshotListAsQemuImg) {
+  TempDir dir;
+  const std::string img = dir / "s.qcow2";
+  ok(run({"qemu-img", "create", "-q", "-f", "qcow2", img, "4M"}), "create");
+  same_run({"snapshot", "-l", "@"}, img, img);
+  ok(run({"qemu-img", "snapshot", "-c", "first", img}), "snapshot -c");
+  qemu_io(img, {"write -P 7 0 64k"});
+  ok(run({"qemu-img", "snapshot", "-c", "second-with-a-long-name", img}), "snapshot -c");
+  same_run({"snapshot", "-l", "@"}, img, img);
+  EXPECT_NE(run_netblk({"snapshot", "-l", img}).out.find("second-with-a-long-name"), std::string::npos);
+  const auto before = file_hash(img);
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"snapshot", "-c", "x", img}, {"snapshot", "-a", "first", img}, {"snapshot", "-d", "first", img},
+           {"resize", img, "8M"}, {"amend", "-o", "lazy_refcounts=on", img}}) {
+    auto r = run_netblk(args);
+    EXPECT_EQ(r.exit_code, 1) << args[0] << ": " << r.err;
+    EXPECT_NE(r.err.find("not supported by netblk"), std::string::npos) << r.err;
+  }
+  EXPECT_EQ(file_hash(img), before);
+  expect_clean(img);
+}

@@ -55,6 +55,7 @@ class Qcow2Node final : public Node {
   Task<void> set_backing_file(const std::string& name, const std::string& format) override;
   Task<void> make_empty() override;
   Task<void> amend(const Json& options) override;  // amend.cpp
+  Task<std::vector<Snapshot>> snapshots() override;  // verbs.cpp
 
  protected:
   Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override;
@@ -116,6 +117,10 @@ class Qcow2Node final : public Node {
   struct SnapshotInfo {
     std::uint64_t l1_offset;
     std::uint32_t l1_size;
+    std::string id{}, name{};
+    std::uint32_t date_sec = 0, date_nsec = 0;
+    std::uint64_t vm_clock_nsec = 0, vm_state_size = 0;
+    std::uint64_t icount = ~std::uint64_t{0};  // none
   };
   Task<std::vector<SnapshotInfo>> read_snapshot_table(std::uint64_t& table_bytes);
   std::string name() const { return file_->display_name(); }

@@ -131,4 +131,16 @@ Task<void> Qcow2Node::make_empty() {
   co_await flush_metadata_locked();
 }
 
+Task<std::vector<Snapshot>> Qcow2Node::snapshots() {
+  std::uint64_t table_bytes = 0;
+  const std::vector<SnapshotInfo> table = co_await read_snapshot_table(table_bytes);
+  std::vector<Snapshot> out;
+  for (const SnapshotInfo& s : table) {
+    Snapshot o{s.id, s.name, s.vm_state_size, s.date_sec, s.date_nsec, s.vm_clock_nsec, std::nullopt};
+    if (s.icount != ~std::uint64_t{0}) o.icount = s.icount;
+    out.push_back(std::move(o));
+  }
+  co_return out;
+}
+
 }  // namespace netblk::qcow2
