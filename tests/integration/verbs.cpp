@@ -26,9 +26,12 @@ void qemu_io(const std::string& image, const std::vector<std::string>& commands)
   ok(run(argv), "qemu-io " + image);
 }
 
+// Each side reads the other's image: qemu-img compare and netblk compare.
 void expect_same_image(const std::string& ours, const std::string& theirs) {
   auto r = run({"qemu-img", "compare", ours, theirs});
   EXPECT_EQ(r.exit_code, 0) << ours << " vs " << theirs << ": " << r.out << r.err;
+  r = run_netblk({"compare", ours, theirs});
+  EXPECT_EQ(r.exit_code, 0) << "netblk compare " << ours << " vs " << theirs << ": " << r.out << r.err;
 }
 
 void expect_clean(const std::string& image) {
