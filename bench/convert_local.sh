@@ -6,8 +6,8 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 netblk=${NETBLK:-$here/../build/netblk}
 reps=${1:-5}
-dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/netblk-bench-XXXXXX")
-trap 'rm -rf "$dir"' EXIT
+bench_workdir local
+dir=$work
 size=$((1 << 30))
 head -c $size /dev/urandom >"$dir/src.raw"
 cat "$dir/src.raw" >/dev/null   # into the page cache

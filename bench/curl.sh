@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # HTTP, HTTPS, FTP, FTPS and TFTP: netblk convert vs qemu-img convert -m 1 vs curl -o,
 # each copying one 256 MiB file (served from the page cache by nginx, vsftpd and in.tftpd
-# on 127.0.0.1) to a raw file in /dev/shm that is removed before every run (and memory
-# warmed: see bench_warm_memory).
+# on 127.0.0.1) to a raw file in BENCH_DIR (bench/lib.sh: on disk unless set) that is
+# removed before every run (and memory warmed: see bench_warm_memory).
 # QEMU has no TFTP, and its ftps:// stalls on every read, so those rows are curl only.
 # ONLY picks some rows (a space-separated list of http https ftp tftp ftps).
 #   NETBLK=path/to/netblk REPS=5 [ONLY="tftp ftps"] bench/curl.sh
@@ -15,14 +15,13 @@ ONLY=${ONLY:-http https ftp tftp ftps}
 want() { [[ " $ONLY " == *" $1 "* ]]; }
 SIZE=$((256 << 20))
 
-dir=$(mktemp -d)
-chmod 755 "$dir"
+bench_workdir curl
+dir=$work
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$dir"
-  rm -f /dev/shm/netblk-bench-out.raw
 }
 trap cleanup EXIT
 
@@ -80,7 +79,7 @@ printf '%s\nlisten_port=%s\npasv_min_port=%s\npasv_max_port=%s\nssl_enable=YES\n
 bench_wait_listen tcp $http && bench_wait_listen tcp $https && bench_wait_listen tcp $ftp && bench_wait_listen tcp $ftps &&
   bench_wait_listen udp $tftp || exit 1
 
-out=/dev/shm/netblk-bench-out.raw
+out=$dir/out.raw
 BENCH_PREPARE="rm -f $out; bench_warm_memory 512"
 # Each tool under a timeout, named as itself in the ratio lines.
 netblk() { timeout 300 "$NETBLK" "$@"; }

@@ -18,7 +18,7 @@ NETBLK=${NETBLK:-$here/../build/netblk}
 [ -x "$NETBLK" ] || { echo "no netblk binary at $NETBLK (set NETBLK=)"; exit 1; }
 for p in tgtd tgtadm qemu-img python3; do command -v $p >/dev/null || { echo "$p is not installed"; exit 1; }; done
 
-bench_workdir iscsi "${BENCH_DIR:-/var/tmp}"
+bench_workdir iscsi
 # tgtd ignores SIGTERM: stop it with SIGKILL, by PID.
 nbd_pid=
 stop_tgtd() {

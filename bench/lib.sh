@@ -5,7 +5,7 @@
 # Runs every command REPS times, interleaved (A B C, B C A, C A B, ...), so that machine
 # noise hits them alike; prints each repetition's times (in the order the commands are
 # given), then each command's median seconds and throughput
-# (UNIT_BYTES / seconds, when UNIT_BYTES > 0) and the ratio of the first command's speed to
+# (UNIT_BYTES / seconds, when UNIT_BYTES > 0), its slowest run against its median, and the ratio of the first command's speed to
 # each other's (> 1 means netblk is faster). A command may use $BENCH_REP (the repetition
 # number) and must leave no state the next repetition sees. A command that fails stops the
 # benchmark.
@@ -60,12 +60,15 @@ bench_run() {
     echo "$line"
   done
   local -a med
+  local slowest
   for ((i = 0; i < n; i++)); do
     med[$i]=$(bench_median <"$tmp/times.$i")
+    slowest=$(sort -g "$tmp/times.$i" | tail -1)
     if ((unit > 0)); then
-      printf '  median %8.3f s  %9.1f MB/s  %s\n' "${med[$i]}" "$(echo "$unit / ${med[$i]} / 1000000" | bc -l)" "${cmds[$i]}"
+      printf '  median %8.3f s  %9.1f MB/s  slowest %.2fx median  %s\n' "${med[$i]}" \
+        "$(echo "$unit / ${med[$i]} / 1000000" | bc -l)" "$(echo "$slowest / ${med[$i]}" | bc -l)" "${cmds[$i]}"
     else
-      printf '  median %8.3f s  %s\n' "${med[$i]}" "${cmds[$i]}"
+      printf '  median %8.3f s  slowest %.2fx median  %s\n' "${med[$i]}" "$(echo "$slowest / ${med[$i]}" | bc -l)" "${cmds[$i]}"
     fi
   done
   for ((i = 1; i < n; i++)); do
@@ -98,11 +101,17 @@ bench_wait_listen() {
   return 1
 }
 
-# A scratch directory $work (under PARENT, /dev/shm by default) and the one server a script
-# runs at a time ($server_pid, set after starting it): both go when the script exits.
-#   bench_workdir NAME [PARENT]
+# Where every benchmark keeps its images and output files: BENCH_DIR, /var/tmp (the
+# machine's own disk file system, where users keep images) unless set. BENCH_DIR=/dev/shm
+# gives the tmpfs view.
+BENCH_DIR=${BENCH_DIR:-/var/tmp}
+
+# A scratch directory $work (under BENCH_DIR) and the one server a script runs at a time
+# ($server_pid, set after starting it): both go when the script exits.
+#   bench_workdir NAME
 bench_workdir() {
-  work=$(mktemp -d "${2:-/dev/shm}/netblk-bench-$1.XXXXXX")
+  work=$(mktemp -d "$BENCH_DIR/netblk-bench-$1.XXXXXX")
+  chmod 755 "$work"
   server_pid=
   trap 'bench_stop_server; rm -rf "$work"' EXIT
 }

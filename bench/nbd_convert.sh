@@ -1,7 +1,7 @@
 #!/bin/bash
 # netblk convert nbd://... out.raw vs nbdcopy and qemu-img convert, all reading the same
-# nbdkit file server (a 1 GiB random file in /dev/shm) and writing a raw file in
-# /dev/shm, over TCP and over a unix socket. Runs are interleaved; medians of REPS
+# nbdkit file server (a 1 GiB random file) and writing a raw file, both in BENCH_DIR
+# (bench/lib.sh: on disk unless set), over TCP and over a unix socket. Runs are interleaved; medians of REPS
 # repetitions and the ratios netblk/other are printed (> 1 means netblk is faster).
 #
 #   bench/nbd_convert.sh [REPS=9]

@@ -14,7 +14,7 @@ source "$here/lib.sh"
 NETBLK=${NETBLK:-$here/../build/netblk}
 REPS=${1:-3}
 SECS=${2:-10}
-bench_workdir qcow2serve "${TMPDIR:-/tmp}"
+bench_workdir qcow2serve
 
 port=$(bench_free_port)
 echo "base: 1 GiB of random data; overlay: qcow2, 64 KiB clusters; fio 4k iodepth 32, ${SECS}s per phase"

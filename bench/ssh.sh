@@ -13,8 +13,8 @@ NETBLK=${NETBLK:-$here/../build/netblk}
 REPS=${REPS:-5}
 SIZE=$((256 << 20))
 
-dir=$(mktemp -d "${BENCH_DIR:-/var/tmp}/netblk-bench-ssh.XXXXXX")
-chmod 755 "$dir"
+bench_workdir ssh
+dir=$work
 sshd_pid= agent_pid=
 # sshd and the agent, by PID, then the files.
 trap 'kill $sshd_pid $agent_pid 2>/dev/null || true; wait $sshd_pid $agent_pid 2>/dev/null || true; rm -rf "$dir"' EXIT

@@ -19,12 +19,16 @@ case "$kind" in
     ;;
   sanitize)
     # -O1: the integration tests copy hundreds of MiB; at -O0 under ASan they take minutes.
-    cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-g -O1" \
+    # -g1: line tables for the sanitizers' stack traces, without full debug information
+    # (a quarter less compile time).
+    cmake -S . -B build-sanitize -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-g1 -O1" \
       -DNETBLK_SANITIZE=ON -DNETBLK_WERROR=ON >/dev/null
     ninja -C build-sanitize -j"$jobs" unit_tests netblk $(sanitized_integration_targets)
     ;;
   fuzz)
+    # Line tables only: enough for the stack trace of a crash, and quicker to build and link.
     CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O2 -gline-tables-only -DNDEBUG" \
       -DNETBLK_FUZZ=ON -DNETBLK_WERROR=ON >/dev/null
     targets=()
     for f in tests/fuzz/*.cpp; do [ -e "$f" ] && targets+=("fuzz_$(basename "$f" .cpp)"); done

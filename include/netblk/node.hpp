@@ -153,7 +153,14 @@ class Node {
   bool read_only() const noexcept { return caps_.read_only; }
   const Executor& executor() const noexcept { return executor_; }
   Node* file() const noexcept { return file_.get(); }
+  // The backing node if it is open (a qcow2 overlay opens a remote backing file on the
+  // first read that needs it: backing() is null until then).
   Node* backing() const noexcept { return backing_.get(); }
+  // Whether this node has a backing file, open or not yet.
+  virtual bool has_backing() const { return backing_ != nullptr; }
+  // The backing node, opened now if it was not yet (null without one). Throws the open's
+  // error, naming this node, when it cannot be reached; a later call tries again.
+  virtual Task<Node*> open_backing();
   // What `info` shows of this node. The default: the file child's disk size, no more.
   virtual ImageInfo image_info() const;
   // A filter passes requests through to its one child, file(); `info`, `check` and

@@ -95,13 +95,20 @@ class AsyncCondition {
  public:
   explicit AsyncCondition(const Executor& ex) : timer_(ex, std::chrono::steady_clock::time_point::max()) {}
   Task<void> wait() {
+    ++waiters_;
     std::error_code ec;
     co_await timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+    --waiters_;
   }
-  void notify_all() { timer_.cancel(); }
+  // Without waiters, nothing to do (a cancel takes the timer queue's lock: callers such as
+  // the NBD server notify on every reply).
+  void notify_all() {
+    if (waiters_) timer_.cancel();
+  }
 
  private:
   asio::steady_timer timer_;
+  unsigned waiters_ = 0;  // a frame destroyed while waiting leaves it high: a spare cancel
 };
 
 // A counting semaphore for coroutines on one executor (a mutex with count 1). acquire()

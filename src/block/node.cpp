@@ -293,13 +293,15 @@ Task<BlockStatus> Node::co_block_status(std::uint64_t, std::uint64_t length) {
   co_return BlockStatus{length, kStatusData | kStatusAllocated};
 }
 Task<void> Node::co_close() { co_return; }
+Task<Node*> Node::open_backing() { co_return backing_.get(); }
 
 Task<ChainStatus> chain_block_status(Node& top, std::uint64_t offset, std::uint64_t length) {
   Node* node = &top;
   ChainStatus result;
   while (true) {
     BlockStatus s = co_await node->block_status(offset, length);
-    Node* below = node->backing();
+    Node* below = nullptr;
+    if (!(s.flags & kStatusAllocated) && node->has_backing()) below = co_await node->open_backing();
     if ((s.flags & kStatusAllocated) || !below) {
       result.status = s;
       result.layer = node;

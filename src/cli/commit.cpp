@@ -78,11 +78,11 @@ const VerbRegistration kCommit{Verb{
           DriveSpec probe_spec = spec;
           probe_spec.read_only = true;
           auto chain = co_await open_drive(probe_spec);
-          Node* base_layer = chain->backing();
+          Node* base_layer = co_await chain->open_backing();
           if (!base_layer) throw Error(EINVAL, "Image does not have a backing file");
           if (!a->base.empty()) {
             while (base_layer && !is_layer(*chain, *base_layer, a->base)) {
-              base_layer = base_layer->backing();
+              base_layer = co_await base_layer->open_backing();
             }
             if (!base_layer)
               throw Error(ENOENT, "Did not find '" + a->base + "' in the backing chain of '" + a->drive.name + "'");
@@ -94,6 +94,7 @@ const VerbRegistration kCommit{Verb{
           base_spec.filename = canonical_name(*base_layer);
           if (!base_spec.filename.starts_with("json:")) base_spec.format = std::string(base_layer->driver());
           apply_cache_mode(base_spec.options, a->cache);
+          // (The layers down to the base are open: the search above opened them.)
           std::vector<Json> layers;
           for (Node* n = chain->backing(); n != base_layer; n = n->backing()) layers.push_back(n->options());
           Json above = nullptr;  // the backing of the lowest layer above the base: none

@@ -97,7 +97,20 @@ const VerbRegistration kInfo{Verb{
           spec.permissions = Permissions{0, kPermAll};
           auto node = co_await open_drive(spec);
           Json all = Json::array();
-          for (const Node* n = &shown(*node); n; n = *chain ? n->backing() : nullptr) all.push_back(image_info(shown(*n)));
+          // A remote backing file is opened only for --backing-chain; one that cannot be
+          // reached ends the chain shown, and the verb fails naming it.
+          std::string unreachable;
+          for (Node* n = node.get(); n;) {
+            Node& layer = const_cast<Node&>(shown(*n));
+            all.push_back(image_info(layer));
+            n = nullptr;
+            if (!*chain || !layer.has_backing()) break;
+            try {
+              n = co_await layer.open_backing();
+            } catch (const Error& e) {
+              unreachable = e.what();
+            }
+          }
           co_await node->close();
           if (*output == "json") {
             std::cout << (*chain ? all : all[0]).dump(4) << std::endl;
@@ -106,6 +119,11 @@ const VerbRegistration kInfo{Verb{
               if (i) std::cout << "\n";
               print_human(std::cout, all[i]);
             }
+          }
+          if (!unreachable.empty()) {
+            std::cout.flush();
+            print_error(unreachable);
+            co_return 1;
           }
           co_return 0;
         });

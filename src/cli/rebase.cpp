@@ -90,7 +90,7 @@ const VerbRegistration kRebase{Verb{
               }
               if (failed) throw *failed;
             }
-            Node* old_backing = image->backing();
+            Node* old_backing = co_await image->open_backing();
             const std::uint64_t size = image->size();
             Progress progress(a->progress && !a->quiet, size);
             Buffer old_data(kChunk), new_data(kChunk);

@@ -4,9 +4,11 @@
 #include <asio/signal_set.hpp>
 #include <iostream>
 
+#include "block/filter.hpp"
 #include "cli/verbs.hpp"
 #include "core/log.hpp"
 #include "exports/nbd/server.hpp"
+#include "formats/qcow2/pull.hpp"
 #include "nbd/protocol.hpp"
 #include "nbd/tls_session.hpp"
 
@@ -26,7 +28,108 @@ struct ServeArgs {
   int shared = 1;
   bool persistent = false;
   std::string tls_creds;
+  bool pull = false;
 };
+
+// Stands between the export and the drive, counting the guest's requests in flight, so
+// that the background pull (--pull) goes only while the guest waits for nothing. Block
+// status and the backing chain are the drive's own, so the export answers as without it.
+class GuestActivity final : public FilterNode {
+ public:
+  GuestActivity(const Executor& ex, std::unique_ptr<Node> drive)
+      : FilterNode(context(ex), std::move(drive)), changed_(ex) {}
+
+  std::string_view driver() const override { return file_->driver(); }
+  Json options() const override { return file_->options(); }
+  bool is_filter() const override { return true; }
+  bool has_backing() const override { return file_->has_backing(); }
+  Task<Node*> open_backing() override { co_return co_await file_->open_backing(); }
+
+  // Returns once the guest has had no request in flight for a moment (its next request
+  // usually follows the last reply at once); throws ECANCELED once stop() was called.
+  Task<void> wait_until_idle() {
+    constexpr auto kQuiet = std::chrono::milliseconds(5);
+    while (true) {
+      if (stopping_) throw Error(ECANCELED, "pull stopped");
+      if (in_flight_) {
+        co_await changed_.wait();
+        continue;
+      }
+      const auto quiet_since = last_end_ + kQuiet;
+      if (std::chrono::steady_clock::now() >= quiet_since) co_return;
+      co_await sleep_for(quiet_since - std::chrono::steady_clock::now());
+    }
+  }
+  void stop() {
+    stopping_ = true;
+    changed_.notify_all();
+  }
+
+ protected:
+  Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override {
+    const Busy busy(*this);
+    co_await file_->read(offset, buf);
+  }
+  Task<FileRead> co_read_to_file(std::uint64_t offset, std::uint64_t length, int fd, std::uint64_t fd_offset,
+                                 std::uint64_t zero_block) override {
+    const Busy busy(*this);
+    co_return co_await file_->read_to_file(offset, length, fd, fd_offset, zero_block);
+  }
+  Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags) override {
+    const Busy busy(*this);
+    co_await file_->write(offset, buf, flags);
+  }
+  Task<void> co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags) override {
+    const Busy busy(*this);
+    co_await file_->write_zeroes(offset, length, flags);
+  }
+  Task<void> co_discard(std::uint64_t offset, std::uint64_t length, unsigned flags) override {
+    const Busy busy(*this);
+    co_await file_->discard(offset, length, flags);
+  }
+  Task<BlockStatus> co_block_status(std::uint64_t offset, std::uint64_t length) override {
+    const Busy busy(*this);
+    co_return co_await file_->block_status(offset, length);
+  }
+
+ private:
+  static OpenContext context(const Executor& ex) {
+    OpenContext ctx;
+    ctx.executor = ex;
+    return ctx;
+  }
+  struct Busy {
+    explicit Busy(GuestActivity& g) : g(g) { ++g.in_flight_; }
+    Busy(const Busy&) = delete;
+    ~Busy() {
+      if (--g.in_flight_ == 0) {
+        g.last_end_ = std::chrono::steady_clock::now();
+        g.changed_.notify_all();
+      }
+    }
+    GuestActivity& g;
+  };
+  unsigned in_flight_ = 0;
+  std::chrono::steady_clock::time_point last_end_;
+  bool stopping_ = false;
+  AsyncCondition changed_;
+};
+
+// serve --pull: the overlay's pull, beside the guest and behind it (two requests at a
+// time, each waiting for the guest to be idle). It ends by itself when complete, or
+// when stop() makes its next wait throw; `done` is set either way.
+Task<void> pull_in_background(GuestActivity& guest, qcow2::Qcow2Node& overlay, AsyncEvent& done) {
+  qcow2::PullOptions options;
+  options.requests = 2;
+  options.wait_turn = [&guest]() { return guest.wait_until_idle(); };
+  try {
+    const qcow2::PullResult r = co_await qcow2::pull(overlay, options);
+    std::cerr << "netblk: pull: complete (" << r.fetched << " bytes fetched from the backing chain)" << std::endl;
+  } catch (const Error& e) {
+    if (e.code() != ECANCELED) print_error(std::string("pull: ") + e.what());
+  }
+  done.set();
+}
 
 Task<int> serve(const ServeArgs& args) {
   if (!args.socket.empty() && (!args.bind.empty() || args.port_given))
@@ -42,8 +145,19 @@ Task<int> serve(const ServeArgs& args) {
   DriveSpec spec = args.drive.spec(args.read_only);
   // As qemu-nbd: others may do anything but resize the image while it is exported.
   spec.permissions = Permissions{kPermConsistentRead | (spec.read_only ? 0u : kPermWrite), kPermAll & ~kPermResize};
-  auto node = co_await open_drive(spec);
+  std::unique_ptr<Node> node = co_await open_drive(spec);
   Executor ex = co_await asio::this_coro::executor;
+  GuestActivity* guest = nullptr;
+  qcow2::Qcow2Node* overlay = nullptr;
+  if (args.pull) {
+    overlay = qcow2::qcow2_under(*node);
+    if (!overlay || node->read_only())
+      throw Error(EINVAL, canonical_name(*node) + ": --pull needs a writable qcow2 overlay");
+    auto wrapped = std::make_unique<GuestActivity>(ex, std::move(node));
+    guest = wrapped.get();
+    node = std::move(wrapped);
+  }
+  AsyncEvent pull_done(ex);
 
   nbd::ExportConfig config;
   config.name = args.export_name;
@@ -67,9 +181,24 @@ Task<int> serve(const ServeArgs& args) {
       NETBLK_LOG(info, "nbd: signal {}: stopping", signo);
       server.stop();
     });
-    co_await server.run();
+    if (guest) {
+      auto pulling = [guest, overlay, &pull_done]() { return pull_in_background(*guest, *overlay, pull_done); };
+      asio::co_spawn(ex, pulling, asio::detached);
+    }
+    std::exception_ptr failed;
+    try {
+      co_await server.run();
+    } catch (...) {
+      failed = std::current_exception();
+    }
     std::error_code ignored;
     signals.cancel(ignored);
+    if (guest) {
+      // The pull's pieces in flight land before the server and the image go.
+      guest->stop();
+      co_await pull_done.wait();
+    }
+    if (failed) std::rethrow_exception(failed);
   }
   try {
     co_await node->close();
@@ -95,6 +224,9 @@ const VerbRegistration kServe{Verb{
       app.add_flag("-r,--read-only", args->read_only, "Export read-only");
       app.add_option("-e,--shared", args->shared, "Clients served at once (default 1; 0 = unlimited)");
       app.add_flag("-t,--persistent", args->persistent, "Keep serving after the last client disconnects");
+      app.add_flag("--pull", args->pull,
+                   "Meanwhile copy everything the qcow2 overlay lacks from its backing chain into it, behind the "
+                   "clients' requests");
       app.add_option("--tls-creds", args->tls_creds, "Require TLS with the tls-creds-x509 or tls-creds-psk object ID (endpoint=server)");
       return [args]() -> int {
         return run_verb([args]() { return serve(*args); });

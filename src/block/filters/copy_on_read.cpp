@@ -24,7 +24,7 @@ class CopyOnReadNode final : public FilterNode {
  protected:
   Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override {
     // Without a backing chain or without write access there is nothing to copy.
-    if (!file_->backing() || file_->read_only() || caps_.read_only) {
+    if (!file_->has_backing() || file_->read_only() || caps_.read_only) {
       co_await file_->read(offset, buf);
       co_return;
     }

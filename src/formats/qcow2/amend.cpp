@@ -88,7 +88,7 @@ Task<void> Qcow2Node::expand_zero_clusters_locked() {
       const std::uint64_t e = t->e[idx];
       if (!(e & kOflagZero) || (e & kOflagCompressed)) continue;
       std::uint64_t host = e & kOffsetMask;
-      if (!host && !backing_) {
+      if (!host && !has_backing_) {
         t->e[idx] = 0;  // unallocated reads as zeroes without a backing file
       } else {
         if (!host) host = co_await allocate_clusters(1);

@@ -9,6 +9,7 @@
 #include "core/log.hpp"
 #include "formats/qcow2/compress.hpp"
 #include "netblk/buffer.hpp"
+#include "spec/tree.hpp"
 
 namespace netblk::qcow2 {
 namespace {
@@ -29,6 +30,35 @@ std::string dirname_of(const std::string& path) {
   return slash == 0 ? "/" : path.substr(0, slash);
 }
 
+// Whether a backing file named so is a plain local file: the protocol under its format
+// decides. A name too malformed to tell counts as local, so that it fails at open as ever.
+bool names_local_file(const Json& options, const std::string& filename) {
+  try {
+    Json tree = options;
+    std::string name = filename;
+    if (spec::is_json_name(name)) {
+      spec::merge(tree, spec::parse_json_name(name));
+      name.clear();
+    }
+    while (true) {
+      const std::string driver = tree.value("driver", std::string());
+      if (find_protocol(driver)) return driver == "file" || driver == "host_device";
+      auto file = tree.find("file");
+      if (file != tree.end() && file->is_object()) {
+        Json child = *file;
+        tree = std::move(child);
+        name.clear();
+        continue;
+      }
+      if (file != tree.end() && file->is_string()) name = file->get<std::string>();
+      else if (auto f = tree.find("filename"); f != tree.end() && f->is_string()) name = f->get<std::string>();
+      return filename_prefix(name).empty();
+    }
+  } catch (...) {
+    return true;
+  }
+}
+
 }  // namespace
 
 // Keeps an L2 table in the cache while a writer is about to change it.
@@ -45,7 +75,7 @@ class Qcow2Node::Pin {
 };
 
 Qcow2Node::Qcow2Node(const OpenContext& ctx, std::unique_ptr<Node> file, Header header)
-    : Node(ctx.executor), h_(std::move(header)), meta_(ctx.executor, 1) {
+    : Node(ctx.executor), h_(std::move(header)), backing_opening_(ctx.executor, 1), meta_(ctx.executor, 1) {
   cb_ = h_.cluster_bits;
   cs_ = std::uint64_t{1} << cb_;
   ext_l2_ = h_.extended_l2();
@@ -128,34 +158,58 @@ Task<void> Qcow2Node::init(const OpenContext& ctx, spec::Options& o) {
     }
   }
 
-  // The backing chain: an explicit option wins over what the image stores.
-  OpenContext bctx = ctx;
-  bctx.read_only = true;
+  // The backing chain: an explicit option wins over what the image stores. A local file is
+  // opened now (cheap, and its image locks are held from the start, as QEMU holds them);
+  // anything else on the first read that needs it, so that an overlay opens, and reads
+  // what it holds, with its server gone.
+  backing_ctx_ = ctx;
+  backing_ctx_.read_only = true;
   // Users that read nothing (info) lock no backing file: qemu-img info does not open it.
-  bctx.permissions.reset();
-  if (ctx.permissions && ctx.permissions->perm != 0) bctx.permissions = locking::backing_child(*ctx.permissions);
-  bctx.base_dir = file_->driver() == "file" ? dirname_of(file_->plain_filename()) : std::string();
-  try {
-    if (backing_opt) {
-      backing_given_ = true;
-      backing_option_ = *backing_opt;
-      if (backing_opt->is_string() && backing_opt->get<std::string>().empty()) {
-        // QEMU's "backing=" (empty): no backing file, as null.
-      } else if (backing_opt->is_string()) {
-        backing_ = co_await open_node(bctx, Json::object(), backing_opt->get<std::string>());
-      } else if (backing_opt->is_object()) {
-        backing_ = co_await open_node(bctx, *backing_opt, std::string());
-      } else if (!backing_opt->is_null()) {
-        o.invalid("backing", "expects a drive name, a group of options or null");
-      }
-    } else if (!h_.backing_file.empty()) {
-      Json bopts = Json::object();
-      if (auto d = backing_driver(h_.backing_file, h_.backing_format); !d.empty()) bopts["driver"] = d;
-      backing_ = co_await open_node(bctx, bopts, h_.backing_file);
+  backing_ctx_.permissions.reset();
+  if (ctx.permissions && ctx.permissions->perm != 0) backing_ctx_.permissions = locking::backing_child(*ctx.permissions);
+  backing_ctx_.base_dir = file_->driver() == "file" ? dirname_of(file_->plain_filename()) : std::string();
+  backing_options_ = Json::object();
+  if (backing_opt) {
+    backing_given_ = true;
+    backing_option_ = *backing_opt;
+    if (backing_opt->is_string() && backing_opt->get<std::string>().empty()) {
+      // QEMU's "backing=" (empty): no backing file, as null.
+    } else if (backing_opt->is_string()) {
+      has_backing_ = true;
+      backing_name_ = backing_opt->get<std::string>();
+    } else if (backing_opt->is_object()) {
+      has_backing_ = true;
+      backing_options_ = *backing_opt;
+    } else if (!backing_opt->is_null()) {
+      o.invalid("backing", "expects a drive name, a group of options or null");
     }
-  } catch (const Error& e) {
-    throw Error(e.code(), name() + ": Could not open backing file: " + e.what());
+  } else if (!h_.backing_file.empty()) {
+    has_backing_ = true;
+    if (auto d = backing_driver(h_.backing_file, h_.backing_format); !d.empty()) backing_options_["driver"] = d;
+    backing_name_ = h_.backing_file;
   }
+  if (has_backing_ && names_local_file(backing_options_, backing_name_)) co_await open_backing();
+}
+
+Task<Node*> Qcow2Node::open_backing() {
+  if (backing_ || !has_backing_) co_return backing_.get();
+  co_await backing_opening_.acquire();
+  const AsyncSemaphore::Permit opening(backing_opening_);
+  if (backing_) co_return backing_.get();  // opened while we waited
+  // A failure of a moment ago answers for the requests that queued behind it, so that they
+  // do not each wait out the protocol's retries again; later ones try again.
+  constexpr auto kFailureHeld = std::chrono::seconds(1);
+  if (backing_failed_ && std::chrono::steady_clock::now() - backing_failed_at_ < kFailureHeld) throw backing_error_;
+  try {
+    auto node = co_await open_node(backing_ctx_, backing_options_, backing_name_);
+    backing_ = std::move(node);
+  } catch (const Error& e) {
+    backing_error_ = Error(e.code(), name() + ": Could not open backing file: " + e.what());
+    backing_failed_ = true;
+    backing_failed_at_ = std::chrono::steady_clock::now();
+    throw backing_error_;
+  }
+  co_return backing_.get();
 }
 
 Json Qcow2Node::options() const {
@@ -378,9 +432,10 @@ Task<Qcow2Node::Extent> Qcow2Node::map_range(std::uint64_t offset, std::uint64_t
 
 Task<void> Qcow2Node::read_backing(std::uint64_t offset, std::span<std::byte> buf) {
   std::uint64_t n = 0;
-  if (backing_ && offset < backing_->size()) {
-    n = std::min<std::uint64_t>(buf.size(), backing_->size() - offset);
-    co_await backing_->read(offset, buf.first(n));
+  Node* backing = co_await open_backing();
+  if (backing && offset < backing->size()) {
+    n = std::min<std::uint64_t>(buf.size(), backing->size() - offset);
+    co_await backing->read(offset, buf.first(n));
   }
   std::fill(buf.begin() + static_cast<std::ptrdiff_t>(n), buf.end(), std::byte{0});
 }
@@ -474,10 +529,55 @@ Task<void> Qcow2Node::co_write(std::uint64_t offset, std::span<const std::byte> 
 }
 
 Task<void> Qcow2Node::write_in_l2(std::uint64_t offset, std::span<const std::byte> data, unsigned flags) {
-  const std::uint64_t end = offset + data.size();
-  const std::uint64_t first = offset >> cb_, last = (end - 1) >> cb_;
+  const std::uint64_t first = offset >> cb_, last = (offset + data.size() - 1) >> cb_;
   auto held = co_await cluster_locks_.acquire(first, last + 1, true);
   const RangeLocks::Guard range(cluster_locks_, held);
+  co_await write_in_l2_locked(offset, data, flags);
+}
+
+Task<std::uint64_t> Qcow2Node::fill_unallocated(std::uint64_t offset, std::span<const std::byte> data) {
+  if (caps_.read_only) throw Error(EPERM, name() + ": the image is read-only");
+  const unsigned cover_bits = cb_ + l2_bits_;
+  const std::uint64_t index_mask = (std::uint64_t{1} << l2_bits_) - 1;
+  // Zero clusters need v3; with subclusters the plain write path keeps the bitmaps right.
+  const bool zero_clusters = h_.version >= 3 && !ext_l2_;
+  std::uint64_t written = 0;
+  while (!data.empty()) {
+    const std::uint64_t table_end = ((offset >> cover_bits) + 1) << cover_bits;
+    const std::uint64_t n = std::min<std::uint64_t>(data.size(), table_end - offset);
+    const std::uint64_t first = offset >> cb_, last = (offset + n - 1) >> cb_;
+    // What is unallocated is decided under the clusters' lock, which every writer holds:
+    // a cluster a guest wrote meanwhile is left alone.
+    auto held = co_await cluster_locks_.acquire(first, last + 1, true);
+    const RangeLocks::Guard range(cluster_locks_, held);
+    for (std::uint64_t pos = offset; pos < offset + n;) {
+      Extent x = co_await map_range(pos, offset + n - pos);
+      if (x.kind == Kind::unallocated) {
+        const auto piece = data.subspan(pos - offset, x.length);
+        const bool whole = (pos & (cs_ - 1)) == 0 && ((pos + x.length) & (cs_ - 1)) == 0;
+        if (zero_clusters && whole && is_zero(piece)) {
+          auto t = co_await l2_for_write(pos >> cover_bits);
+          Pin pin(t);
+          co_await meta_.acquire();
+          const AsyncSemaphore::Permit lock(meta_);
+          for (std::uint64_t gc = pos >> cb_; gc < (pos + x.length) >> cb_; ++gc) t->e[gc & index_mask] = kOflagZero;
+          t->dirty = true;
+        } else {
+          co_await write_in_l2_locked(pos, piece, 0);
+        }
+        written += x.length;
+      }
+      pos += x.length;
+    }
+    offset += n;
+    data = data.subspan(n);
+  }
+  co_return written;
+}
+
+Task<void> Qcow2Node::write_in_l2_locked(std::uint64_t offset, std::span<const std::byte> data, unsigned flags) {
+  const std::uint64_t end = offset + data.size();
+  const std::uint64_t first = offset >> cb_, last = (end - 1) >> cb_;
   auto t = co_await l2_for_write(offset >> (cb_ + l2_bits_));
   Pin pin(t);
   const std::uint64_t index_mask = (std::uint64_t{1} << l2_bits_) - 1;
@@ -609,7 +709,7 @@ Task<void> Qcow2Node::write_in_l2(std::uint64_t offset, std::span<const std::byt
 
 Task<void> Qcow2Node::co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags) {
   const bool v3 = h_.version >= 3;
-  if (!v3 && backing_) {
+  if (!v3 && has_backing_) {
     // qcow2 v2 has no zero clusters: over a backing file zeroes must be written.
     co_await Node::co_write_zeroes(offset, length, flags);
     co_return;
@@ -651,7 +751,7 @@ Task<void> Qcow2Node::zero_or_discard(std::uint64_t first, std::uint64_t count, 
     const RangeLocks::Guard range(cluster_locks_, held);
     const bool table_present = (l1_[l1i] & kOffsetMask) != 0;
     // Without a table the clusters are unallocated: zero already without a backing file.
-    if (table_present || (backing_ && (!discard || v3))) {
+    if (table_present || (has_backing_ && (!discard || v3))) {
       auto t = co_await l2_for_write(l1i);
       Pin pin(t);
       co_await meta_.acquire();
@@ -660,7 +760,7 @@ Task<void> Qcow2Node::zero_or_discard(std::uint64_t first, std::uint64_t count, 
         const std::uint64_t idx = gc & index_mask;
         const std::uint64_t old = t->e[idx * stride_];
         if (ext_l2_) {
-          const std::uint64_t bm = backing_ ? 0xffffffff00000000ull : 0;
+          const std::uint64_t bm = has_backing_ ? 0xffffffff00000000ull : 0;
           if (old == 0 && t->e[idx * 2 + 1] == bm) continue;
           t->e[idx * 2] = 0;
           t->e[idx * 2 + 1] = bm;
@@ -671,7 +771,7 @@ Task<void> Qcow2Node::zero_or_discard(std::uint64_t first, std::uint64_t count, 
         std::uint64_t repl;
         bool keep = false;
         if (discard) {
-          repl = (v3 && backing_) ? kOflagZero : 0;
+          repl = (v3 && has_backing_) ? kOflagZero : 0;
         } else if (!v3) {
           repl = 0;  // only reached without a backing file
         } else if (!(flags & kZeroMayUnmap) && !(old & kOflagCompressed) && (old & kOflagCopied) &&
@@ -679,8 +779,8 @@ Task<void> Qcow2Node::zero_or_discard(std::uint64_t first, std::uint64_t count, 
           repl = (old & kOffsetMask) | kOflagCopied | kOflagZero;  // stays allocated, reads as zeroes
           keep = true;
         } else {
-          repl = (backing_ || !(flags & kZeroMayUnmap)) ? kOflagZero : 0;
-          if (!backing_ && old == 0) repl = 0;
+          repl = (has_backing_ || !(flags & kZeroMayUnmap)) ? kOflagZero : 0;
+          if (!has_backing_ && old == 0) repl = 0;
         }
         if (repl == old) continue;
         t->e[idx] = repl;
@@ -850,6 +950,34 @@ Task<void> Qcow2Node::grow_reftable(std::uint64_t min_entries) {
   reftable_dirty_ = true;
   reftable_moved_ = true;
   for (std::uint64_t i = 0; i < clusters; ++i) co_await update_refcount(c + i, +1);
+}
+
+Task<void> Qcow2Node::drop_backing_reference() {
+  if (caps_.read_only) throw Error(EPERM, name() + ": the image is read-only");
+  co_await co_flush();  // every cluster the image now holds is durable first
+  Buffer head(cs_);
+  co_await file_->read(0, head.span());
+  std::byte* p = head.data();
+  // The header extensions are kept as they are, but for the backing format.
+  const std::uint64_t start = h_.header_length;
+  std::vector<std::byte> kept;
+  for (std::uint64_t pos = start; pos + 8 <= cs_;) {
+    const std::uint32_t type = load_be32(p + pos);
+    const std::uint64_t padded = (std::uint64_t{load_be32(p + pos + 4)} + 7) & ~std::uint64_t{7};
+    if (type == kExtEnd) break;
+    if (pos + 8 + padded > cs_) throw Error(EIO, name() + ": header extension beyond the header cluster");
+    if (type != kExtBackingFormat) kept.insert(kept.end(), p + pos, p + pos + 8 + padded);
+    pos += 8 + padded;
+  }
+  std::memset(p + start, 0, cs_ - start);
+  std::memcpy(p + start, kept.data(), kept.size());  // the zeroes after it are the end marker
+  store_be64(p + 8, 0);   // backing_file_offset
+  store_be32(p + 16, 0);  // backing_file_size
+  co_await write_header_field(0, head.span());
+  h_.backing_file.clear();
+  h_.backing_format.clear();
+  h_.backing_file_offset = 0;
+  h_.backing_file_size = 0;
 }
 
 Task<void> Qcow2Node::write_header_field(std::uint64_t offset, std::span<const std::byte> bytes) {

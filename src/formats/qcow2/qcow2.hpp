@@ -9,6 +9,7 @@
 // cluster with refcount 0 (leaks are possible, corruptions are not); data acknowledged by
 // a flush survives. Guest data is written before the L2 entry that points at it changes.
 #pragma once
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -45,8 +46,19 @@ class Qcow2Node final : public Node {
   std::string_view driver() const override { return "qcow2"; }
   Json options() const override;
   ImageInfo image_info() const override;
-  bool has_zero_init() const override { return !backing_; }
+  bool has_zero_init() const override { return !has_backing_; }
+  bool has_backing() const override { return has_backing_; }
+  Task<Node*> open_backing() override;
   const Header& header() const { return h_; }
+
+  // Writes `data`, read from the backing chain at `offset`, into those parts of
+  // [offset, offset + data.size()) that are still unallocated here (QEMU's block-stream and
+  // copy-on-read rule); what a writer put there meanwhile stays. All-zero whole clusters
+  // become zero clusters. Returns how many bytes it wrote.
+  Task<std::uint64_t> fill_unallocated(std::uint64_t offset, std::span<const std::byte> data);
+  // Clears the backing file reference in the header (and the backing format extension), so
+  // the image stands alone; the caller made sure it holds every cluster.
+  Task<void> drop_backing_reference();
 
   bool supports_check() const override { return true; }
   Task<CheckResult> check(unsigned fix) override;
@@ -91,6 +103,8 @@ class Qcow2Node final : public Node {
 
   // Writing helpers.
   Task<void> write_in_l2(std::uint64_t offset, std::span<const std::byte> data, unsigned flags);
+  // The same with the clusters' lock held by the caller.
+  Task<void> write_in_l2_locked(std::uint64_t offset, std::span<const std::byte> data, unsigned flags);
   Task<void> zero_or_discard(std::uint64_t first_cluster, std::uint64_t count, bool discard, unsigned flags);
   void release_entry(std::uint64_t l2_entry);  // queues the clusters an old entry used
 
@@ -134,6 +148,15 @@ class Qcow2Node final : public Node {
   bool ext_l2_;
   Json backing_option_;  // "backing" as given at open (absent: null)
   bool backing_given_ = false;
+  // The backing file, opened by open_backing() (at once when it is a local file).
+  bool has_backing_ = false;
+  OpenContext backing_ctx_;
+  Json backing_options_;
+  std::string backing_name_;
+  AsyncSemaphore backing_opening_;  // one opener at a time
+  bool backing_failed_ = false;  // the last attempt failed, at backing_failed_at_
+  std::chrono::steady_clock::time_point backing_failed_at_;
+  Error backing_error_{0, ""};
 
   std::vector<std::uint64_t> l1_;
   bool l1_dirty_ = false;

@@ -30,8 +30,11 @@ Task<void> Qcow2Node::co_truncate(std::uint64_t new_size) {
     size_ = new_size;
   }
   // As QEMU: a backing file must not show through the grown area.
-  if (backing_ && new_size > old_size && backing_->size() > old_size)
-    co_await co_write_zeroes(old_size, std::min(new_size, backing_->size()) - old_size, 0);
+  if (has_backing_ && new_size > old_size) {
+    Node* backing = co_await open_backing();
+    if (backing && backing->size() > old_size)
+      co_await co_write_zeroes(old_size, std::min(new_size, backing->size()) - old_size, 0);
+  }
 }
 
 Task<void> Qcow2Node::grow_l1_locked(std::uint64_t entries) {
