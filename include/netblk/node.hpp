@@ -104,6 +104,15 @@ struct CheckResult {
   std::uint64_t fragmented_clusters = 0, compressed_clusters = 0;
   std::vector<std::string> messages;  // one line each, for stderr
 };
+// One internal snapshot (QEMU's QEMUSnapshotInfo).
+struct Snapshot {
+  std::string id, name;
+  std::uint64_t vm_state_size = 0;
+  std::uint32_t date_sec = 0, date_nsec = 0;
+  std::uint64_t vm_clock_nsec = 0;
+  std::optional<std::uint64_t> icount;
+};
+
 inline constexpr unsigned kFixLeaks = 1;
 inline constexpr unsigned kFixErrors = 2;
 
@@ -217,6 +226,20 @@ class Node {
   Task<void> flush();
   // The status of [offset, offset + result.length), result.length in (0, length].
   Task<BlockStatus> block_status(std::uint64_t offset, std::uint64_t length);
+  // Changes the virtual size (qemu-img resize); shrinking drops what lies past the new end.
+  // Drivers that cannot resize throw ENOTSUP.
+  Task<void> truncate(std::uint64_t size);
+  // Image verbs a format may implement; the defaults throw ENOTSUP.
+  // Stores `name` (empty: none) and `format` as this image's backing file (rebase, commit);
+  // the open backing node stays as it is.
+  virtual Task<void> set_backing_file(const std::string& name, const std::string& format);
+  // Drops everything this image defines, so that it reads as its backing file (commit).
+  virtual Task<void> make_empty();
+  // The internal snapshots the image holds (qemu-img snapshot -l); none by default.
+  virtual Task<std::vector<Snapshot>> snapshots();
+  // Changes format options of the image in place (qemu-img amend -o; qcow2's compat,
+  // lazy_refcounts, size, backing_file, backing_fmt).
+  virtual Task<void> amend(const Json& options);
   // Flushes (when writable) and releases the node and its children. Idempotent.
   Task<void> close();
 
@@ -228,6 +251,8 @@ class Node {
   virtual Task<void> co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags);
   virtual Task<void> co_discard(std::uint64_t offset, std::uint64_t length, unsigned flags);
   virtual Task<void> co_flush();
+  // Sets size_ to `size` (ENOTSUP by default); called on a writable node.
+  virtual Task<void> co_truncate(std::uint64_t size);
   virtual Task<BlockStatus> co_block_status(std::uint64_t offset, std::uint64_t length);
   virtual Task<void> co_close();
   // What set_permissions() does on this node (force-share applied): nothing by default.

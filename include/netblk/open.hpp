@@ -50,4 +50,14 @@ std::string canonical_name(const Node& node);
 Task<void> create_image(std::string format, std::string filename, std::string options_text,
                         std::optional<std::uint64_t> size);
 
+// What `measure_image()` found (qemu-img measure's BlockMeasureInfo).
+struct MeasureResult {
+  std::uint64_t required = 0;         // bytes the new image needs for this data
+  std::uint64_t fully_allocated = 0;  // bytes it needs with every cluster allocated
+  std::optional<std::uint64_t> bitmaps;  // persistent bitmaps' bytes, when both formats have them
+};
+// qemu-img measure: the size of a new `format` image (with -o `options_text`) holding the
+// data of `source`, or, when it is null, `size` bytes.
+Task<MeasureResult> measure_image(std::string format, std::string options_text, Node* source, std::uint64_t size);
+
 }  // namespace netblk

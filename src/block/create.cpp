@@ -61,4 +61,12 @@ Task<void> create_image(std::string format, std::string filename, std::string op
   co_await fmt->create(ctx, request);
 }
 
+Task<MeasureResult> measure_image(std::string format, std::string options_text, Node* source, std::uint64_t size) {
+  const FormatDriver* fmt = find_format(format);
+  if (!fmt) throw Error(EINVAL, "Unknown file format '" + format + "'");
+  if (!fmt->measure) throw Error(ENOTSUP, "Block driver '" + format + "' does not support size measurement");
+  spec::Options o(spec::parse_keyval(options_text), spec::Options::Kind::create, format);
+  co_return co_await fmt->measure(o, source, size);
+}
+
 }  // namespace netblk

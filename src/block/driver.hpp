@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "netblk/node.hpp"
+#include "netblk/open.hpp"
 #include "spec/options.hpp"
 
 namespace netblk {
@@ -68,6 +69,9 @@ struct FormatDriver {
                                             bool probed)>
       open;
   std::function<Task<void>(const OpenContext&, const CreateRequest&)> create;  // optional
+  // qemu-img measure: what an image of this format made with `options` (-o) takes, holding
+  // `source`'s data (or, without one, `size` bytes of nothing). Optional.
+  std::function<Task<MeasureResult>(spec::Options& options, Node* source, std::uint64_t size)> measure = {};
   ChildPermissions file_permissions;
 };
 

@@ -210,6 +210,28 @@ Task<void> Node::flush() {
   co_await co_flush();
 }
 
+Task<void> Node::truncate(std::uint64_t size) {
+  if (caps_.read_only) throw Error(EPERM, display_name() + ": the image is read-only");
+  co_await co_truncate(size);
+}
+
+Task<void> Node::set_backing_file(const std::string&, const std::string&) {
+  throw Error(ENOTSUP, display_name() + ": driver '" + std::string(driver()) + "' does not store a backing file");
+  co_return;
+}
+
+Task<void> Node::make_empty() {
+  throw Error(ENOTSUP, display_name() + ": driver '" + std::string(driver()) + "' cannot empty an image");
+  co_return;
+}
+
+Task<std::vector<Snapshot>> Node::snapshots() { co_return std::vector<Snapshot>{}; }
+
+Task<void> Node::amend(const Json&) {
+  throw Error(ENOTSUP, "Format driver '" + std::string(driver()) + "' does not support option amendment");
+  co_return;
+}
+
 Task<BlockStatus> Node::block_status(std::uint64_t offset, std::uint64_t length) {
   check_range(offset, length, "block status");
   if (length == 0) throw Error(EINVAL, display_name() + ": block status of 0 bytes");
@@ -262,6 +284,10 @@ Task<void> Node::co_write_zeroes(std::uint64_t offset, std::uint64_t length, uns
 }
 
 Task<void> Node::co_discard(std::uint64_t, std::uint64_t, unsigned) { co_return; }
+Task<void> Node::co_truncate(std::uint64_t) {
+  throw Error(ENOTSUP, display_name() + ": Image format driver does not support resize");
+  co_return;
+}
 Task<void> Node::co_flush() { co_return; }
 Task<BlockStatus> Node::co_block_status(std::uint64_t, std::uint64_t length) {
   co_return BlockStatus{length, kStatusData | kStatusAllocated};

@@ -2,6 +2,7 @@
 
 #include <iostream>
 
+#include "block/driver.hpp"
 #include "core/secrets.hpp"
 #include "spec/tree.hpp"
 
@@ -57,6 +58,15 @@ void add_common_options(CLI::App& app, std::vector<std::string>& objects, bool* 
 
 void define_objects(const std::vector<std::string>& objects) {
   for (const auto& o : objects) secrets::define(spec::parse_keyval(o, "qom-type"));
+}
+
+std::string backing_name_from_here(const Node& image, const std::string& name) {
+  if (name.empty() || name[0] == '/' || !filename_prefix(name).empty()) return name;
+  const Node* file = image.file();
+  if (!file || file->driver() != "file") return name;
+  const std::string path = file->plain_filename();
+  const auto slash = path.rfind('/');
+  return slash == std::string::npos ? name : path.substr(0, slash + 1) + name;
 }
 
 void print_error(const std::string& message) { std::cerr << "netblk: " << message << std::endl; }

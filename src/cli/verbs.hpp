@@ -49,6 +49,10 @@ void add_common_options(CLI::App& app, std::vector<std::string>& objects, bool* 
 // Defines the secrets given with --object.
 void define_objects(const std::vector<std::string>& objects);
 
+// A backing file name as an image stores it, made openable from here: a relative path is
+// relative to the directory of the image's file (QEMU's rule).
+std::string backing_name_from_here(const Node& image, const std::string& name);
+
 // Runs `body` on a fresh event loop; an Error becomes "netblk: MESSAGE" on stderr and
 // `error_exit`.
 int run_verb(std::function<Task<int>()> body, int error_exit = 1);

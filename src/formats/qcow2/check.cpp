@@ -29,6 +29,21 @@ Task<std::vector<Qcow2Node::SnapshotInfo>> Qcow2Node::read_snapshot_table(std::u
     SnapshotInfo s{load_be64(fixed), load_be32(fixed + 8)};
     const std::uint64_t id_len = load_be16(fixed + 12), name_len = load_be16(fixed + 14);
     const std::uint64_t extra = load_be32(fixed + 36);
+    s.date_sec = load_be32(fixed + 16);
+    s.date_nsec = load_be32(fixed + 20);
+    s.vm_clock_nsec = load_be64(fixed + 24);
+    s.vm_state_size = load_be32(fixed + 32);
+    if (pos + 40 + extra + id_len + name_len > fsz)
+      throw Error(EIO, name() + ": snapshot table lies beyond the end of the image file");
+    // Extra data (QEMU's: a 64-bit VM state size, the disk size, the icount), then ID and name.
+    std::vector<std::byte> var(std::min<std::uint64_t>(extra, 24));
+    if (!var.empty()) co_await file_->read(pos + 40, var);
+    if (var.size() >= 8) s.vm_state_size = load_be64(var.data());
+    if (var.size() >= 24) s.icount = load_be64(var.data() + 16);
+    std::string text(id_len + name_len, '\0');
+    if (!text.empty()) co_await file_->read(pos + 40 + extra, std::as_writable_bytes(std::span(text)));
+    s.id = text.substr(0, id_len);
+    s.name = text.substr(id_len);
     pos += 40 + extra + id_len + name_len;
     pos = (pos + 7) & ~std::uint64_t{7};
     if (pos > fsz) throw Error(EIO, name() + ": snapshot table lies beyond the end of the image file");

@@ -102,7 +102,8 @@ Task<void> create_qcow2(const OpenContext& ctx, const CreateRequest& req) {
   const std::uint64_t l1_size = div_up(clusters, l2_entries);
   if (l1_size * 8 > kMaxL1Bytes)
     throw fail("The image size is too large for file format 'qcow2' (try using a larger cluster size)");
-  const std::uint64_t l1_clusters = std::max<std::uint64_t>(1, div_up(l1_size * 8, cs));
+  // An empty image has no L1 table (as QEMU's): a cluster for one would be a leak to check.
+  const std::uint64_t l1_clusters = div_up(l1_size * 8, cs);
   const bool prealloc_meta = prealloc != "off";
   const std::uint64_t l2_clusters = prealloc_meta ? l1_size : 0;
   const std::uint64_t data_clusters = prealloc_meta ? clusters : 0;
@@ -126,7 +127,7 @@ Task<void> create_qcow2(const OpenContext& ctx, const CreateRequest& req) {
   h.cluster_bits = cb;
   h.size = vsize;
   h.l1_size = static_cast<std::uint32_t>(l1_size);
-  h.l1_table_offset = l1_start * cs;
+  h.l1_table_offset = l1_size ? l1_start * cs : 0;
   h.refcount_table_offset = rt_start * cs;
   h.refcount_table_clusters = static_cast<std::uint32_t>(rt);
   h.refcount_order = static_cast<std::uint32_t>(std::countr_zero(refcount_bits));
@@ -151,7 +152,7 @@ Task<void> create_qcow2(const OpenContext& ctx, const CreateRequest& req) {
       set_refcount_entry(b.data(), c - i * refblock_entries, h.refcount_order, 1);
     co_await file->write((rb_start + i) * cs, b.span());
   }
-  {
+  if (l1_clusters) {
     Buffer l1 = Buffer::zeroed(l1_clusters * cs);
     if (prealloc_meta)
       for (std::uint64_t i = 0; i < l1_size; ++i) store_be64(l1.data() + 8 * i, ((l2_start + i) * cs) | kOflagCopied);

@@ -1087,6 +1087,7 @@ int probe_qcow2(std::span<const std::byte> head) {
 }  // namespace
 
 Task<void> create_qcow2(const OpenContext& ctx, const CreateRequest& req);
+Task<MeasureResult> measure_qcow2(spec::Options& o, Node* source, std::uint64_t size);
 
 namespace {
 const DriverRegistration kQcow2{FormatDriver{
@@ -1094,6 +1095,7 @@ const DriverRegistration kQcow2{FormatDriver{
     .probe = probe_qcow2,
     .open = open_qcow2,
     .create = create_qcow2,
+    .measure = measure_qcow2,
     .file_permissions = {},  // QEMU's storage rule
 }};
 }  // namespace

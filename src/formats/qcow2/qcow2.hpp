@@ -63,6 +63,12 @@ class Qcow2Node final : public Node {
   bool supports_check() const override { return true; }
   Task<CheckResult> check(unsigned fix) override;
 
+  // Image verbs: verbs.cpp.
+  Task<void> set_backing_file(const std::string& name, const std::string& format) override;
+  Task<void> make_empty() override;
+  Task<void> amend(const Json& options) override;  // amend.cpp
+  Task<std::vector<Snapshot>> snapshots() override;  // verbs.cpp
+
  protected:
   Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override;
   Task<void> co_write(std::uint64_t offset, std::span<const std::byte> buf, unsigned flags) override;
@@ -70,6 +76,7 @@ class Qcow2Node final : public Node {
   Task<void> co_discard(std::uint64_t offset, std::uint64_t length, unsigned flags) override;
   Task<void> co_flush() override;
   Task<BlockStatus> co_block_status(std::uint64_t offset, std::uint64_t length) override;
+  Task<void> co_truncate(std::uint64_t size) override;  // verbs.cpp
 
  private:
   enum class Kind { unallocated, zero, data, compressed };
@@ -114,10 +121,20 @@ class Qcow2Node final : public Node {
   Task<void> flush_metadata_locked();
   Task<void> write_header_field(std::uint64_t offset, std::span<const std::byte> bytes);
 
+  // Image verbs (verbs.cpp, meta_ held).
+  Task<void> grow_l1_locked(std::uint64_t entries);
+  Task<void> unallocate_from_locked(std::uint64_t first_cluster);
+  Task<void> rewrite_header_locked(const Header& proposed);
+  Task<void> expand_zero_clusters_locked();  // amend.cpp
+
   // check.
   struct SnapshotInfo {
     std::uint64_t l1_offset;
     std::uint32_t l1_size;
+    std::string id{}, name{};
+    std::uint32_t date_sec = 0, date_nsec = 0;
+    std::uint64_t vm_clock_nsec = 0, vm_state_size = 0;
+    std::uint64_t icount = ~std::uint64_t{0};  // none
   };
   Task<std::vector<SnapshotInfo>> read_snapshot_table(std::uint64_t& table_bytes);
   std::string name() const { return file_->display_name(); }

@@ -72,6 +72,12 @@ class RawNode final : public Node {
     co_await file_->discard(offset_ + off, len, flags);
   }
   Task<void> co_flush() override { co_await file_->flush(); }
+  Task<void> co_truncate(std::uint64_t size) override {
+    // As QEMU: a window into the file has a fixed size.
+    if (offset_ || size_option_) throw Error(ENOTSUP, display_name() + ": Cannot resize a raw image with an offset or size option");
+    co_await file_->truncate(size);
+    size_ = size;
+  }
   Task<BlockStatus> co_block_status(std::uint64_t off, std::uint64_t len) override {
     BlockStatus s = co_await file_->block_status(offset_ + off, len);
     s.host_offset = offset_ + off;
@@ -127,6 +133,14 @@ Task<void> create_raw(const OpenContext& ctx, const CreateRequest& req) {
   co_await node->close();
 }
 
+// As QEMU's raw_measure: every byte counts, allocated or not.
+Task<MeasureResult> measure_raw(spec::Options& o, Node* source, std::uint64_t size) {
+  o.str("preallocation");
+  o.finish();
+  const std::uint64_t bytes = source ? source->size() : (size + 511) / 512 * 512;
+  co_return MeasureResult{bytes, bytes, std::nullopt};
+}
+
 // As QEMU's raw: the whole file is passed its users' permissions as they are; a window
 // (an offset or a size) also keeps others from resizing the file.
 Permissions raw_file_permissions(Permissions parent, bool, const Json& options) {
@@ -140,6 +154,7 @@ const DriverRegistration kRaw{FormatDriver{
     .probe = [](std::span<const std::byte>) { return 1; },
     .open = open_raw,
     .create = create_raw,
+    .measure = measure_raw,
     .file_permissions = raw_file_permissions,
 }};
 

@@ -199,6 +199,18 @@ class FileNode final : public Node {
                           kStatusData | kStatusAllocated, offset};
   }
 
+  Task<void> co_truncate(std::uint64_t size) override {
+    if (block_device_) {
+      if (size == size_) co_return;
+      throw Error(ENOTSUP, "'" + path_ + "': Cannot grow or shrink a block device");
+    }
+    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) throw_errno(errno, "Could not resize '" + path_ + "'");
+    // The mapping covers the old size: map the file again.
+    unmap();
+    size_ = size;
+    map();
+  }
+
   Task<void> co_close() override {
     unmap();
     locks_.release();
