@@ -275,6 +275,15 @@ TEST(Rbd, CreateWriteReadResize) {
   expect_ok(run_netblk({"create", "-f", "raw", s.name("made"), "20M"}, 30s), "resize");
   EXPECT_EQ(rbd_size(s.ceph, "made"), 20 * kMiB);
   EXPECT_EQ(used(s.ceph, "made"), 0u);
+  // netblk resize keeps the bytes: grown, then shrunk back to the source's size (--shrink).
+  expect_ok(run_netblk({"convert", "-n", "-O", "raw", t / "src.img", s.name("made")}, 60s), "convert into it");
+  expect_ok(run_netblk({"resize", "-f", "raw", s.name("made"), "24M"}, 30s), "resize to 24M");
+  EXPECT_EQ(rbd_size(s.ceph, "made"), 24 * kMiB);
+  const std::string back = std::to_string(9 * kMiB + 512);
+  EXPECT_NE(run_netblk({"resize", "-f", "raw", s.name("made"), back}, 30s).exit_code, 0) << "a shrink without --shrink";
+  expect_ok(run_netblk({"resize", "--shrink", "-f", "raw", s.name("made"), back}, 30s), "resize --shrink");
+  EXPECT_EQ(rbd_size(s.ceph, "made"), 9 * kMiB + 512);
+  expect_same_bytes({s.name("made")}, t / "src.img");
   // A snapshot name cannot be created.
   expect_failure_with(run_netblk({"create", "-f", "raw", "rbd:rbd/made@s:conf=" + s.ceph.conf(), "1M"}, 30s),
                       "create a snapshot", {"Can't use snapshot name for image creation"});

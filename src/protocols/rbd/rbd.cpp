@@ -471,6 +471,20 @@ class RbdNode final : public Node {
     if (r < 0) throw Error(-r, name_ + ": close failed: " + errno_text(-r));
   }
 
+  // `netblk resize`: the image made exactly `size` bytes long (rbd_resize frees what a
+  // shrink cuts off), in turn with the resizes that writes past the end make.
+  Task<void> co_truncate(std::uint64_t size) override {
+    auto held = co_await growing_.acquire(0, 1, true);
+    const RangeLocks::Guard guard(growing_, held);
+    rbd_image_t image = image_;
+    auto work = [image, size]() { return rbd_resize(image, size); };
+    const std::string what = name_ + ": resize";
+    const int r = co_await offload(std::move(work), config_.timeout + kGrace, what);
+    if (r < 0) throw Error(-r, name_ + ": resizing the image to " + std::to_string(size) + " bytes failed: " + errno_text(-r));
+    image_size_ = size;
+    size_ = size;
+  }
+
  private:
   // The image made at least `end` bytes long, one resize at a time (a smaller one finishing
   // last would cut off what a larger one made room for).
