@@ -477,6 +477,11 @@ TEST(Gluster, CreateRawAndQcow2OnTheVolume) {
   expect_ok(run_netblk({"convert", "-O", "raw", t / "src.img", s.gd.url("gv", "made.raw")}, 60s), "convert to raw");
   EXPECT_EQ(file_hash(s.brick_file("made.raw")), file_hash(t / "src.img"));
   expect_same_bytes({s.gd.url("gv", "made.raw")}, t / "src.img");
+  // resize: grown, then shrunk back with --shrink; the bytes stay.
+  expect_ok(run_netblk({"resize", "-f", "raw", s.gd.url("gv", "made.raw"), "7M"}, 30s), "resize");
+  EXPECT_EQ(std::filesystem::file_size(s.brick_file("made.raw")), 7u << 20);
+  expect_ok(run_netblk({"resize", "--shrink", "-f", "raw", s.gd.url("gv", "made.raw"), "5M"}, 30s), "shrink");
+  EXPECT_EQ(file_hash(s.brick_file("made.raw")), file_hash(t / "src.img"));
 
   // qcow2: create, then convert into a new one; read back; netblk's and qemu-img's checks.
   expect_ok(run_netblk({"create", "-f", "qcow2", s.gd.url("gv", "empty.qcow2"), "64M"}, 30s), "create qcow2");

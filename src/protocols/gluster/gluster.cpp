@@ -419,6 +419,20 @@ class GlusterNode final : public Node {
     co_return data;
   }
 
+  // `netblk resize`: the file made exactly `size` bytes long.
+  Task<void> co_truncate(std::uint64_t size) override {
+    glfs_fd_t* fd = fd_;
+    auto work = [fd, size]() {
+      errno = 0;
+      return glfs_ftruncate(fd, static_cast<off_t>(size), nullptr, nullptr) == 0 ? 0 : (errno ? errno : EIO);
+    };
+    const std::string what = name_ + ": resize";
+    const int err = co_await offload(std::move(work), kCallLimit, what);
+    ++written_;
+    if (err) throw Error(err, name_ + ": resizing to " + std::to_string(size) + " bytes failed: " + errno_text(err));
+    size_ = size;
+  }
+
   Task<void> co_close() override {
     if (!fd_) co_return;
     glfs_fd_t* fd = fd_;
