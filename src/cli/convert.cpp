@@ -209,16 +209,6 @@ std::uint64_t sparse_option(const std::string& text) {
   return bytes;
 }
 
-unsigned workers_option(const std::string& text) {
-  std::uint64_t n = 0;
-  try {
-    n = parse_uint(text, "-m");
-  } catch (const Error&) {
-  }
-  if (n < 1 || n > 16) throw Error(EINVAL, "Invalid number of coroutines. Allowed number of coroutines is between 1 and 16");
-  return static_cast<unsigned>(n);
-}
-
 const VerbRegistration kConvert{Verb{
     "convert", "Copy an image to a new or existing image (qemu-img convert)", [](CLI::App& app) {
       struct Args {
@@ -251,7 +241,7 @@ const VerbRegistration kConvert{Verb{
         return run_verb([a]() -> Task<int> {
           define_objects(a->objects);
           const std::uint64_t sparse = sparse_option(a->sparse);
-          const unsigned workers = workers_option(a->workers);
+          const unsigned workers = parallel_requests_option(a->workers);
           DriveSpec src_spec = a->src.spec(true);
           // As qemu-img: nobody may write or resize the source while it is copied.
           src_spec.permissions = Permissions{kPermConsistentRead, kPermConsistentRead | kPermWriteUnchanged};

@@ -3,21 +3,10 @@
 // it fetches only what is still missing. --drop-backing then lets the overlay stand alone.
 #include "cli/progress.hpp"
 #include "cli/verbs.hpp"
-#include "core/parse.hpp"
 #include "formats/qcow2/pull.hpp"
 
 namespace netblk::cli {
 namespace {
-
-unsigned requests_option(const std::string& text) {
-  std::uint64_t n = 0;
-  try {
-    n = parse_uint(text, "-m");
-  } catch (const Error&) {
-  }
-  if (n < 1 || n > 16) throw Error(EINVAL, "Invalid number of coroutines. Allowed number of coroutines is between 1 and 16");
-  return static_cast<unsigned>(n);
-}
 
 const VerbRegistration kPull{Verb{
     "pull", "Copy into a qcow2 overlay everything it takes from its backing chain (QEMU's block-stream)",
@@ -41,7 +30,7 @@ const VerbRegistration kPull{Verb{
         return run_verb([a]() -> Task<int> {
           define_objects(a->objects);
           qcow2::PullOptions options;
-          options.requests = requests_option(a->requests);
+          options.requests = parallel_requests_option(a->requests);
           DriveSpec spec = a->drive.spec(false);
           auto node = co_await open_drive(spec);
           qcow2::Qcow2Node* overlay = qcow2::qcow2_under(*node);

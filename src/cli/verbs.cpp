@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "block/driver.hpp"
+#include "core/parse.hpp"
 #include "core/secrets.hpp"
 #include "spec/tree.hpp"
 
@@ -67,6 +68,16 @@ std::string backing_name_from_here(const Node& image, const std::string& name) {
   const std::string path = file->plain_filename();
   const auto slash = path.rfind('/');
   return slash == std::string::npos ? name : path.substr(0, slash + 1) + name;
+}
+
+unsigned parallel_requests_option(const std::string& text) {
+  std::uint64_t n = 0;
+  try {
+    n = parse_uint(text, "-m");
+  } catch (const Error&) {
+  }
+  if (n < 1 || n > 16) throw Error(EINVAL, "Invalid number of coroutines. Allowed number of coroutines is between 1 and 16");
+  return static_cast<unsigned>(n);
 }
 
 void print_error(const std::string& message) { std::cerr << "netblk: " << message << std::endl; }

@@ -57,6 +57,9 @@ std::string backing_name_from_here(const Node& image, const std::string& name);
 // `error_exit`.
 int run_verb(std::function<Task<int>()> body, int error_exit = 1);
 
+// qemu-img's -m (requests in flight, 1-16), with its message for anything else.
+unsigned parallel_requests_option(const std::string& text);
+
 // Prints "netblk: message" to stderr.
 void print_error(const std::string& message);
 
