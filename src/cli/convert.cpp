@@ -1,5 +1,6 @@
 // netblk convert: copy any drive to a new or existing image, as qemu-img convert does.
-// -m workers copy chunks concurrently; without -W the writes land in order. Zero areas
+// -m workers copy chunks concurrently; without -W the writes land in order, unless the
+// target's layout does not depend on their order. Zero areas
 // (block status, or -S runs of zero bytes) are skipped on a zero-initialised target and
 // written as zeroes elsewhere; -S 0 copies them as data. When the target is a file as is
 // (raw, nothing in between), the source may put data straight into it
@@ -270,7 +271,8 @@ const VerbRegistration kConvert{Verb{
             throw Error(ENOTSUP, "Compression not supported for this file format");
           Progress progress(a->progress && !a->quiet, size);
           Executor ex = co_await asio::this_coro::executor;
-          Copy copy{*src, *dst, size, sparse, !a->no_create && dst->has_zero_init(), !a->out_of_order, a->compress,
+          const bool in_order = !a->out_of_order && !dst->caps().any_write_order;
+          Copy copy{*src, *dst, size, sparse, !a->no_create && dst->has_zero_init(), in_order, a->compress,
                     progress, AsyncCondition(ex)};
           co_await run_concurrently(
               workers, [&] { return copy.worker(); }, [&] { copy.fail(); });

@@ -345,6 +345,7 @@ class RbdNode final : public Node {
     caps_.can_discard = !ro;
     caps_.has_block_status = f.diff;
     caps_.can_grow = !ro;  // by rbd_resize: a qcow2 image inside an RBD image grows as it is written
+    caps_.any_write_order = true;  // objects are made as written to, wherever they are
     image_size_ = f.size;
     watcher_.watch(efd_, FdEvents::read);
   }
