@@ -83,8 +83,9 @@ struct Capabilities {
   // Aligned writes may reach past size(); the node grows to cover them (a regular file
   // under a qcow2 image appending clusters).
   bool can_grow = false;
-  // Writes arriving in any order leave the same layout (nothing is allocated in arrival
-  // order, as an RBD image's objects): copies need not hold writes in order (qemu-img's -W).
+  // Writes arriving in any order leave as good a layout (an RBD image's objects are made
+  // where they are written; a Gluster brick's file system allocates at writeback): copies
+  // need not hold writes in order (qemu-img's -W).
   bool any_write_order = false;
 };
 

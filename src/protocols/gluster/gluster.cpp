@@ -284,6 +284,7 @@ class GlusterNode final : public Node {
     caps_.can_discard = !ctx.read_only;
     caps_.has_block_status = f.seek_data;
     caps_.can_grow = !ctx.read_only;  // writes past the end extend the file
+    caps_.any_write_order = true;  // the brick's file system places the blocks at writeback
   }
 
   ~GlusterNode() override {
