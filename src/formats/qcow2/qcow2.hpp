@@ -8,6 +8,12 @@
 // process killed at any moment therefore leaves an image whose metadata never points at a
 // cluster with refcount 0 (leaks are possible, corruptions are not); data acknowledged by
 // a flush survives. Guest data is written before the L2 entry that points at it changes.
+//
+// Internal snapshots share clusters and L2 tables with the active tables; an entry without
+// the COPIED flag (refcount not exactly 1) is never written in place: a write goes to a new
+// cluster (the old contents copied around it), a changed L2 table to a new copy first, and
+// the shared one loses the active tables' reference after the new pointer is on disk
+// (snapshot.cpp makes, applies and deletes snapshots).
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -92,7 +98,11 @@ class Qcow2Node final : public Node {
   Task<Extent> map_range(std::uint64_t offset, std::uint64_t length);
   Task<std::shared_ptr<L2Table>> get_l2(std::uint64_t l1_index);
   Task<std::shared_ptr<L2Table>> load_l2_locked(std::uint64_t l2_offset);
+  // The active table for l1_index, made (or copied from one a snapshot shares) when needed.
   Task<std::shared_ptr<L2Table>> l2_for_write(std::uint64_t l1_index);
+  // A copy of the L2 table a snapshot shares (its L1 entry lacks COPIED) for the active L1
+  // alone (meta_ held).
+  Task<std::shared_ptr<L2Table>> copy_l2_locked(std::uint64_t l1_index);
   void evict_l2(bool allow_dirty_flush_needed, bool& need_flush);
 
   // Reading helpers.
