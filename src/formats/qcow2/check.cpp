@@ -39,7 +39,13 @@ Task<std::vector<Qcow2Node::SnapshotInfo>> Qcow2Node::read_snapshot_table(std::u
     std::vector<std::byte> var(std::min<std::uint64_t>(extra, 24));
     if (!var.empty()) co_await file_->read(pos + 40, var);
     if (var.size() >= 8) s.vm_state_size = load_be64(var.data());
+    s.disk_size = var.size() >= 16 ? load_be64(var.data() + 8) : size_;
     if (var.size() >= 24) s.icount = load_be64(var.data() + 16);
+    s.extra_size = static_cast<std::uint32_t>(extra);
+    if (extra > 24 && extra <= kMaxSnapshotExtraData) {
+      s.extra_rest.resize(extra - 24);
+      co_await file_->read(pos + 40 + 24, s.extra_rest);
+    }
     std::string text(id_len + name_len, '\0');
     if (!text.empty()) co_await file_->read(pos + 40 + extra, std::as_writable_bytes(std::span(text)));
     s.id = text.substr(0, id_len);
