@@ -2,8 +2,15 @@
 // same inputs: the same exit codes and output, images that `qemu-img compare` finds
 // identical and `qemu-img check` finds clean; one remote (NBD) name per verb family.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
+#include <random>
 #include <regex>
+#include <thread>
 #include <sstream>
 
 #include "qemu_nbd.hpp"
@@ -491,4 +498,63 @@ TEST(Verbs, SnapshotApplyRestoresTheDiskSize) {
   same_run({"snapshot", "-c", "s", "@"}, v2n, v2q);
   same_run({"resize", "@", "8M"}, v2n, v2q);
   EXPECT_EQ(virtual_size(v2n), virtual_size(v2q));
+}
+
+// netblk snapshot -c killed (SIGKILL) at random moments: the image reads as before, a
+// snapshot either is not there or holds that data, and qemu-img check finds leaks at worst;
+// but for the moment QEMU's order has too, between the refcount blocks and the L2 tables
+// being written, when COPIED flags may still say "refcount 1" of clusters counted twice
+// (ERROR OFLAG_COPIED, which nothing misreads: the snapshot is not in the table yet, and
+// check -r all sets them right). That is allowed here, and repaired.
+TEST(Verbs, KilledSnapshotCreateLeavesLeaksAtWorst) {
+  TempDir dir;
+  const std::string orig = dir / "orig.qcow2", img = dir / "k.qcow2";
+  ok(run({"qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", orig, "96M"}), "create");
+  qemu_io(orig, {"write -P 1 0 64M", "write -c -P 2 64M 4M", "write -z 70M 1M"});
+  ok(run({"qemu-img", "snapshot", "-c", "old", orig}), "an older snapshot");
+  qemu_io(orig, {"write -P 3 1M 8M"});
+  const std::string orig_raw = dir / "orig.raw";
+  ok(run({"qemu-img", "convert", "-O", "raw", orig, orig_raw}), "orig.raw");
+  // How long a whole run takes.
+  copy_file(orig, img);
+  const auto t0 = std::chrono::steady_clock::now();
+  ok(run_netblk({"snapshot", "-c", "S", img}), "snapshot -c");
+  const auto whole = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+  std::mt19937 rng(7);
+  int with_snapshot = 0, without = 0;
+  for (int round = 0; round < 12; ++round) {
+    SCOPED_TRACE(round);
+    copy_file(orig, img);
+    const std::string binary = netblk_binary();
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      const int devnull = ::open("/dev/null", O_WRONLY);
+      dup2(devnull, 1);
+      dup2(devnull, 2);
+      execl(binary.c_str(), binary.c_str(), "snapshot", "-c", "S", img.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % (whole.count() + 1)));
+    kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    auto r = run({"qemu-img", "check", img});
+    std::istringstream lines(r.err + r.out);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.find("ERROR") != std::string::npos) {
+        EXPECT_NE(line.find("OFLAG_COPIED"), std::string::npos) << line;
+      }
+    }
+    ok(run({"qemu-img", "check", "-q", "-r", "all", img}), "check -r all");
+    expect_clean(img);
+    expect_same_raw(orig_raw, img);
+    if (snapshot_list(img).find(" S ") != std::string::npos) {
+      ++with_snapshot;
+      expect_same_raw(orig_raw, snapshot_contents(img, "S", dir / "s.raw"));
+    } else {
+      ++without;
+    }
+  }
+  std::cout << "killed runs: " << with_snapshot << " with the snapshot, " << without << " without\n";
 }
