@@ -1,11 +1,12 @@
-// netblk snapshot -l: qemu-img's list of a qcow2 image's internal snapshots, in its layout.
-// Creating, applying and deleting them (-c, -a, -d) is refused: a writer of an image with
-// snapshots must copy clusters they share first, and netblk's qcow2 writer does not yet.
+// netblk snapshot: qemu-img's -l (the list, in its layout), -c, -a and -d (create, apply,
+// delete a qcow2 image's internal snapshots, as QEMU's qcow2 driver does), with qemu-img's
+// messages and exit codes.
 #include <ctime>
 #include <iostream>
 
 #include "cli/verbs.hpp"
 #include "core/parse.hpp"
+#include "formats/qcow2/qcow2.hpp"
 
 namespace netblk::cli {
 namespace {
@@ -28,42 +29,91 @@ std::string snapshot_line(const Snapshot& s) {
   return line;
 }
 
+// qemu-img's "-95 (Operation not supported)".
+std::string errno_text(int code) { return "-" + std::to_string(code) + " (" + std::strerror(code) + ")"; }
+
 const VerbRegistration kSnapshot{Verb{
-    "snapshot", "List a qcow2 image's internal snapshots (qemu-img snapshot -l)", [](CLI::App& app) {
+    "snapshot", "List, create, apply or delete a qcow2 image's internal snapshots (qemu-img snapshot)",
+    [](CLI::App& app) {
       struct Args {
         DriveArgs drive;
         std::string create, apply, remove;
         std::vector<std::string> objects;
         bool list = false, quiet = false;
+        CLI::Option *c = nullptr, *a = nullptr, *d = nullptr;
       };
       auto a = std::make_shared<Args>();
       a->drive.add_options(app);
       add_common_options(app, a->objects, &a->drive.force_share);
       app.add_flag("-l", a->list, "List the snapshots");
-      app.add_option("-c", a->create, "Create a snapshot (not supported)");
-      app.add_option("-a", a->apply, "Apply a snapshot (not supported)");
-      app.add_option("-d", a->remove, "Delete a snapshot (not supported)");
+      a->c = app.add_option("-c", a->create, "Create a snapshot named NAME");
+      a->a = app.add_option("-a", a->apply, "Apply (revert to) the snapshot with this ID or name");
+      a->d = app.add_option("-d", a->remove, "Delete the snapshot named NAME");
       app.add_flag("-q", a->quiet, "Quiet");
       app.add_option("filename", a->drive.name, "The image")->required();
       return [a]() {
         return run_verb([a]() -> Task<int> {
           define_objects(a->objects);
-          const int actions = a->list + !a->create.empty() + !a->apply.empty() + !a->remove.empty();
+          const bool create = a->c->count() > 0, apply = a->a->count() > 0, remove = a->d->count() > 0;
+          const int actions = a->list + create + apply + remove;
           if (actions > 1) throw Error(EINVAL, "Cannot mix '-l', '-a', '-c', '-d'");
-          if (actions == 1 && !a->list)
-            throw Error(ENOTSUP, a->drive.name + ": creating, applying and deleting internal snapshots is not supported by "
-                                                 "netblk (use qemu-img snapshot)");
-          auto image = co_await open_drive(a->drive.spec(true));
-          const std::vector<Snapshot> list = co_await image->snapshots();
-          co_await image->close();
-          if (!list.empty()) {
-            char head[128];
-            std::snprintf(head, sizeof head, "%-10s%-17s%8s%20s%13s%11s", "ID", "TAG", "VM SIZE", "DATE", "VM CLOCK",
-                          "ICOUNT");
-            std::cout << "Snapshot list:\n" << head << "\n";
-            for (const auto& s : list) std::cout << snapshot_line(s) << "\n";
-            std::cout << std::flush;
+          if (a->list) {
+            auto image = co_await open_drive(a->drive.spec(true));
+            const std::vector<Snapshot> list = co_await image->snapshots();
+            co_await image->close();
+            if (!list.empty()) {
+              char head[128];
+              std::snprintf(head, sizeof head, "%-10s%-17s%8s%20s%13s%11s", "ID", "TAG", "VM SIZE", "DATE",
+                            "VM CLOCK", "ICOUNT");
+              std::cout << "Snapshot list:\n" << head << "\n";
+              for (const auto& s : list) std::cout << snapshot_line(s) << "\n";
+              std::cout << std::flush;
+            }
+            co_return 0;
           }
+          // The other actions (and none at all, as qemu-img) open the image for writing.
+          DriveSpec spec = a->drive.spec(false);
+          if (!spec.options.contains("cache")) apply_cache_mode(spec.options, "writeback");
+          auto image = co_await open_drive(spec);
+          auto* qcow2 = dynamic_cast<qcow2::Qcow2Node*>(image.get());
+          std::string failure;
+          int code = 0;
+          try {
+            if (create) {
+              if (!qcow2) {
+                failure = "Could not create snapshot '" + a->create + "': " + errno_text(ENOTSUP);
+                code = ENOTSUP;
+              } else {
+                co_await qcow2->create_snapshot(a->create);
+              }
+            } else if (apply) {
+              if (!qcow2) {
+                failure = "Could not apply snapshot '" + a->apply + "': Block driver does not support snapshots";
+                code = ENOTSUP;
+              } else {
+                co_await qcow2->apply_snapshot(a->apply);
+              }
+            } else if (remove) {
+              // qemu-img looks the snapshot up by its name only (bdrv_snapshot_find).
+              const std::vector<Snapshot> list = co_await image->snapshots();
+              auto it = std::find_if(list.begin(), list.end(), [&](const Snapshot& s) { return s.name == a->remove; });
+              if (it == list.end() || !qcow2) {
+                failure = "Could not delete snapshot '" + a->remove + "': snapshot not found";
+                code = ENOENT;
+              } else {
+                co_await qcow2->delete_snapshot(it->id, it->name);
+              }
+            }
+          } catch (const Error& e) {
+            code = e.code() ? e.code() : EIO;
+            if (create) failure = "Could not create snapshot '" + a->create + "': " + e.what();
+            else if (apply && e.code() == ENOENT)
+              failure = "Could not apply snapshot '" + a->apply + "': Failed to load snapshot: No such file or directory";
+            else if (apply) failure = "Could not apply snapshot '" + a->apply + "': " + e.what();
+            else failure = "Could not delete snapshot '" + a->remove + "': " + e.what();
+          }
+          co_await image->close();
+          if (!failure.empty()) throw Error(code, failure);
           co_return 0;
         });
       };

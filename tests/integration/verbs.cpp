@@ -1,8 +1,16 @@
-// The image verbs (resize, measure, rebase, commit, dd) side by side with qemu-img on the
+// The image verbs (resize, measure, rebase, commit, dd, amend, snapshot) side by side with qemu-img on the
 // same inputs: the same exit codes and output, images that `qemu-img compare` finds
 // identical and `qemu-img check` finds clean; one remote (NBD) name per verb family.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
+#include <random>
+#include <regex>
+#include <thread>
 #include <sstream>
 
 #include "qemu_nbd.hpp"
@@ -311,26 +319,242 @@ TEST(Verbs, AmendAsQemuImg) {
   same_run({"amend", "-f", "raw", "-o", "compat=1.1", "@"}, dir / "none.raw", dir / "none.raw");
 }
 
-// Listing is netblk's; creating, applying and deleting are refused (and writes to an image
-// with snapshots too), never half done.
-TEST(Verbs, SnapshotListAsQemuImg) {
+namespace {
+
+// qemu-img snapshot -l of an image, the dates masked (they differ between two runs).
+std::string snapshot_list(const std::string& image) {
+  auto r = run({"qemu-img", "snapshot", "-l", image});
+  EXPECT_EQ(r.exit_code, 0) << image << ": " << r.err;
+  static const std::regex date(R"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)");
+  return std::regex_replace(r.out, date, "DATE");
+}
+
+// Both checkers find the image clean.
+void expect_both_clean(const std::string& image) {
+  expect_clean(image);
+  auto r = run_netblk({"check", image});
+  EXPECT_EQ(r.exit_code, 0) << "netblk check " << image << ": " << r.out << r.err;
+}
+
+// 6 MiB: data, a partly written cluster, compressed clusters, zero clusters with and without
+// an allocation, unallocated ranges. `opts` for qemu-img create (cluster size, compat).
+void make_snapshot_image(const std::string& path, const std::string& opts) {
+  ok(run({"qemu-img", "create", "-q", "-f", "qcow2", "-o", opts, path, "6M"}), "create " + opts);
+  qemu_io(path, {"write -P 1 0 1M", "write -P 2 1100k 3k", "write -c -P 3 2M 64k", "write -z 3M 64k",
+                 "write -P 4 4M 128k", "write -z 4M 64k", "write -P 5 5M 1M"});
+}
+
+void copy_file(const std::string& from, const std::string& to) { ok(run({"cp", from, to}), "cp " + to); }
+
+// The guest view of snapshot `name` of `image`, as qemu-img reads it, into a raw file.
+std::string snapshot_contents(const std::string& image, const std::string& name, const std::string& raw) {
+  auto r = run({"qemu-img", "convert", "-O", "raw", "-l", "snapshot.name=" + name, image, raw});
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return raw;
+}
+
+void expect_same_raw(const std::string& raw, const std::string& image) {
+  auto r = run({"qemu-img", "compare", "-f", "raw", raw, image});
+  EXPECT_EQ(r.exit_code, 0) << raw << " vs " << image << ": " << r.out << r.err;
+}
+
+}  // namespace
+
+// netblk and qemu-img side by side on copies of one image: the same exit codes, the same
+// snapshot lists (but for the dates), the same contents; both checkers clean after each step.
+// netblk lists each image as qemu-img does, byte for byte.
+TEST(Verbs, SnapshotAsQemuImg) {
   TempDir dir;
-  const std::string img = dir / "s.qcow2";
-  ok(run({"qemu-img", "create", "-q", "-f", "qcow2", img, "4M"}), "create");
-  same_run({"snapshot", "-l", "@"}, img, img);
-  ok(run({"qemu-img", "snapshot", "-c", "first", img}), "snapshot -c");
-  qemu_io(img, {"write -P 7 0 64k"});
-  ok(run({"qemu-img", "snapshot", "-c", "second-with-a-long-name", img}), "snapshot -c");
-  same_run({"snapshot", "-l", "@"}, img, img);
-  EXPECT_NE(run_netblk({"snapshot", "-l", img}).out.find("second-with-a-long-name"), std::string::npos);
-  const auto before = file_hash(img);
-  for (const auto& args : std::vector<std::vector<std::string>>{
-           {"snapshot", "-c", "x", img}, {"snapshot", "-a", "first", img}, {"snapshot", "-d", "first", img},
-           {"resize", img, "8M"}, {"amend", "-o", "lazy_refcounts=on", img}}) {
-    auto r = run_netblk(args);
-    EXPECT_EQ(r.exit_code, 1) << args[0] << ": " << r.err;
-    EXPECT_NE(r.err.find("not supported by netblk"), std::string::npos) << r.err;
+  for (const std::string opts :
+       {"cluster_size=64k", "cluster_size=4k", "compat=0.10,cluster_size=4k", "extended_l2=on,cluster_size=16k"}) {
+    SCOPED_TRACE(opts);
+    const std::string n = dir / "n.qcow2", q = dir / "q.qcow2", orig = dir / "orig.qcow2";
+    make_snapshot_image(orig, opts);
+    copy_file(orig, n);
+    copy_file(orig, q);
+    auto step = [&](const std::vector<std::string>& args) {
+      same_run(args, n, q);
+      expect_both_clean(n);
+      expect_same_image(n, q);
+      EXPECT_EQ(snapshot_list(n), snapshot_list(q)) << args[1];
+      auto ours = run_netblk({"snapshot", "-l", n}), theirs = run({"qemu-img", "snapshot", "-l", n});
+      EXPECT_EQ(ours.out, theirs.out);
+    };
+    step({"snapshot", "-c", "first", "@"});
+    for (const auto& image : {n, q})
+      qemu_io(image, {"write -P 9 512k 1M", "write -z 5M 64k", "discard 2M 64k", "write -P 8 1100k 1k"});
+    step({"snapshot", "-c", "second", "@"});
+    const std::string second = dir / "second.raw";
+    ok(run({"qemu-img", "convert", "-O", "raw", n, second}), "second.raw");
+    step({"snapshot", "-c", "first", "@"});  // a second one of that name: qemu-img allows it
+    EXPECT_NE(snapshot_list(n).find("3         first"), std::string::npos) << snapshot_list(n);
+    step({"snapshot", "-q", "-a", "first", "@"});  // ID 1, the first of the name
+    expect_same_image(n, orig);
+    step({"snapshot", "-a", "2", "@"});  // by ID
+    expect_same_raw(second, n);
+    step({"snapshot", "-d", "first", "@"});  // the first of the name, ID 1
+    step({"snapshot", "-a", "first", "@"});  // now ID 3
+    expect_same_raw(second, n);
+    // Failures: a name not there, an ID for -d (qemu-img deletes by name), two actions.
+    step({"snapshot", "-d", "nope", "@"});
+    step({"snapshot", "-a", "nope", "@"});
+    step({"snapshot", "-d", "2", "@"});
+    step({"snapshot", "-c", "x", "-d", "y", "@"});
+    step({"snapshot", "-l", "-a", "x", "@"});
+    step({"snapshot", "@"});  // no action: qemu-img does nothing
+    step({"snapshot", "-d", "second", "@"});
+    step({"snapshot", "-d", "first", "@"});
+    EXPECT_EQ(run({"qemu-img", "snapshot", "-l", n}).out, "");
+    expect_same_raw(second, n);
   }
-  EXPECT_EQ(file_hash(img), before);
-  expect_clean(img);
+  // Not qcow2: qemu-img's exit codes.
+  const std::string raw = dir / "r.raw";
+  ok(run({"qemu-img", "create", "-q", "-f", "raw", raw, "1M"}), "raw");
+  for (const std::string flag : {"-c", "-a", "-d"}) same_run({"snapshot", "-f", "raw", flag, "x", "@"}, raw, raw);
+}
+
+// What one side writes the other reads: a snapshot netblk made, written over by netblk and
+// qemu-io, applied by qemu-img; one qemu-img made, written over by netblk (convert -n, and
+// commit into a base with snapshots: partial clusters, zeroes, compressed data), applied and
+// deleted by netblk. The snapshot's data stays as it was throughout.
+TEST(Verbs, SnapshotsInteroperateWithQemu) {
+  TempDir dir;
+  for (const std::string opts :
+       {"cluster_size=64k", "cluster_size=4k", "compat=0.10,cluster_size=4k", "extended_l2=on,cluster_size=16k"}) {
+    SCOPED_TRACE(opts);
+    const std::string orig = dir / "orig.qcow2", a = dir / "a.qcow2", orig_raw = dir / "orig.raw";
+    make_snapshot_image(orig, opts);
+    ok(run({"qemu-img", "convert", "-O", "raw", orig, orig_raw}), "orig.raw");
+    copy_file(orig, a);
+    ok(run_netblk({"snapshot", "-c", "S", a}), "netblk snapshot -c");
+    expect_both_clean(a);
+    qemu_io(a, {"write -P 9 4k 8k", "write -z 1M 64k", "discard 4M 64k", "write -P 7 2M 4k"});
+    expect_both_clean(a);
+    expect_same_raw(orig_raw, snapshot_contents(a, "S", dir / "s1.raw"));
+    const std::string patch = dir / "patch.raw";
+    ok(run({"qemu-img", "create", "-q", "-f", "raw", patch, "6M"}), "patch");
+    ok(run({"qemu-io", "-f", "raw", "-c", "write -P 6 0 100k", "-c", "write -P 5 1200k 2M", patch}), "patch data");
+    ok(run_netblk({"convert", "-n", "-f", "raw", "-O", "qcow2", patch, a}), "netblk convert -n");
+    expect_both_clean(a);
+    expect_same_raw(patch, a);
+    expect_same_raw(orig_raw, snapshot_contents(a, "S", dir / "s2.raw"));
+    ok(run({"qemu-img", "snapshot", "-a", "S", a}), "qemu-img snapshot -a");
+    expect_both_clean(a);
+    expect_same_raw(orig_raw, a);
+
+    // qemu-img's snapshot in a base that netblk commit writes into.
+    const std::string base = dir / "base.qcow2", top = dir / "top.qcow2";
+    copy_file(orig, base);
+    ok(run({"qemu-img", "snapshot", "-c", "S", base}), "qemu-img snapshot -c");
+    ok(run({"qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", "-b", base, "-F", "qcow2", top}), "top");
+    qemu_io(top, {"write -P 9 8k 4k", "write -P 8 1028k 8k", "write -z 5M 12k", "write -c -P 3 2M 64k",
+                  "write -P 4 4100k 4k", "write -z 3M 4k"});
+    const std::string top_raw = dir / "top.raw";
+    ok(run({"qemu-img", "convert", "-O", "raw", top, top_raw}), "top.raw");
+    ok(run_netblk({"commit", top}), "netblk commit");
+    expect_both_clean(base);
+    expect_same_raw(top_raw, base);
+    expect_same_raw(orig_raw, snapshot_contents(base, "S", dir / "s3.raw"));
+    ok(run_netblk({"snapshot", "-a", "S", base}), "netblk snapshot -a");
+    expect_both_clean(base);
+    expect_same_raw(orig_raw, base);
+    ok(run_netblk({"snapshot", "-d", "S", base}), "netblk snapshot -d");
+    expect_both_clean(base);
+    expect_same_raw(orig_raw, base);
+    EXPECT_EQ(run({"qemu-img", "snapshot", "-l", base}).out, "");
+  }
+}
+
+// Applying a snapshot brings back its disk size (the image resized meanwhile, either way);
+// a v2 image with snapshots cannot be resized (qemu-img's refusal).
+TEST(Verbs, SnapshotApplyRestoresTheDiskSize) {
+  TempDir dir;
+  const std::string orig = dir / "orig.qcow2", n = dir / "n.qcow2", q = dir / "q.qcow2";
+  make_snapshot_image(orig, "cluster_size=64k");
+  copy_file(orig, n);
+  copy_file(orig, q);
+  same_run({"snapshot", "-c", "s", "@"}, n, q);
+  same_run({"resize", "@", "8M"}, n, q);
+  for (const auto& image : {n, q}) qemu_io(image, {"write -P 6 7M 64k", "write -P 6 0 64k"});
+  same_run({"snapshot", "-a", "s", "@"}, n, q);
+  EXPECT_EQ(virtual_size(n), virtual_size(q));
+  EXPECT_EQ(virtual_size(n), virtual_size(orig));
+  expect_same_image(n, orig);
+  expect_both_clean(n);
+  same_run({"resize", "--shrink", "@", "2M"}, n, q);
+  expect_both_clean(n);
+  same_run({"snapshot", "-a", "s", "@"}, n, q);
+  EXPECT_EQ(virtual_size(n), virtual_size(orig));
+  expect_same_image(n, orig);
+  expect_both_clean(n);
+  // A header rewrite keeps the snapshots.
+  same_run({"amend", "-o", "lazy_refcounts=on", "@"}, n, q);
+  EXPECT_EQ(snapshot_list(n), snapshot_list(q));
+  expect_both_clean(n);
+  // v2.
+  const std::string v2n = dir / "v2n.qcow2", v2q = dir / "v2q.qcow2";
+  make_snapshot_image(v2n, "compat=0.10");
+  copy_file(v2n, v2q);
+  same_run({"snapshot", "-c", "s", "@"}, v2n, v2q);
+  same_run({"resize", "@", "8M"}, v2n, v2q);
+  EXPECT_EQ(virtual_size(v2n), virtual_size(v2q));
+}
+
+// netblk snapshot -c killed (SIGKILL) at random moments: the image reads as before, a
+// snapshot either is not there or holds that data, and qemu-img check finds leaks at worst;
+// but for the moment QEMU's order has too, between the refcount blocks and the L2 tables
+// being written, when COPIED flags may still say "refcount 1" of clusters counted twice
+// (ERROR OFLAG_COPIED, which nothing misreads: the snapshot is not in the table yet, and
+// check -r all sets them right). That is allowed here, and repaired.
+TEST(Verbs, KilledSnapshotCreateLeavesLeaksAtWorst) {
+  TempDir dir;
+  const std::string orig = dir / "orig.qcow2", img = dir / "k.qcow2";
+  ok(run({"qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4k", orig, "96M"}), "create");
+  qemu_io(orig, {"write -P 1 0 64M", "write -c -P 2 64M 4M", "write -z 70M 1M"});
+  ok(run({"qemu-img", "snapshot", "-c", "old", orig}), "an older snapshot");
+  qemu_io(orig, {"write -P 3 1M 8M"});
+  const std::string orig_raw = dir / "orig.raw";
+  ok(run({"qemu-img", "convert", "-O", "raw", orig, orig_raw}), "orig.raw");
+  // How long a whole run takes.
+  copy_file(orig, img);
+  const auto t0 = std::chrono::steady_clock::now();
+  ok(run_netblk({"snapshot", "-c", "S", img}), "snapshot -c");
+  const auto whole = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+  std::mt19937 rng(7);
+  int with_snapshot = 0, without = 0;
+  for (int round = 0; round < 12; ++round) {
+    SCOPED_TRACE(round);
+    copy_file(orig, img);
+    const std::string binary = netblk_binary();
+    const pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      const int devnull = ::open("/dev/null", O_WRONLY);
+      dup2(devnull, 1);
+      dup2(devnull, 2);
+      execl(binary.c_str(), binary.c_str(), "snapshot", "-c", "S", img.c_str(), static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % (whole.count() + 1)));
+    kill(pid, SIGKILL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    auto r = run({"qemu-img", "check", img});
+    std::istringstream lines(r.err + r.out);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.find("ERROR") != std::string::npos) {
+        EXPECT_NE(line.find("OFLAG_COPIED"), std::string::npos) << line;
+      }
+    }
+    ok(run({"qemu-img", "check", "-q", "-r", "all", img}), "check -r all");
+    expect_clean(img);
+    expect_same_raw(orig_raw, img);
+    if (snapshot_list(img).find(" S ") != std::string::npos) {
+      ++with_snapshot;
+      expect_same_raw(orig_raw, snapshot_contents(img, "S", dir / "s.raw"));
+    } else {
+      ++without;
+    }
+  }
+  std::cout << "killed runs: " << with_snapshot << " with the snapshot, " << without << " without\n";
 }

@@ -42,6 +42,8 @@ Task<void> Qcow2Node::amend(const Json& options) {
     throw Error(EINVAL, std::string("Refcount widths other than 16 bits require compatibility level 1.1 or above") + kUseV3);
   if (bits != (std::uint64_t{1} << h_.refcount_order))
     throw Error(ENOTSUP, name() + ": changing the refcount width is not supported by netblk");
+  if (version < 3 && h_.version >= 3 && h_.nb_snapshots)
+    throw Error(ENOTSUP, name() + ": downgrading a qcow2 image with internal snapshots is not supported by netblk");
   if (version < 3 && h_.version >= 3) {
     const std::uint64_t incompatible = h_.incompatible & ~kIncompatDirty;
     char hex[24];

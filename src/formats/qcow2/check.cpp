@@ -21,7 +21,7 @@ Task<std::vector<Qcow2Node::SnapshotInfo>> Qcow2Node::read_snapshot_table(std::u
   table_bytes = 0;
   if (!h_.nb_snapshots) co_return out;
   const std::uint64_t fsz = file_->size();
-  std::uint64_t pos = h_.snapshots_offset;
+  std::uint64_t pos = h_.snapshots_offset, end = pos;
   for (std::uint32_t i = 0; i < h_.nb_snapshots; ++i) {
     std::byte fixed[40];
     if (pos + 40 > fsz) throw Error(EIO, name() + ": snapshot table lies beyond the end of the image file");
@@ -39,17 +39,23 @@ Task<std::vector<Qcow2Node::SnapshotInfo>> Qcow2Node::read_snapshot_table(std::u
     std::vector<std::byte> var(std::min<std::uint64_t>(extra, 24));
     if (!var.empty()) co_await file_->read(pos + 40, var);
     if (var.size() >= 8) s.vm_state_size = load_be64(var.data());
+    s.disk_size = var.size() >= 16 ? load_be64(var.data() + 8) : size_;
     if (var.size() >= 24) s.icount = load_be64(var.data() + 16);
+    s.extra_size = static_cast<std::uint32_t>(extra);
+    if (extra > 24 && extra <= kMaxSnapshotExtraData) {
+      s.extra_rest.resize(extra - 24);
+      co_await file_->read(pos + 40 + 24, s.extra_rest);
+    }
     std::string text(id_len + name_len, '\0');
     if (!text.empty()) co_await file_->read(pos + 40 + extra, std::as_writable_bytes(std::span(text)));
     s.id = text.substr(0, id_len);
     s.name = text.substr(id_len);
     pos += 40 + extra + id_len + name_len;
-    pos = (pos + 7) & ~std::uint64_t{7};
-    if (pos > fsz) throw Error(EIO, name() + ": snapshot table lies beyond the end of the image file");
+    end = pos;
+    pos = (pos + 7) & ~std::uint64_t{7};  // the next entry; the table itself may end unaligned (QEMU's does)
     out.push_back(s);
   }
-  table_bytes = pos - h_.snapshots_offset;
+  table_bytes = end - h_.snapshots_offset;
   co_return out;
 }
 

@@ -246,8 +246,8 @@ std::vector<std::byte> build_header(Header& h) {
   store_be64(p + 40, h.l1_table_offset);
   store_be64(p + 48, h.refcount_table_offset);
   store_be32(p + 56, h.refcount_table_clusters);
-  store_be32(p + 60, 0);
-  store_be64(p + 64, 0);
+  store_be32(p + 60, h.nb_snapshots);
+  store_be64(p + 64, h.snapshots_offset);
   if (v3) {
     store_be64(p + 72, h.incompatible);
     store_be64(p + 80, h.compatible);

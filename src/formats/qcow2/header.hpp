@@ -17,6 +17,7 @@ inline constexpr std::uint32_t kMaxClusterBits = 21;
 inline constexpr std::uint64_t kMaxL1Bytes = 32u << 20;
 inline constexpr std::uint64_t kMaxRefTableBytes = 8u << 20;
 inline constexpr std::uint32_t kMaxSnapshots = 65536;
+inline constexpr std::uint32_t kMaxSnapshotExtraData = 1024;
 inline constexpr std::uint32_t kMaxBackingNameLength = 1023;
 
 // Feature bits.

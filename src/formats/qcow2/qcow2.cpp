@@ -109,9 +109,6 @@ Task<void> Qcow2Node::init(const OpenContext& ctx, spec::Options& o) {
   const bool read_only = ctx.read_only || file_->read_only();
   if (!read_only && (h_.incompatible & kIncompatCorrupt))
     throw Error(EACCES, name() + ": qcow2: Image is corrupt; cannot be opened read/write");
-  if (!read_only && h_.nb_snapshots)
-    throw Error(ENOTSUP, name() + ": writing to qcow2 images with internal snapshots is not supported by netblk; "
-                                  "open it read-only");
 
   // L1 and refcount tables (sizes were bounded by the file and QEMU's limits).
   l1_.resize(h_.l1_size);
@@ -300,8 +297,8 @@ void Qcow2Node::evict_l2(bool, bool& need_flush) {
 }
 
 Task<std::shared_ptr<L2Table>> Qcow2Node::l2_for_write(std::uint64_t l1_index) {
-  // Fast path: the table exists and is cached; pinning it needs no lock.
-  if (std::uint64_t off = l1_[l1_index] & kOffsetMask) {
+  // Fast path: the table is the active L1's alone (COPIED) and cached; pinning it needs no lock.
+  if (std::uint64_t off = l1_[l1_index] & kOffsetMask; off && (l1_[l1_index] & kOflagCopied)) {
     if (auto it = l2_cache_.find(off); it != l2_cache_.end()) {
       it->second->last_use = ++use_clock_;
       ++it->second->pins;
@@ -312,7 +309,9 @@ Task<std::shared_ptr<L2Table>> Qcow2Node::l2_for_write(std::uint64_t l1_index) {
   const AsyncSemaphore::Permit lock(meta_);
   std::uint64_t off = l1_[l1_index] & kOffsetMask;
   std::shared_ptr<L2Table> t;
-  if (off) {
+  if (off && !(l1_[l1_index] & kOflagCopied)) {
+    t = co_await copy_l2_locked(l1_index);  // shared with a snapshot
+  } else if (off) {
     t = co_await load_l2_locked(off);
   } else {
     std::uint64_t host = co_await allocate_clusters(1);
@@ -326,6 +325,24 @@ Task<std::shared_ptr<L2Table>> Qcow2Node::l2_for_write(std::uint64_t l1_index) {
     l1_dirty_ = true;
   }
   ++t->pins;
+  co_return t;
+}
+
+Task<std::shared_ptr<L2Table>> Qcow2Node::copy_l2_locked(std::uint64_t l1_index) {
+  const std::uint64_t old_off = l1_[l1_index] & kOffsetMask;
+  auto old = co_await load_l2_locked(old_off);
+  std::vector<std::uint64_t> entries = old->e;
+  const std::uint64_t host = co_await allocate_clusters(1);
+  auto t = std::make_shared<L2Table>();
+  t->offset = host;
+  t->e = std::move(entries);
+  t->dirty = true;
+  t->last_use = ++use_clock_;
+  l2_cache_[host] = t;
+  l1_[l1_index] = host | kOflagCopied;
+  l1_dirty_ = true;
+  // The shared table loses the active L1's reference once the new L1 entry is on disk.
+  pending_free_.push_back(old_off >> cb_);
   co_return t;
 }
 

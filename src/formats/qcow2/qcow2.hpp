@@ -8,6 +8,12 @@
 // process killed at any moment therefore leaves an image whose metadata never points at a
 // cluster with refcount 0 (leaks are possible, corruptions are not); data acknowledged by
 // a flush survives. Guest data is written before the L2 entry that points at it changes.
+//
+// Internal snapshots share clusters and L2 tables with the active tables; an entry without
+// the COPIED flag (refcount not exactly 1) is never written in place: a write goes to a new
+// cluster (the old contents copied around it), a changed L2 table to a new copy first, and
+// the shared one loses the active tables' reference after the new pointer is on disk
+// (snapshot.cpp makes, applies and deletes snapshots).
 #pragma once
 #include <chrono>
 #include <cstdint>
@@ -68,6 +74,13 @@ class Qcow2Node final : public Node {
   Task<void> make_empty() override;
   Task<void> amend(const Json& options) override;  // amend.cpp
   Task<std::vector<Snapshot>> snapshots() override;  // verbs.cpp
+  // Internal snapshots as QEMU's qcow2_snapshot_create, _goto and _delete (snapshot.cpp):
+  // create one named `name` (the next numeric ID, the time now, the disk size); make the
+  // image what the snapshot `id_or_name` holds (an ID first, then a name, as QEMU looks it
+  // up); delete the snapshot with this ID and name. A missing snapshot is Error(ENOENT).
+  Task<void> create_snapshot(const std::string& name);
+  Task<void> apply_snapshot(const std::string& id_or_name);
+  Task<void> delete_snapshot(const std::string& id, const std::string& name);
 
  protected:
   Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override;
@@ -92,7 +105,11 @@ class Qcow2Node final : public Node {
   Task<Extent> map_range(std::uint64_t offset, std::uint64_t length);
   Task<std::shared_ptr<L2Table>> get_l2(std::uint64_t l1_index);
   Task<std::shared_ptr<L2Table>> load_l2_locked(std::uint64_t l2_offset);
+  // The active table for l1_index, made (or copied from one a snapshot shares) when needed.
   Task<std::shared_ptr<L2Table>> l2_for_write(std::uint64_t l1_index);
+  // A copy of the L2 table a snapshot shares (its L1 entry lacks COPIED) for the active L1
+  // alone (meta_ held).
+  Task<std::shared_ptr<L2Table>> copy_l2_locked(std::uint64_t l1_index);
   void evict_l2(bool allow_dirty_flush_needed, bool& need_flush);
 
   // Reading helpers.
@@ -135,8 +152,17 @@ class Qcow2Node final : public Node {
     std::uint32_t date_sec = 0, date_nsec = 0;
     std::uint64_t vm_clock_nsec = 0, vm_state_size = 0;
     std::uint64_t icount = ~std::uint64_t{0};  // none
+    std::uint64_t disk_size = 0;  // the image's size when the snapshot was taken
+    std::uint32_t extra_size = 0;          // extra data as stored
+    std::vector<std::byte> extra_rest{};  // extra data past QEMU's 24 bytes, kept as it is
   };
   Task<std::vector<SnapshotInfo>> read_snapshot_table(std::uint64_t& table_bytes);
+
+  // Snapshots (snapshot.cpp, meta_ held).
+  Task<void> write_snapshot_table_locked(const std::vector<SnapshotInfo>& table, std::uint64_t old_bytes);
+  Task<std::vector<std::uint64_t>> read_snapshot_l1(const SnapshotInfo& s);
+  Task<bool> update_l1_refcounts_locked(std::vector<std::uint64_t>& l1, int addend);
+  Task<void> snapshot_ref_locked(std::uint64_t cluster, std::int64_t delta);
   std::string name() const { return file_->display_name(); }
 
   Header h_;

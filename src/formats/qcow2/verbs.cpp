@@ -11,6 +11,7 @@ namespace netblk::qcow2 {
 
 Task<void> Qcow2Node::co_truncate(std::uint64_t new_size) {
   if (new_size % 512) throw Error(EINVAL, name() + ": The new size must be a multiple of 512");
+  if (h_.nb_snapshots && h_.version < 3) throw Error(ENOTSUP, "Can't resize a v2 image which has snapshots");
   const std::uint64_t old_size = size_;
   {
     co_await meta_.acquire();
@@ -72,11 +73,16 @@ Task<void> Qcow2Node::grow_l1_locked(std::uint64_t entries) {
 Task<void> Qcow2Node::unallocate_from_locked(std::uint64_t first) {
   const std::uint64_t per_table = std::uint64_t{1} << l2_bits_;
   for (std::uint64_t l1i = first >> l2_bits_; l1i < l1_.size(); ++l1i) {
-    const std::uint64_t off = l1_[l1i] & kOffsetMask;
+    std::uint64_t off = l1_[l1i] & kOffsetMask;
     if (!off) continue;
     auto t = co_await load_l2_locked(off);
     if (t->pins) throw Error(EBUSY, name() + ": the image is in use");
     const std::uint64_t start = (l1i == (first >> l2_bits_)) ? (first & (per_table - 1)) : 0;
+    if (start != 0 && !(l1_[l1i] & kOflagCopied)) {
+      // A table a snapshot shares keeps its entries: the active L1 gets a copy to change.
+      t = co_await copy_l2_locked(l1i);
+      off = t->offset;
+    }
     for (std::uint64_t idx = start; idx < per_table; ++idx) {
       const std::uint64_t old = t->e[idx * stride_];
       if (ext_l2_ && t->e[idx * 2 + 1]) {
