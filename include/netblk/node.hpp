@@ -241,6 +241,14 @@ class Node {
   virtual Task<void> make_empty();
   // The internal snapshots the image holds (qemu-img snapshot -l); none by default.
   virtual Task<std::vector<Snapshot>> snapshots();
+  // Internal snapshots made, applied and deleted (qemu-img snapshot -c, -a, -d) where
+  // supports_snapshots() says so: create one named `name`; make the image what the snapshot
+  // `id_or_name` holds (an ID first, then a name, as QEMU looks it up; none: ENOENT);
+  // delete the snapshot with this ID and name. No writes may be in flight meanwhile.
+  virtual bool supports_snapshots() const { return false; }
+  virtual Task<void> create_snapshot(const std::string& name);
+  virtual Task<void> apply_snapshot(const std::string& id_or_name);
+  virtual Task<void> delete_snapshot(const std::string& id, const std::string& name);
   // Changes format options of the image in place (qemu-img amend -o; qcow2's compat,
   // lazy_refcounts, size, backing_file, backing_fmt).
   virtual Task<void> amend(const Json& options);

@@ -227,6 +227,21 @@ Task<void> Node::make_empty() {
 
 Task<std::vector<Snapshot>> Node::snapshots() { co_return std::vector<Snapshot>{}; }
 
+Task<void> Node::create_snapshot(const std::string&) {
+  throw Error(ENOTSUP, display_name() + ": driver '" + std::string(driver()) + "' does not support snapshots");
+  co_return;
+}
+
+Task<void> Node::apply_snapshot(const std::string&) {
+  throw Error(ENOTSUP, display_name() + ": driver '" + std::string(driver()) + "' does not support snapshots");
+  co_return;
+}
+
+Task<void> Node::delete_snapshot(const std::string&, const std::string&) {
+  throw Error(ENOTSUP, display_name() + ": driver '" + std::string(driver()) + "' does not support snapshots");
+  co_return;
+}
+
 Task<void> Node::amend(const Json&) {
   throw Error(ENOTSUP, "Format driver '" + std::string(driver()) + "' does not support option amendment");
   co_return;

@@ -6,7 +6,6 @@
 
 #include "cli/verbs.hpp"
 #include "core/parse.hpp"
-#include "formats/qcow2/qcow2.hpp"
 
 namespace netblk::cli {
 namespace {
@@ -75,33 +74,33 @@ const VerbRegistration kSnapshot{Verb{
           DriveSpec spec = a->drive.spec(false);
           if (!spec.options.contains("cache")) apply_cache_mode(spec.options, "writeback");
           auto image = co_await open_drive(spec);
-          auto* qcow2 = dynamic_cast<qcow2::Qcow2Node*>(image.get());
+          const bool can = image->supports_snapshots();
           std::string failure;
           int code = 0;
           try {
             if (create) {
-              if (!qcow2) {
+              if (!can) {
                 failure = "Could not create snapshot '" + a->create + "': " + errno_text(ENOTSUP);
                 code = ENOTSUP;
               } else {
-                co_await qcow2->create_snapshot(a->create);
+                co_await image->create_snapshot(a->create);
               }
             } else if (apply) {
-              if (!qcow2) {
+              if (!can) {
                 failure = "Could not apply snapshot '" + a->apply + "': Block driver does not support snapshots";
                 code = ENOTSUP;
               } else {
-                co_await qcow2->apply_snapshot(a->apply);
+                co_await image->apply_snapshot(a->apply);
               }
             } else if (remove) {
               // qemu-img looks the snapshot up by its name only (bdrv_snapshot_find).
               const std::vector<Snapshot> list = co_await image->snapshots();
               auto it = std::find_if(list.begin(), list.end(), [&](const Snapshot& s) { return s.name == a->remove; });
-              if (it == list.end() || !qcow2) {
+              if (it == list.end() || !can) {
                 failure = "Could not delete snapshot '" + a->remove + "': snapshot not found";
                 code = ENOENT;
               } else {
-                co_await qcow2->delete_snapshot(it->id, it->name);
+                co_await image->delete_snapshot(it->id, it->name);
               }
             }
           } catch (const Error& e) {

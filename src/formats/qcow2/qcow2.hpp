@@ -74,13 +74,12 @@ class Qcow2Node final : public Node {
   Task<void> make_empty() override;
   Task<void> amend(const Json& options) override;  // amend.cpp
   Task<std::vector<Snapshot>> snapshots() override;  // verbs.cpp
-  // Internal snapshots as QEMU's qcow2_snapshot_create, _goto and _delete (snapshot.cpp):
-  // create one named `name` (the next numeric ID, the time now, the disk size); make the
-  // image what the snapshot `id_or_name` holds (an ID first, then a name, as QEMU looks it
-  // up); delete the snapshot with this ID and name. A missing snapshot is Error(ENOENT).
-  Task<void> create_snapshot(const std::string& name);
-  Task<void> apply_snapshot(const std::string& id_or_name);
-  Task<void> delete_snapshot(const std::string& id, const std::string& name);
+  // Internal snapshots as QEMU's qcow2_snapshot_create, _goto and _delete (snapshot.cpp);
+  // a new one gets the next numeric ID, the time now and the disk size.
+  bool supports_snapshots() const override { return true; }
+  Task<void> create_snapshot(const std::string& name) override;
+  Task<void> apply_snapshot(const std::string& id_or_name) override;
+  Task<void> delete_snapshot(const std::string& id, const std::string& name) override;
 
  protected:
   Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override;
