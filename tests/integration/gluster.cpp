@@ -57,44 +57,12 @@ struct Served {
   std::string brick_file(const std::string& name) const { return gd.brick("gv", 0) + "/" + name; }
 };
 
-std::string json_name(const json& j) { return "json:" + j.dump(); }
-
 json server_tcp(int port = Glusterd::kPort) {
   return json{{"type", "inet"}, {"host", "127.0.0.1"}, {"port", std::to_string(port)}};
 }
 
 json gluster_options(const std::string& volume, const std::string& path, json servers) {
   return json{{"driver", "gluster"}, {"volume", volume}, {"path", path}, {"server", std::move(servers)}};
-}
-
-void expect_ok(const RunResult& r, const std::string& what) {
-  EXPECT_EQ(r.exit_code, 0) << what << "\nstdout: " << r.out << "\nstderr: " << r.err;
-}
-
-void expect_failure_with(const RunResult& r, const std::string& what, const std::vector<std::string>& words) {
-  expect_one_line_failure(r, what);
-  for (const auto& w : words) EXPECT_NE(r.err.find(w), std::string::npos) << what << ": no '" << w << "' in " << r.err;
-}
-
-// info gives the file's size and convert its bytes.
-void expect_same_bytes(const std::vector<std::string>& name, const std::string& file) {
-  TempDir out;
-  std::vector<std::string> info{"info", "--output=json"};
-  info.insert(info.end(), name.begin(), name.end());
-  auto i = run_netblk(info, 60s);
-  ASSERT_EQ(i.exit_code, 0) << name.back() << ": " << i.err;
-  EXPECT_EQ(json::parse(i.out)["virtual-size"], std::filesystem::file_size(file)) << name.back();
-  std::vector<std::string> convert{"convert", "-O", "raw"};
-  convert.insert(convert.end(), name.begin(), name.end());
-  convert.push_back(out / "copy.raw");
-  auto c = run_netblk(convert, 60s);
-  ASSERT_EQ(c.exit_code, 0) << name.back() << ": " << c.err;
-  if (file_hash(out / "copy.raw") == file_hash(file)) return;
-  // What differs, and what the drive says of its allocation.
-  std::vector<std::string> map{"map", "--output=json"};
-  map.insert(map.end(), name.begin(), name.end());
-  ADD_FAILURE() << name.back() << ": the copy differs: " << run({"cmp", out / "copy.raw", file}).out
-                << "map: " << run_netblk(map, 60s).out;
 }
 
 std::string error_of(const Json& options) {

@@ -73,12 +73,6 @@ struct Served {
   }
 };
 
-std::string json_name(const json& j) { return "json:" + j.dump(); }
-
-void expect_ok(const RunResult& r, const std::string& what) {
-  EXPECT_EQ(r.exit_code, 0) << what << "\nstdout: " << r.out << "\nstderr: " << r.err;
-}
-
 json info_of(const std::vector<std::string>& args) {
   std::vector<std::string> a{"info", "--output=json"};
   a.insert(a.end(), args.begin(), args.end());

@@ -62,10 +62,6 @@ RunResult run_nb(const std::vector<std::string>& args, std::chrono::seconds time
 
 std::string port_text(std::uint16_t p) { return std::to_string(p); }
 
-void expect_ok(const RunResult& r, const std::string& what) {
-  EXPECT_EQ(r.exit_code, 0) << what << "\nstdout: " << r.out << "\nstderr: " << r.err;
-}
-
 void expect_error(const RunResult& r, const std::string& must_contain) {
   EXPECT_NE(r.exit_code, 0) << r.out;
   EXPECT_LT(r.exit_code, 124) << "crashed or timed out: " << r.err;

@@ -59,33 +59,6 @@ struct Cluster {
 using Plain = Cluster<CephCluster::Auth::none>;
 using Secure = Cluster<CephCluster::Auth::cephx>;
 
-std::string json_name(const json& j) { return "json:" + j.dump(); }
-
-void expect_ok(const RunResult& r, const std::string& what) {
-  EXPECT_EQ(r.exit_code, 0) << what << "\nstdout: " << r.out << "\nstderr: " << r.err;
-}
-
-void expect_failure_with(const RunResult& r, const std::string& what, const std::vector<std::string>& words) {
-  expect_one_line_failure(r, what);
-  for (const auto& w : words) EXPECT_NE(r.err.find(w), std::string::npos) << what << ": no '" << w << "' in " << r.err;
-}
-
-// info gives the image's size and convert its bytes.
-void expect_same_bytes(const std::vector<std::string>& name, const std::string& file) {
-  TempDir out;
-  std::vector<std::string> info{"info", "--output=json"};
-  info.insert(info.end(), name.begin(), name.end());
-  auto i = run_netblk(info, 60s);
-  ASSERT_EQ(i.exit_code, 0) << name.back() << ": " << i.err;
-  EXPECT_EQ(json::parse(i.out)["virtual-size"], std::filesystem::file_size(file)) << name.back();
-  std::vector<std::string> convert{"convert", "-O", "raw"};
-  convert.insert(convert.end(), name.begin(), name.end());
-  convert.push_back(out / "copy.raw");
-  auto c = run_netblk(convert, 60s);
-  ASSERT_EQ(c.exit_code, 0) << name.back() << ": " << c.err;
-  EXPECT_EQ(file_hash(out / "copy.raw"), file_hash(file)) << name.back() << ": the copy differs";
-}
-
 std::string error_of(const Json& options) {
   spec::Options o(options, spec::Options::Kind::protocol, "rbd");
   try {

@@ -65,34 +65,6 @@ RunResult nb(const std::vector<std::string>& args, const std::vector<std::string
   return run(argv, timeout, env);
 }
 
-void expect_ok(const RunResult& r, const std::string& what) {
-  EXPECT_EQ(r.exit_code, 0) << what << "\nstdout: " << r.out << "\nstderr: " << r.err;
-}
-
-void expect_failure_with(const RunResult& r, const std::string& what, const std::vector<std::string>& words) {
-  expect_one_line_failure(r, what);
-  for (const auto& w : words) EXPECT_NE(r.err.find(w), std::string::npos) << what << ": no '" << w << "' in " << r.err;
-}
-
-// The name's bytes, copied by netblk convert, are the file's; info gives its size.
-void expect_same_bytes(const std::vector<std::string>& name, const std::string& file,
-                       const std::vector<std::string>& env = {}) {
-  TempDir out;
-  std::vector<std::string> info{"info", "--output=json"};
-  info.insert(info.end(), name.begin(), name.end());
-  auto i = nb(info, env);
-  ASSERT_EQ(i.exit_code, 0) << name.back() << ": " << i.err;
-  EXPECT_EQ(json::parse(i.out)["virtual-size"], std::filesystem::file_size(file)) << name.back();
-  std::vector<std::string> convert{"convert", "-O", "raw"};
-  convert.insert(convert.end(), name.begin(), name.end());
-  convert.push_back(out / "copy.raw");
-  auto c = nb(convert, env);
-  ASSERT_EQ(c.exit_code, 0) << name.back() << ": " << c.err;
-  EXPECT_EQ(file_hash(out / "copy.raw"), file_hash(file)) << name.back();
-}
-
-std::string json_name(const json& j) { return "json:" + j.dump(); }
-
 json ssh_options(const Sshd& sshd, const std::string& path) {
   return json{{"driver", "ssh"},
               {"server", {{"host", "127.0.0.1"}, {"port", std::to_string(sshd.port())}}},

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -170,6 +171,38 @@ void expect_one_line_failure(const RunResult& r, const std::string& what) {
   EXPECT_TRUE(r.err.starts_with("netblk: ")) << what << ": " << r.err;
   EXPECT_TRUE(r.err.ends_with("\n")) << what << ": " << r.err;
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << what << ": " << r.err;
+}
+
+std::string json_name(const nlohmann::json& options) { return "json:" + options.dump(); }
+
+void expect_ok(const RunResult& r, const std::string& what) {
+  EXPECT_EQ(r.exit_code, 0) << what << "\nstdout: " << r.out << "\nstderr: " << r.err;
+}
+
+void expect_failure_with(const RunResult& r, const std::string& what, const std::vector<std::string>& words) {
+  expect_one_line_failure(r, what);
+  for (const auto& w : words) EXPECT_NE(r.err.find(w), std::string::npos) << what << ": no '" << w << "' in " << r.err;
+}
+
+void expect_same_bytes(const std::vector<std::string>& name, const std::string& file,
+                       const std::vector<std::string>& env) {
+  auto netblk_with = [&](const std::vector<std::string>& verb) {
+    std::vector<std::string> argv{netblk_binary()};
+    argv.insert(argv.end(), verb.begin(), verb.end());
+    argv.insert(argv.end(), name.begin(), name.end());
+    return argv;
+  };
+  TempDir out;
+  auto i = run(netblk_with({"info", "--output=json"}), 120s, env);
+  ASSERT_EQ(i.exit_code, 0) << name.back() << ": " << i.err;
+  EXPECT_EQ(nlohmann::json::parse(i.out)["virtual-size"], std::filesystem::file_size(file)) << name.back();
+  std::vector<std::string> convert = netblk_with({"convert", "-O", "raw"});
+  convert.push_back(out / "copy.raw");
+  auto c = run(convert, 120s, env);
+  ASSERT_EQ(c.exit_code, 0) << name.back() << ": " << c.err;
+  if (file_hash(out / "copy.raw") == file_hash(file)) return;
+  ADD_FAILURE() << name.back() << ": the copy differs: " << run({"cmp", out / "copy.raw", file}).out
+                << "map: " << run(netblk_with({"map", "--output=json"}), 120s, env).out;
 }
 
 void DriveChecks::SetUp() {

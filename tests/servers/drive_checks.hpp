@@ -34,6 +34,7 @@
 
 #include <chrono>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -89,6 +90,20 @@ void check_convert(const std::vector<std::string>& extra, const std::string& sou
 // `r` is a failure reported as it should be: exit code non-zero and below 124 (no timeout,
 // no signal), stderr exactly one line starting "netblk: ". `what` names the attempt.
 void expect_one_line_failure(const RunResult& r, const std::string& what);
+
+// The protocol tests' shared checks of the CLI.
+// "json:" and the options, as a user writes a json: drive name.
+std::string json_name(const nlohmann::json& options);
+// `r` succeeded; stdout and stderr are printed if not. `what` names the attempt.
+void expect_ok(const RunResult& r, const std::string& what);
+// `r` failed as expect_one_line_failure() says, and its line holds each of `words`.
+void expect_failure_with(const RunResult& r, const std::string& what, const std::vector<std::string>& words);
+// `netblk info` of the drive gives `file`'s size and `netblk convert -O raw` its bytes.
+// `name` is the drive's arguments, the name last (options such as --object first); `env`
+// is added to netblk's environment. A mismatch prints cmp's first difference and the
+// drive's map.
+void expect_same_bytes(const std::vector<std::string>& name, const std::string& file,
+                       const std::vector<std::string>& env = {});
 
 class DriveChecks : public ::testing::TestWithParam<DriveCheckParam> {
  protected:
