@@ -63,7 +63,8 @@ class Qcow2Node final : public Node {
   // become zero clusters. Returns how many bytes it wrote.
   Task<std::uint64_t> fill_unallocated(std::uint64_t offset, std::span<const std::byte> data);
   // Clears the backing file reference in the header (and the backing format extension), so
-  // the image stands alone; the caller made sure it holds every cluster.
+  // the image stands alone; the caller made sure it holds every cluster. Other header
+  // extensions stay as they are. set_backing_file("") does the same.
   Task<void> drop_backing_reference();
 
   bool supports_check() const override { return true; }

@@ -124,11 +124,16 @@ Task<void> Qcow2Node::rewrite_header_locked(const Header& proposed) {
 
 Task<void> Qcow2Node::set_backing_file(const std::string& backing, const std::string& format) {
   if (caps_.read_only) throw Error(EPERM, name() + ": the image is read-only");
+  // No backing file: the header loses only the reference, and keeps its other extensions.
+  if (backing.empty()) {
+    co_await drop_backing_reference();
+    co_return;
+  }
   co_await meta_.acquire();
   const AsyncSemaphore::Permit lock(meta_);
   Header h = h_;
   h.backing_file = backing;
-  h.backing_format = backing.empty() ? std::string() : format;
+  h.backing_format = format;
   co_await rewrite_header_locked(h);
 }
 
