@@ -6,8 +6,9 @@
 # noise hits them alike; prints each repetition's times (in the order the commands are
 # given), then each command's median seconds and throughput
 # (UNIT_BYTES / seconds, when UNIT_BYTES > 0), its slowest run against its median, and the ratio of the first command's speed to
-# each other's (> 1 means netblk is faster). A command may use $BENCH_REP (the repetition
-# number) and must leave no state the next repetition sees. A command that fails stops the
+# each other's (> 1 means netblk is faster). Each command first runs once untimed (a warm-up;
+# BENCH_WARMUP=0 leaves it out). A command may use $BENCH_REP (the repetition number, 0 in
+# the warm-up) and must leave no state the next repetition sees. A command that fails stops the
 # benchmark.
 #   BENCH_PREPARE="command"   runs, untimed, before every measured command (e.g. drop a
 #                             target file, then bench_warm_memory)
@@ -64,6 +65,15 @@ bench_run() {
   local tmp; tmp=$(mktemp -d)
   echo "== $name ($reps repetitions, interleaved)"
   bench_hold_free_pages
+  # One untimed run of each command first (BENCH_WARMUP=0: none): the first command of the
+  # first repetition otherwise meets caches and memory the others find warm.
+  if [ "${BENCH_WARMUP:-1}" != 0 ]; then
+    for ((i = 0; i < n; i++)); do
+      [ -n "$BENCH_PREPARE" ] && eval "$BENCH_PREPARE"
+      export BENCH_REP=0
+      eval "${cmds[$i]}" >/dev/null 2>&1 || true
+    done
+  fi
   local rep i k t0 t1 line
   for ((rep = 1; rep <= reps; rep++)); do
     line="  run $rep:"
