@@ -84,8 +84,8 @@ struct Capabilities {
   // under a qcow2 image appending clusters).
   bool can_grow = false;
   // Writes arriving in any order leave as good a layout (an RBD image's objects are made
-  // where they are written; a Gluster brick's file system allocates at writeback): copies
-  // need not hold writes in order (qemu-img's -W).
+  // where they are written; a Gluster brick's file system allocates at writeback; a file
+  // in memory has none): copies need not hold writes in order (qemu-img's -W).
   bool any_write_order = false;
 };
 

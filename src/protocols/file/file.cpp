@@ -26,7 +26,9 @@
 namespace netblk {
 namespace {
 
-// Memory-backed files copy up to this much on the event loop (about 10 us).
+// Files copy up to this much on the event loop (about 10 us) when the copy cannot block
+// (memory-backed files, page-cache hits); larger copies go to the pool, which keeps the
+// loop free to start the next request meanwhile.
 constexpr std::size_t kInlineCopyLimit = 128u << 10;
 
 class FileNode final : public Node {
@@ -66,6 +68,7 @@ class FileNode final : public Node {
     caps_.has_block_status = !block_device_;
     caps_.can_multi_conn = true;
     caps_.can_grow = !block_device_;
+    caps_.any_write_order = memory_backed_;  // memory has no layout
     limits_.request_alignment = direct_ ? 4096 : 1;
     limits_.max_transfer = 0;
     map();
@@ -133,8 +136,8 @@ class FileNode final : public Node {
       read_blocking(offset, buf, done);
       co_return;
     }
-    if (!direct_ && try_nowait_ && !memory_backed_) {
-      // Page-cache hit: no hop to the pool.
+    if (!direct_ && try_nowait_ && !memory_backed_ && buf.size() <= kInlineCopyLimit) {
+      // Page-cache hit: no hop to the pool (a large copy would hold the loop up).
       struct iovec iov{buf.data(), buf.size()};
       ssize_t n = preadv2(fd_, &iov, 1, static_cast<off_t>(offset), RWF_NOWAIT);
       if (n > 0) done = static_cast<std::size_t>(n);
@@ -149,7 +152,7 @@ class FileNode final : public Node {
       write_blocking(offset, buf, done);
       co_return;
     }
-    if (!direct_ && try_nowait_write_ && !memory_backed_) {
+    if (!direct_ && try_nowait_write_ && !memory_backed_ && buf.size() <= kInlineCopyLimit) {
       struct iovec iov{const_cast<std::byte*>(buf.data()), buf.size()};
       ssize_t n = pwritev2(fd_, &iov, 1, static_cast<off_t>(offset), RWF_NOWAIT);
       if (n > 0) done = static_cast<std::size_t>(n);
