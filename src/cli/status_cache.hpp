@@ -2,8 +2,14 @@
 // Asking once for "the rest of the image" and reusing the extent matters: a file
 // system answers SEEK_HOLE by scanning to the next hole, and NBD/curl answers cost a
 // round trip, so one query per chunk would make a full copy quadratic or chatty.
+// A miss while a query is in flight waits for that answer first: the workers of a copy
+// start together, and the first answer usually covers them all (on Gluster, whose seeks
+// go one at a time, 8 queries at the start held the first read back by 16 round trips).
 #pragma once
+#include <optional>
+
 #include "netblk/node.hpp"
+#include "netblk/runtime.hpp"
 
 namespace netblk::cli {
 
@@ -13,11 +19,23 @@ class StatusCache {
 
   // The status at `offset`, at most `max_length` long.
   Task<ChainStatus> at(std::uint64_t offset, std::uint64_t max_length) {
-    if (!(offset >= start_ && offset < end_)) {
-      ChainStatus fresh = co_await chain_block_status(node_, offset, node_.size() - offset);
+    if (!answered_) answered_.emplace(co_await asio::this_coro::executor);
+    if (!covers(offset) && asking_ > 0) co_await answered_->wait();
+    if (!covers(offset)) {
+      ++asking_;
+      ChainStatus fresh;
+      try {
+        fresh = co_await chain_block_status(node_, offset, node_.size() - offset);
+      } catch (...) {
+        --asking_;
+        answered_->notify_all();
+        throw;
+      }
+      --asking_;
       start_ = offset;
       end_ = offset + fresh.status.length;
       cached_ = fresh;
+      answered_->notify_all();
     }
     ChainStatus c = cached_;
     if (c.status.host_offset != BlockStatus::kNoOffset) c.status.host_offset += offset - start_;
@@ -26,9 +44,13 @@ class StatusCache {
   }
 
  private:
+  bool covers(std::uint64_t offset) const { return offset >= start_ && offset < end_; }
+
   Node& node_;
   std::uint64_t start_ = 0, end_ = 0;
   ChainStatus cached_;
+  unsigned asking_ = 0;                       // queries in flight
+  std::optional<AsyncCondition> answered_;   // a query finished (made on the first call)
 };
 
 }  // namespace netblk::cli
