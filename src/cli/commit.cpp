@@ -12,7 +12,7 @@
 namespace netblk::cli {
 namespace {
 
-constexpr std::uint64_t kChunk = 2u << 20;
+constexpr std::uint64_t kCommitChunk = 2u << 20;
 
 // A name compared when looking for -b BASE in the chain: a canonical path for local files.
 std::string layer_key(const std::string& name) {
@@ -111,9 +111,9 @@ const VerbRegistration kCommit{Verb{
           const std::uint64_t size = top->size();
           if (base->size() < size) co_await base->truncate(size);
           Progress progress(a->progress && !a->quiet, size);
-          Buffer buf(kChunk);
-          for (std::uint64_t off = 0; off < size; off += kChunk) {
-            const std::uint64_t len = std::min(kChunk, size - off);
+          Buffer buf(kCommitChunk);
+          for (std::uint64_t off = 0; off < size; off += kCommitChunk) {
+            const std::uint64_t len = std::min(kCommitChunk, size - off);
             co_await commit_range(*top, *base, off, len, buf);
             progress.add(len);
           }

@@ -13,7 +13,7 @@
 namespace netblk::cli {
 namespace {
 
-constexpr std::uint64_t kChunk = 1u << 20;
+constexpr std::uint64_t kCompareChunk = 1u << 20;
 constexpr unsigned kWorkers = 8;
 
 // The first differing 512-byte sector's offset, as qemu-img reports it.
@@ -46,11 +46,11 @@ struct Comparison {
   }
 
   Task<void> worker() {
-    Buffer ba(kChunk), bb(kChunk);
+    Buffer ba(kCompareChunk), bb(kCompareChunk);
     while (true) {
       std::uint64_t off = next;
       if (off >= common || off >= mismatch) break;
-      std::uint64_t len = std::min<std::uint64_t>(kChunk, common - off);
+      std::uint64_t len = std::min<std::uint64_t>(kCompareChunk, common - off);
       next += len;
       if (!co_await zero_in_both(off, len)) {
         co_await a.read(off, ba.span().subspan(0, len));
@@ -65,11 +65,11 @@ struct Comparison {
 
 // The first offset in [from, to) of `n` that does not read as zero, or `to`.
 Task<std::uint64_t> first_nonzero(Node& n, std::uint64_t from, std::uint64_t to) {
-  Buffer buf(kChunk);
+  Buffer buf(kCompareChunk);
   StatusCache status(n);
   for (std::uint64_t p = from; p < to;) {
     ChainStatus s = co_await status.at(p, to - p);
-    std::uint64_t len = std::min<std::uint64_t>(s.status.length, kChunk);
+    std::uint64_t len = std::min<std::uint64_t>(s.status.length, kCompareChunk);
     if (!(s.status.flags & kStatusZero)) {
       co_await n.read(p, buf.span().subspan(0, len));
       for (std::uint64_t i = 0; i < len; i += 512) {

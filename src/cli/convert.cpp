@@ -18,7 +18,7 @@
 namespace netblk::cli {
 namespace {
 
-constexpr std::uint64_t kChunk = 2u << 20;  // a multiple of every qcow2 cluster size
+constexpr std::uint64_t kCopyChunk = 2u << 20;  // a multiple of every qcow2 cluster size
 
 // Marks which `block`-byte blocks of [data, data + len) are all zero (the last may be
 // short). Allocates nothing, so it may run under run_unless_sigbus().
@@ -68,7 +68,7 @@ struct Copy {
   }
   void fail() {
     failed = true;
-    next_chunk = ~std::uint64_t{0} / kChunk;
+    next_chunk = ~std::uint64_t{0} / kCopyChunk;
     turn_changed.notify_all();
   }
   void pass_turn() {
@@ -145,12 +145,12 @@ struct Copy {
   }
 
   Task<void> worker() {
-    Buffer buf(kChunk);
+    Buffer buf(kCopyChunk);
     while (true) {
       std::uint64_t index = next_chunk++;
-      std::uint64_t off = index * kChunk;
+      std::uint64_t off = index * kCopyChunk;
       if (off >= size) break;
-      std::uint64_t len = std::min<std::uint64_t>(kChunk, size - off);
+      std::uint64_t len = std::min<std::uint64_t>(kCopyChunk, size - off);
       // Read first (concurrently with other workers), write when it is this chunk's turn.
       struct Segment {
         std::uint64_t off, len;

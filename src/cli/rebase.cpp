@@ -11,7 +11,7 @@
 namespace netblk::cli {
 namespace {
 
-constexpr std::uint64_t kChunk = 2u << 20;  // qemu-img's IO_BUF_SIZE
+constexpr std::uint64_t kRebaseChunk = 2u << 20;  // qemu-img's IO_BUF_SIZE
 constexpr std::uint64_t kSector = 512;
 
 // Reads [off, off + buf.size()) of a backing node, zeroes past its end or without one.
@@ -93,9 +93,9 @@ const VerbRegistration kRebase{Verb{
             Node* old_backing = co_await image->open_backing();
             const std::uint64_t size = image->size();
             Progress progress(a->progress && !a->quiet, size);
-            Buffer old_data(kChunk), new_data(kChunk);
-            for (std::uint64_t off = 0; off < size; off += kChunk) {
-              const std::uint64_t len = std::min(kChunk, size - off);
+            Buffer old_data(kRebaseChunk), new_data(kRebaseChunk);
+            for (std::uint64_t off = 0; off < size; off += kRebaseChunk) {
+              const std::uint64_t len = std::min(kRebaseChunk, size - off);
               for (std::uint64_t p = off; p < off + len;) {
                 const BlockStatus s = co_await image->block_status(p, off + len - p);
                 if (!(s.flags & kStatusAllocated)) {

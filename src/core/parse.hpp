@@ -23,4 +23,10 @@ std::uint64_t parse_uint(std::string_view text, std::string_view what,
 // Formats a byte count the way qemu-img does: "1 GiB", "1.5 MiB", "512 B".
 std::string human_size(std::uint64_t bytes);
 
+// "0x" and the value in lower-case hex, as QEMU's messages print offsets.
+std::string hex(std::uint64_t v);
+
+// The directory part of a path: "" when it has none, "/" for a file in the root.
+std::string directory_of(const std::string& path);
+
 }  // namespace netblk

@@ -1,4 +1,5 @@
 // The NBD wire codec. See protocol.hpp for the conventions.
+#include "core/parse.hpp"
 #include "nbd/protocol.hpp"
 
 #include <cerrno>
@@ -25,16 +26,6 @@ void need_in(std::span<const std::byte> in, std::size_t n, std::string_view what
 
 void check_string(std::string_view s, std::string_view what) {
   if (s.size() > kMaxStringLength) throw Error(EINVAL, "NBD: " + std::string(what) + " is longer than 4096 bytes");
-}
-
-std::string hex(std::uint64_t v) {
-  static const char digits[] = "0123456789abcdef";
-  std::string s;
-  do {
-    s.insert(s.begin(), digits[v & 15]);
-    v >>= 4;
-  } while (v);
-  return "0x" + s;
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 // every other byte is written.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+
+#include "helpers.hpp"
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,12 +17,6 @@ namespace {
 
 using netblk::FileStreamWriter;
 
-int temp_file() {
-  char name[] = "/tmp/netblk-stream-writer-test-XXXXXX";
-  const int fd = mkstemp(name);
-  if (fd >= 0) unlink(name);
-  return fd;
-}
 
 std::vector<char> read_all(int fd, std::size_t n, std::uint64_t at) {
   std::vector<char> v(n);
@@ -55,7 +51,7 @@ void feed(FileStreamWriter& w, const std::vector<char>& data, unsigned seed) {
 }
 
 TEST(FileStreamWriter, PiecesOfAnySizeLandWhole) {
-  const int fd = temp_file();
+  const int fd = netblk::test::unlinked_temp_file();
   ASSERT_GE(fd, 0);
   const std::vector<char> data = stream_data(std::vector<bool>(40, false), 1000);
   for (unsigned seed : {1u, 2u, 3u}) {
@@ -68,7 +64,7 @@ TEST(FileStreamWriter, PiecesOfAnySizeLandWhole) {
 }
 
 TEST(FileStreamWriter, ZeroBlocksAreLeftOutAndEverythingElseWritten) {
-  const int fd = temp_file();
+  const int fd = netblk::test::unlinked_temp_file();
   ASSERT_GE(fd, 0);
   std::vector<bool> zero(64, false);
   for (std::size_t i : {0u, 1u, 5u, 6u, 7u, 20u, 40u, 62u, 63u}) zero[i] = true;
@@ -91,7 +87,7 @@ TEST(FileStreamWriter, ZeroBlocksAreLeftOutAndEverythingElseWritten) {
 }
 
 TEST(FileStreamWriter, AShortLastBlockThatIsZeroIsLeftOut) {
-  const int fd = temp_file();
+  const int fd = netblk::test::unlinked_temp_file();
   ASSERT_GE(fd, 0);
   std::vector<char> data = stream_data({false, false}, 300);  // tail of 300 zero bytes
   ASSERT_EQ(ftruncate(fd, static_cast<off_t>(data.size())), 0);

@@ -1,6 +1,8 @@
 // Image locking: the permissions each child is asked for (QEMU's rules), and locks between
 // two users of one file in this process.
 #include <gtest/gtest.h>
+
+#include "helpers.hpp"
 #include <unistd.h>
 
 #include <string>
@@ -28,9 +30,7 @@ struct TempImage {
   ~TempImage() { unlink(path.c_str()); }
 };
 
-std::unique_ptr<Node> open_sync(DriveSpec spec) {
-  return run_sync<std::unique_ptr<Node>>([&]() { return open_drive(spec); });
-}
+using netblk::test::open_sync;
 
 DriveSpec raw_drive(const std::string& path, bool read_only) {
   DriveSpec s;

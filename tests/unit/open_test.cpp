@@ -1,5 +1,7 @@
 // Opening drives through every syntax on local files, probing, canonical names.
 #include <gtest/gtest.h>
+
+#include "helpers.hpp"
 #include <unistd.h>
 
 #include <cstring>
@@ -26,9 +28,7 @@ struct TempFile {
   ~TempFile() { unlink(path.c_str()); }
 };
 
-std::unique_ptr<Node> open_sync(DriveSpec spec) {
-  return run_sync<std::unique_ptr<Node>>([&]() { return open_drive(spec); });
-}
+using netblk::test::open_sync;
 
 std::string open_error(DriveSpec spec) {
   try {

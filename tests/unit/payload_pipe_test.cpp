@@ -2,6 +2,8 @@
 // write the pipe is still emptied, so it stays usable.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+
+#include "helpers.hpp"
 #include <unistd.h>
 
 #include <cstdio>
@@ -13,13 +15,6 @@ namespace {
 
 using netblk::nbd::PayloadPipe;
 
-// A temporary file whose name is removed at once.
-int temp_file() {
-  char name[] = "/tmp/netblk-pipe-test-XXXXXX";
-  const int fd = mkstemp(name);
-  if (fd >= 0) unlink(name);
-  return fd;
-}
 
 std::vector<char> pattern(std::size_t n, char seed) {
   std::vector<char> v(n);
@@ -42,7 +37,7 @@ void fill(PayloadPipe& pipe, const std::vector<char>& data) {
 TEST(PayloadPipe, DrainsIntoTheFileAtTheOffset) {
   PayloadPipe pipe = PayloadPipe::open();
   ASSERT_GE(pipe.room(), std::size_t{32} << 10);
-  const int fd = temp_file();
+  const int fd = netblk::test::unlinked_temp_file();
   ASSERT_GE(fd, 0);
   const auto first = pattern(pipe.room(), 1), second = pattern(4000, 9);
   fill(pipe, first);
@@ -59,7 +54,7 @@ TEST(PayloadPipe, DrainsIntoTheFileAtTheOffset) {
 
 TEST(PayloadPipe, FailedWriteEmptiesThePipe) {
   PayloadPipe pipe = PayloadPipe::open();
-  const int fd = temp_file();
+  const int fd = netblk::test::unlinked_temp_file();
   ASSERT_GE(fd, 0);
   char name[64];
   std::snprintf(name, sizeof name, "/proc/self/fd/%d", fd);

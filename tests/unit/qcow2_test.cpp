@@ -181,14 +181,14 @@ TEST(Qcow2Compressed, RoundTripAndGarbage) {
 }
 
 // A temporary qcow2 image through the library, written concurrently.
-struct TempImage {
+struct TempImageDir {
   std::string dir, path;
-  TempImage() {
+  TempImageDir() {
     char tmpl[] = "/tmp/qcow2-unit-XXXXXX";
     dir = mkdtemp(tmpl);
     path = dir + "/t.qcow2";
   }
-  ~TempImage() {
+  ~TempImageDir() {
     std::string cmd = "rm -rf '" + dir + "'";
     if (std::system(cmd.c_str())) {
     }
@@ -224,7 +224,7 @@ TEST(Qcow2Node, ConcurrentAllocationsNeverDoubleAllocate) {
   for (std::string opts : {"cluster_size=64k", "cluster_size=512,refcount_bits=1", "compat=0.10,cluster_size=4k",
                            "extended_l2=on,cluster_size=32k"}) {
     SCOPED_TRACE(opts);
-    TempImage img;
+    TempImageDir img;
     run_sync<void>([&]() -> Task<void> {
       co_await create_image("qcow2", img.path, opts, 1u << 20);
       DriveSpec spec;

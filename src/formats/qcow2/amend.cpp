@@ -10,7 +10,7 @@
 namespace netblk::qcow2 {
 
 namespace {
-constexpr const char* kUseV3 = " (use compat=1.1 or greater)";
+constexpr const char* kUseCompat11 = " (use compat=1.1 or greater)";
 }  // namespace
 
 Task<void> Qcow2Node::amend(const Json& options) {
@@ -36,10 +36,10 @@ Task<void> Qcow2Node::amend(const Json& options) {
   }
   const bool lazy_on = lazy.value_or((h_.compatible & kCompatLazyRefcounts) != 0);
   if (lazy_on && version < 3)
-    throw Error(EINVAL, std::string("Lazy refcounts only supported with compatibility level 1.1 and above") + kUseV3);
+    throw Error(EINVAL, std::string("Lazy refcounts only supported with compatibility level 1.1 and above") + kUseCompat11);
   const std::uint64_t bits = refcount_bits.value_or(std::uint64_t{1} << h_.refcount_order);
   if (bits != 16 && version < 3)
-    throw Error(EINVAL, std::string("Refcount widths other than 16 bits require compatibility level 1.1 or above") + kUseV3);
+    throw Error(EINVAL, std::string("Refcount widths other than 16 bits require compatibility level 1.1 or above") + kUseCompat11);
   if (bits != (std::uint64_t{1} << h_.refcount_order))
     throw Error(ENOTSUP, name() + ": changing the refcount width is not supported by netblk");
   if (version < 3 && h_.version >= 3 && h_.nb_snapshots)

@@ -8,7 +8,7 @@
 namespace netblk::qcow2 {
 namespace {
 
-std::string hex(std::uint64_t v) {
+std::string hex_digits(std::uint64_t v) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%llx", static_cast<unsigned long long>(v));
   return buf;
@@ -74,7 +74,7 @@ Task<CheckResult> Qcow2Node::check(unsigned fix) {
     const std::uint64_t first = offset >> cb_, last = (offset + bytes - 1) >> cb_;
     for (std::uint64_t c = first; c <= last; ++c) {
       if (c >= nb) {
-        r.messages.push_back("ERROR: cluster " + std::to_string(c) + " (offset 0x" + hex(c << cb_) +
+        r.messages.push_back("ERROR: cluster " + std::to_string(c) + " (offset 0x" + hex_digits(c << cb_) +
                              ") is referenced but lies beyond the end of the image file");
         ++r.corruptions;
         break;
@@ -100,13 +100,13 @@ Task<CheckResult> Qcow2Node::check(unsigned fix) {
       const std::uint64_t l2_off = l1[i] & kOffsetMask;
       if (!l2_off) continue;
       if (l2_off & (cs_ - 1)) {
-        r.messages.push_back("ERROR l2_offset=" + hex(l2_off) + ": Table is not cluster aligned; L1 entry corrupted");
+        r.messages.push_back("ERROR l2_offset=" + hex_digits(l2_off) + ": Table is not cluster aligned; L1 entry corrupted");
         ++r.corruptions;
         continue;
       }
       inc(l2_off, cs_);
       if (!co_await read_table(l2_off, cs_, l2)) {
-        r.messages.push_back("ERROR l2_offset=" + hex(l2_off) + ": L2 table lies beyond the end of the image file");
+        r.messages.push_back("ERROR l2_offset=" + hex_digits(l2_off) + ": L2 table lies beyond the end of the image file");
         ++r.corruptions;
         continue;
       }
@@ -116,7 +116,7 @@ Task<CheckResult> Qcow2Node::check(unsigned fix) {
         if (e & kOflagCompressed) {
           if (ext_l2_ && l2[j * 2 + 1]) {
             r.messages.push_back("ERROR compressed cluster " + std::to_string(i * total_l2 + j) +
-                                 " with non-zero subcluster allocation bitmap, entry=0x" + hex(e));
+                                 " with non-zero subcluster allocation bitmap, entry=0x" + hex_digits(e));
             ++r.corruptions;
           }
           CompressedDescriptor d = decode_compressed(e, cb_);
@@ -131,7 +131,7 @@ Task<CheckResult> Qcow2Node::check(unsigned fix) {
         const std::uint64_t host = e & kOffsetMask;
         if (!host) continue;
         if (host & (cs_ - 1)) {
-          r.messages.push_back("ERROR offset=" + hex(host) + ": Cluster is not properly aligned; L2 entry corrupted.");
+          r.messages.push_back("ERROR offset=" + hex_digits(host) + ": Cluster is not properly aligned; L2 entry corrupted.");
           ++r.corruptions;
           continue;
         }
@@ -172,7 +172,7 @@ Task<CheckResult> Qcow2Node::check(unsigned fix) {
     inc(h_.snapshots_offset, snap_bytes);
     for (const auto& s : snaps) {
       if (std::uint64_t{s.l1_size} * 8 > kMaxL1Bytes || (s.l1_offset & (cs_ - 1))) {
-        r.messages.push_back("ERROR snapshot L1 table at 0x" + hex(s.l1_offset) + " is invalid");
+        r.messages.push_back("ERROR snapshot L1 table at 0x" + hex_digits(s.l1_offset) + " is invalid");
         ++r.corruptions;
         continue;
       }
@@ -245,7 +245,7 @@ Task<CheckResult> Qcow2Node::check(unsigned fix) {
     if (rc && (rc == 1) != ((l1_[i] & kOflagCopied) != 0)) {
       const bool fixing = fix & kFixErrors;
       r.messages.push_back(std::string(fixing ? "Repairing" : "ERROR") + " OFLAG_COPIED L2 cluster: l1_index=" +
-                           std::to_string(i) + " l1_entry=" + hex(l1_[i]) + " refcount=" + std::to_string(rc));
+                           std::to_string(i) + " l1_entry=" + hex_digits(l1_[i]) + " refcount=" + std::to_string(rc));
       if (fixing) {
         l1_[i] = rc == 1 ? (l1_[i] | kOflagCopied) : (l1_[i] & ~kOflagCopied);
         l1_dirty_ = true;
@@ -263,7 +263,7 @@ Task<CheckResult> Qcow2Node::check(unsigned fix) {
       if (!hrc || (hrc == 1) == ((e & kOflagCopied) != 0)) continue;
       const bool fixing = fix & kFixErrors;
       r.messages.push_back(std::string(fixing ? "Repairing" : "ERROR") + " OFLAG_COPIED data cluster: l2_entry=" +
-                           hex(e) + " refcount=" + std::to_string(hrc));
+                           hex_digits(e) + " refcount=" + std::to_string(hrc));
       if (fixing) {
         t->e[j * stride_] = hrc == 1 ? (e | kOflagCopied) : (e & ~kOflagCopied);
         t->dirty = true;

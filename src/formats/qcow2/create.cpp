@@ -2,6 +2,7 @@
 #include <bit>
 #include <cstring>
 
+#include "core/parse.hpp"
 #include "block/open.hpp"
 #include "formats/qcow2/header.hpp"
 #include "netblk/buffer.hpp"
@@ -9,15 +10,7 @@
 namespace netblk::qcow2 {
 namespace {
 
-constexpr const char* kUseV3 = " (use version=v3 or greater)";
-
-std::string dirname_of(const std::string& path) {
-  auto slash = path.rfind('/');
-  if (slash == std::string::npos) return {};
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
-
-std::uint64_t div_up(std::uint64_t a, std::uint64_t b) { return (a + b - 1) / b; }
+constexpr const char* kUseVersion3 = " (use version=v3 or greater)";
 
 }  // namespace
 
@@ -53,19 +46,19 @@ Task<void> create_qcow2(const OpenContext& ctx, const CreateRequest& req) {
   else throw fail("Parameter 'version' does not accept value '" + compat + "'");
   if (cluster_size < 512 || cluster_size > (2u << 20) || !std::has_single_bit(cluster_size))
     throw fail("Cluster size must be a power of two between 512 and 2048k");
-  if (lazy && version < 3) throw fail(std::string("Lazy refcounts only supported with compatibility level 1.1 and above") + kUseV3);
+  if (lazy && version < 3) throw fail(std::string("Lazy refcounts only supported with compatibility level 1.1 and above") + kUseVersion3);
   if (refcount_bits > 64 || !std::has_single_bit(refcount_bits))
     throw fail("Refcount width must be a power of two and may not exceed 64 bits");
   if (version < 3 && refcount_bits != 16)
-    throw fail(std::string("Different refcount widths than 16 bits require compatibility level 1.1 or above") + kUseV3);
+    throw fail(std::string("Different refcount widths than 16 bits require compatibility level 1.1 or above") + kUseVersion3);
   int compression;
   if (ctype == "zlib") compression = kCompressionZlib;
   else if (ctype == "zstd") compression = kCompressionZstd;
   else throw fail("Parameter 'compression-type' does not accept value '" + ctype + "'");
   if (compression != kCompressionZlib && version < 3)
-    throw fail(std::string("Non-zlib compression type is only supported with compatibility level 1.1 and above") + kUseV3);
+    throw fail(std::string("Non-zlib compression type is only supported with compatibility level 1.1 and above") + kUseVersion3);
   if (ext_l2 && version < 3)
-    throw fail(std::string("Extended L2 entries are only supported with compatibility level 1.1 and above") + kUseV3);
+    throw fail(std::string("Extended L2 entries are only supported with compatibility level 1.1 and above") + kUseVersion3);
   if (ext_l2 && cluster_size < 16384)
     throw fail("Extended L2 entries are only supported with cluster sizes of at least 16384 bytes");
   if (prealloc != "off" && prealloc != "metadata" && prealloc != "falloc" && prealloc != "full")
@@ -80,7 +73,7 @@ Task<void> create_qcow2(const OpenContext& ctx, const CreateRequest& req) {
     // The size comes from the backing file, resolved as the new image will resolve it.
     OpenContext bctx = ctx;
     bctx.read_only = true;
-    bctx.base_dir = filename_prefix(fname).empty() ? dirname_of(fname) : std::string();
+    bctx.base_dir = filename_prefix(fname).empty() ? directory_of(fname) : std::string();
     Json bopts = Json::object();
     if (auto d = backing_driver(backing, backing_fmt); !d.empty()) bopts["driver"] = d;
     std::unique_ptr<Node> b;

@@ -1,3 +1,4 @@
+#include "core/parse.hpp"
 #include "formats/qcow2/header.hpp"
 
 #include <cstring>
@@ -7,12 +8,6 @@
 
 namespace netblk::qcow2 {
 namespace {
-
-std::string hex(std::uint64_t v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 // The names of incompatible bits set in `bits`, from the image's own feature table first
 // (as QEMU reports them), then ours; unknown bits as "Unknown incompatible feature: 0x..".

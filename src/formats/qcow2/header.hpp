@@ -20,6 +20,9 @@ inline constexpr std::uint32_t kMaxSnapshots = 65536;
 inline constexpr std::uint32_t kMaxSnapshotExtraData = 1024;
 inline constexpr std::uint32_t kMaxBackingNameLength = 1023;
 
+inline constexpr std::uint64_t div_up(std::uint64_t a, std::uint64_t b) { return (a + b - 1) / b; }
+inline constexpr std::uint64_t round_up(std::uint64_t a, std::uint64_t b) { return div_up(a, b) * b; }
+
 // Feature bits.
 inline constexpr std::uint64_t kIncompatDirty = 1u << 0;
 inline constexpr std::uint64_t kIncompatCorrupt = 1u << 1;

@@ -8,9 +8,6 @@
 namespace netblk::qcow2 {
 namespace {
 
-std::uint64_t div_up(std::uint64_t a, std::uint64_t b) { return (a + b - 1) / b; }
-std::uint64_t round_up(std::uint64_t a, std::uint64_t b) { return div_up(a, b) * b; }
-
 // QEMU's qcow2_refcount_metadata_size(): refcount blocks and table clusters counting
 // `clusters` and themselves, found as a fixed point.
 std::uint64_t refcount_metadata_size(std::uint64_t clusters, std::uint64_t cs, unsigned refcount_order) {

@@ -1,4 +1,5 @@
 // The qcow2 format: reading and writing (see qcow2.hpp for the metadata write order).
+#include "core/parse.hpp"
 #include "formats/qcow2/qcow2.hpp"
 
 #include <algorithm>
@@ -17,18 +18,6 @@ namespace {
 constexpr std::uint64_t kDefaultL2CacheBytes = 32u << 20;
 constexpr std::uint64_t kDefaultRefCacheBytes = 4u << 20;
 constexpr std::uint64_t kMaxHostOffset = std::uint64_t{1} << 56;
-
-std::string hex(std::uint64_t v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
-
-std::string dirname_of(const std::string& path) {
-  auto slash = path.rfind('/');
-  if (slash == std::string::npos) return {};
-  return slash == 0 ? "/" : path.substr(0, slash);
-}
 
 // Whether a backing file named so is a plain local file: the protocol under its format
 // decides. A name too malformed to tell counts as local, so that it fails at open as ever.
@@ -164,7 +153,7 @@ Task<void> Qcow2Node::init(const OpenContext& ctx, spec::Options& o) {
   // Users that read nothing (info) lock no backing file: qemu-img info does not open it.
   backing_ctx_.permissions.reset();
   if (ctx.permissions && ctx.permissions->perm != 0) backing_ctx_.permissions = locking::backing_child(*ctx.permissions);
-  backing_ctx_.base_dir = file_->driver() == "file" ? dirname_of(file_->plain_filename()) : std::string();
+  backing_ctx_.base_dir = file_->driver() == "file" ? directory_of(file_->plain_filename()) : std::string();
   backing_options_ = Json::object();
   if (backing_opt) {
     backing_given_ = true;

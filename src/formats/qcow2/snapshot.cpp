@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "core/parse.hpp"
 #include "formats/qcow2/qcow2.hpp"
 #include "netblk/buffer.hpp"
 
@@ -31,12 +32,6 @@ struct Pinned {
   ~Pinned() { --t->pins; }
   std::shared_ptr<L2Table> t;
 };
-
-std::string hex(std::uint64_t v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 }  // namespace
 
