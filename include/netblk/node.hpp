@@ -244,11 +244,12 @@ class Node {
   // Internal snapshots made, applied and deleted (qemu-img snapshot -c, -a, -d) where
   // supports_snapshots() says so: create one named `name`; make the image what the snapshot
   // `id_or_name` holds (an ID first, then a name, as QEMU looks it up; none: ENOENT);
-  // delete the snapshot with this ID and name. No writes may be in flight meanwhile.
+  // delete the first snapshot named `name` (by name only, as qemu-img; none: ENOENT). No
+  // writes may be in flight meanwhile.
   virtual bool supports_snapshots() const { return false; }
   virtual Task<void> create_snapshot(const std::string& name);
   virtual Task<void> apply_snapshot(const std::string& id_or_name);
-  virtual Task<void> delete_snapshot(const std::string& id, const std::string& name);
+  virtual Task<void> delete_snapshot(const std::string& name);
   // Changes format options of the image in place (qemu-img amend -o; qcow2's compat,
   // lazy_refcounts, size, backing_file, backing_fmt).
   virtual Task<void> amend(const Json& options);

@@ -227,18 +227,26 @@ Task<void> Node::make_empty() {
 
 Task<std::vector<Snapshot>> Node::snapshots() { co_return std::vector<Snapshot>{}; }
 
+namespace {
+
+[[noreturn]] void refuse_snapshots(const Node& node) {
+  throw Error(ENOTSUP, node.display_name() + ": driver '" + std::string(node.driver()) + "' does not support snapshots");
+}
+
+}  // namespace
+
 Task<void> Node::create_snapshot(const std::string&) {
-  throw Error(ENOTSUP, display_name() + ": driver '" + std::string(driver()) + "' does not support snapshots");
+  refuse_snapshots(*this);
   co_return;
 }
 
 Task<void> Node::apply_snapshot(const std::string&) {
-  throw Error(ENOTSUP, display_name() + ": driver '" + std::string(driver()) + "' does not support snapshots");
+  refuse_snapshots(*this);
   co_return;
 }
 
-Task<void> Node::delete_snapshot(const std::string&, const std::string&) {
-  throw Error(ENOTSUP, display_name() + ": driver '" + std::string(driver()) + "' does not support snapshots");
+Task<void> Node::delete_snapshot(const std::string&) {
+  refuse_snapshots(*this);
   co_return;
 }
 

@@ -93,14 +93,11 @@ const VerbRegistration kSnapshot{Verb{
                 co_await image->apply_snapshot(a->apply);
               }
             } else if (remove) {
-              // qemu-img looks the snapshot up by its name only (bdrv_snapshot_find).
-              const std::vector<Snapshot> list = co_await image->snapshots();
-              auto it = std::find_if(list.begin(), list.end(), [&](const Snapshot& s) { return s.name == a->remove; });
-              if (it == list.end() || !can) {
+              if (!can) {
                 failure = "Could not delete snapshot '" + a->remove + "': snapshot not found";
                 code = ENOENT;
               } else {
-                co_await image->delete_snapshot(it->id, it->name);
+                co_await image->delete_snapshot(a->remove);
               }
             }
           } catch (const Error& e) {
@@ -109,6 +106,7 @@ const VerbRegistration kSnapshot{Verb{
             else if (apply && e.code() == ENOENT)
               failure = "Could not apply snapshot '" + a->apply + "': Failed to load snapshot: No such file or directory";
             else if (apply) failure = "Could not apply snapshot '" + a->apply + "': " + e.what();
+            else if (e.code() == ENOENT) failure = "Could not delete snapshot '" + a->remove + "': snapshot not found";
             else failure = "Could not delete snapshot '" + a->remove + "': " + e.what();
           }
           co_await image->close();

@@ -321,6 +321,10 @@ TEST(Verbs, AmendAsQemuImg) {
 
 namespace {
 
+// The images the snapshot tests run on: 64k and 4k clusters, v2, extended L2 entries.
+const char* const kSnapshotImageOptions[] = {"cluster_size=64k", "cluster_size=4k", "compat=0.10,cluster_size=4k",
+                                             "extended_l2=on,cluster_size=16k"};
+
 // qemu-img snapshot -l of an image, the dates masked (they differ between two runs).
 std::string snapshot_list(const std::string& image) {
   auto r = run({"qemu-img", "snapshot", "-l", image});
@@ -365,8 +369,7 @@ void expect_same_raw(const std::string& raw, const std::string& image) {
 // netblk lists each image as qemu-img does, byte for byte.
 TEST(Verbs, SnapshotAsQemuImg) {
   TempDir dir;
-  for (const std::string opts :
-       {"cluster_size=64k", "cluster_size=4k", "compat=0.10,cluster_size=4k", "extended_l2=on,cluster_size=16k"}) {
+  for (const std::string opts : kSnapshotImageOptions) {
     SCOPED_TRACE(opts);
     const std::string n = dir / "n.qcow2", q = dir / "q.qcow2", orig = dir / "orig.qcow2";
     make_snapshot_image(orig, opts);
@@ -419,8 +422,7 @@ TEST(Verbs, SnapshotAsQemuImg) {
 // deleted by netblk. The snapshot's data stays as it was throughout.
 TEST(Verbs, SnapshotsInteroperateWithQemu) {
   TempDir dir;
-  for (const std::string opts :
-       {"cluster_size=64k", "cluster_size=4k", "compat=0.10,cluster_size=4k", "extended_l2=on,cluster_size=16k"}) {
+  for (const std::string opts : kSnapshotImageOptions) {
     SCOPED_TRACE(opts);
     const std::string orig = dir / "orig.qcow2", a = dir / "a.qcow2", orig_raw = dir / "orig.raw";
     make_snapshot_image(orig, opts);

@@ -80,7 +80,7 @@ class Qcow2Node final : public Node {
   bool supports_snapshots() const override { return true; }
   Task<void> create_snapshot(const std::string& name) override;
   Task<void> apply_snapshot(const std::string& id_or_name) override;
-  Task<void> delete_snapshot(const std::string& id, const std::string& name) override;
+  Task<void> delete_snapshot(const std::string& name) override;
 
  protected:
   Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override;
@@ -157,6 +157,11 @@ class Qcow2Node final : public Node {
     std::vector<std::byte> extra_rest{};  // extra data past QEMU's 24 bytes, kept as it is
   };
   Task<std::vector<SnapshotInfo>> read_snapshot_table(std::uint64_t& table_bytes);
+  // Writes out cached metadata and syncs the file, then reads the snapshot table: where
+  // snapshot -c, -a and -d start. The caller holds the metadata lock.
+  Task<std::vector<SnapshotInfo>> settled_snapshot_table_locked(std::uint64_t& table_bytes);
+  // EFBIG when an entry carries more extra data than QEMU accepts (before a table rewrite).
+  void refuse_oversized_extra_data(const std::vector<SnapshotInfo>& table) const;
 
   // Snapshots (snapshot.cpp, meta_ held).
   Task<void> write_snapshot_table_locked(const std::vector<SnapshotInfo>& table, std::uint64_t old_bytes);

@@ -155,18 +155,26 @@ Task<void> Qcow2Node::write_snapshot_table_locked(const std::vector<SnapshotInfo
     for (std::uint64_t c = old_offset >> cb_; c <= (old_offset + old_bytes - 1) >> cb_; ++c) pending_free_.push_back(c);
 }
 
+Task<std::vector<Qcow2Node::SnapshotInfo>> Qcow2Node::settled_snapshot_table_locked(std::uint64_t& table_bytes) {
+  co_await flush_metadata_locked();
+  co_await file_->flush();
+  co_return co_await read_snapshot_table(table_bytes);
+}
+
+void Qcow2Node::refuse_oversized_extra_data(const std::vector<SnapshotInfo>& table) const {
+  for (const SnapshotInfo& s : table)
+    if (s.extra_size > kMaxSnapshotExtraData)
+      throw Error(EFBIG, name() + ": Too much extra metadata in snapshot table entry " + s.id);
+}
+
 Task<void> Qcow2Node::create_snapshot(const std::string& sn_name) {
   if (caps_.read_only) throw Error(EPERM, name() + ": the image is read-only");
   co_await meta_.acquire();
   const AsyncSemaphore::Permit lock(meta_);
-  co_await flush_metadata_locked();
-  co_await file_->flush();
   std::uint64_t table_bytes = 0;
-  std::vector<SnapshotInfo> table = co_await read_snapshot_table(table_bytes);
+  std::vector<SnapshotInfo> table = co_await settled_snapshot_table_locked(table_bytes);
   if (table.size() >= kMaxSnapshots) throw Error(EFBIG, name() + ": Too many snapshots");
-  for (const SnapshotInfo& s : table)
-    if (s.extra_size > kMaxSnapshotExtraData)
-      throw Error(EFBIG, name() + ": Too much extra metadata in snapshot table entry " + s.id);
+  refuse_oversized_extra_data(table);
 
   // QEMU's find_new_snapshot_id: one more than the largest numeric ID.
   unsigned long id_max = 0;
@@ -206,10 +214,8 @@ Task<void> Qcow2Node::apply_snapshot(const std::string& id_or_name) {
   if (caps_.read_only) throw Error(EPERM, name() + ": the image is read-only");
   co_await meta_.acquire();
   const AsyncSemaphore::Permit lock(meta_);
-  co_await flush_metadata_locked();
-  co_await file_->flush();
   std::uint64_t table_bytes = 0;
-  const std::vector<SnapshotInfo> table = co_await read_snapshot_table(table_bytes);
+  const std::vector<SnapshotInfo> table = co_await settled_snapshot_table_locked(table_bytes);
   const SnapshotInfo* sn = nullptr;
   for (const SnapshotInfo& s : table)
     if (!sn && s.id == id_or_name) sn = &s;
@@ -255,20 +261,15 @@ Task<void> Qcow2Node::apply_snapshot(const std::string& id_or_name) {
   co_await file_->flush();
 }
 
-Task<void> Qcow2Node::delete_snapshot(const std::string& id, const std::string& sn_name) {
+Task<void> Qcow2Node::delete_snapshot(const std::string& sn_name) {
   if (caps_.read_only) throw Error(EPERM, name() + ": the image is read-only");
   co_await meta_.acquire();
   const AsyncSemaphore::Permit lock(meta_);
-  co_await flush_metadata_locked();
-  co_await file_->flush();
   std::uint64_t table_bytes = 0;
-  std::vector<SnapshotInfo> table = co_await read_snapshot_table(table_bytes);
-  auto it = std::find_if(table.begin(), table.end(),
-                         [&](const SnapshotInfo& s) { return s.id == id && s.name == sn_name; });
-  if (it == table.end()) throw Error(ENOENT, name() + ": no snapshot with the ID '" + id + "' and name '" + sn_name + "'");
-  for (const SnapshotInfo& s : table)
-    if (s.extra_size > kMaxSnapshotExtraData)
-      throw Error(EFBIG, name() + ": Too much extra metadata in snapshot table entry " + s.id);
+  std::vector<SnapshotInfo> table = co_await settled_snapshot_table_locked(table_bytes);
+  auto it = std::find_if(table.begin(), table.end(), [&](const SnapshotInfo& s) { return s.name == sn_name; });
+  if (it == table.end()) throw Error(ENOENT, name() + ": no snapshot named '" + sn_name + "'");
+  refuse_oversized_extra_data(table);
   const SnapshotInfo sn = *it;
   std::vector<std::uint64_t> sn_l1 = co_await read_snapshot_l1(sn);
 
