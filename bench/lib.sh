@@ -57,6 +57,13 @@ bench_now() { date +%s.%N; }
 
 bench_median() { sort -g | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
+# Before each run of a bench_run command, timed or not: BENCH_PREPARE, and BENCH_REP set to
+# the repetition (0: the untimed warm-up).
+bench_before_run() {  # REP
+  if [ -n "$BENCH_PREPARE" ]; then eval "$BENCH_PREPARE"; fi
+  export BENCH_REP=$1
+}
+
 bench_run() {
   local name=$1 reps=$2 unit=$3
   shift 3
@@ -69,8 +76,7 @@ bench_run() {
   # first repetition otherwise meets caches and memory the others find warm.
   if [ "${BENCH_WARMUP:-1}" != 0 ]; then
     for ((i = 0; i < n; i++)); do
-      [ -n "$BENCH_PREPARE" ] && eval "$BENCH_PREPARE"
-      export BENCH_REP=0
+      bench_before_run 0
       eval "${cmds[$i]}" >/dev/null 2>&1 || true
     done
   fi
@@ -81,8 +87,7 @@ bench_run() {
     # follows the same other one, and so none always starts from what that one left behind.
     for ((k = 0; k < n; k++)); do
       i=$(((k + rep - 1) % n))
-      [ -n "$BENCH_PREPARE" ] && eval "$BENCH_PREPARE"
-      export BENCH_REP=$rep
+      bench_before_run "$rep"
       t0=$(bench_now)
       if ! eval "${cmds[$i]}" >"$tmp/out.$i" 2>&1; then
         echo "FAILED: ${cmds[$i]}"; cat "$tmp/out.$i"; rm -rf "$tmp"; bench_release_free_pages; return 1
