@@ -16,6 +16,7 @@ const VerbRegistration kPull{Verb{
         std::vector<std::string> objects;
         bool progress = false, quiet = false, drop_backing = false;
         std::string requests = "8";
+        std::string cache = "writeback";
       };
       auto a = std::make_shared<Args>();
       a->drive.add_options(app);
@@ -23,6 +24,7 @@ const VerbRegistration kPull{Verb{
       app.add_flag("-p", a->progress, "Show progress");
       app.add_flag("-q", a->quiet, "Quiet");
       app.add_option("-m", a->requests, "Requests to the backing chain in flight (1-16, default 8)");
+      app.add_option("-t", a->cache, "Cache mode of the overlay (default writeback)");
       app.add_flag("--drop-backing", a->drop_backing,
                    "Then clear the overlay's backing file reference, so that it stands alone");
       app.add_option("filename", a->drive.name, "The qcow2 overlay")->required();
@@ -32,6 +34,7 @@ const VerbRegistration kPull{Verb{
           qcow2::PullOptions options;
           options.requests = parallel_requests_option(a->requests);
           DriveSpec spec = a->drive.spec(false);
+          if (!spec.options.contains("cache")) apply_cache_mode(spec.options, a->cache);
           auto node = co_await open_drive(spec);
           qcow2::Qcow2Node* overlay = qcow2::qcow2_under(*node);
           if (!overlay)
