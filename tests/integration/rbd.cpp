@@ -24,6 +24,7 @@
 #include "netblk/buffer.hpp"
 #include "netblk/open.hpp"
 #include "netblk_serve.hpp"
+#include "protocols/rbd/ceph_api.hpp"
 #include "protocols/rbd/rbd_config.hpp"
 #include "servers.hpp"
 
@@ -35,6 +36,15 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr std::uint64_t kMiB = 1u << 20;
+
+// netblk loads librbd on first use (protocols/rbd/ceph_api.hpp). Loaded before the first
+// shared cluster starts, its static destructors run after the clusters are stopped at exit,
+// as when it was linked; loaded later, they ran first, and stopping a cluster then woke
+// librados's threads on freed configuration.
+struct LoadCephFirst : ::testing::Environment {
+  void SetUp() override { netblk::rbd::ceph(); }
+};
+[[maybe_unused]] ::testing::Environment* const kLoadCephFirst = ::testing::AddGlobalTestEnvironment(new LoadCephFirst);
 constexpr std::uint64_t kDiskSize = (6u << 20) + 4096;
 
 // A cluster and the image "disk" on it, a copy of a local file.

@@ -15,8 +15,6 @@
 //
 // The connections end with the process (as gluster's): rados_shutdown waits for librados's
 // threads, which a dead cluster can hold.
-#include <rados/librados.h>
-#include <rbd/librbd.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -37,6 +35,7 @@
 #include "core/log.hpp"
 #include "core/shared_connection.hpp"
 #include "netblk/range_lock.hpp"
+#include "protocols/rbd/ceph_api.hpp"
 #include "protocols/rbd/rbd_config.hpp"
 
 namespace netblk::rbd {
@@ -161,28 +160,28 @@ class Connection : public SharedConnection<rados_t> {
 
   void init(const RbdConfig& c) {
     rados_t cluster = nullptr;
-    int r = rados_create(&cluster, c.user ? c.user->c_str() : nullptr);
+    int r = ceph().rados_create(&cluster, c.user ? c.user->c_str() : nullptr);
     if (r < 0) return finish(nullptr, -r, "error initializing: " + errno_text(-r));
     auto fail = [&](int err, std::string why) {
       finish(nullptr, err, std::move(why));
-      rados_shutdown(cluster);
+      ceph().rados_shutdown(cluster);
     };
     if (c.conf) {
-      r = rados_conf_read_file(cluster, c.conf->c_str());
+      r = ceph().rados_conf_read_file(cluster, c.conf->c_str());
       if (r < 0) return fail(-r, "error reading conf file " + *c.conf + ": " + errno_text(-r));
     } else {
-      rados_conf_read_file(cluster, nullptr);  // the default places, if any (as QEMU)
+      ceph().rados_conf_read_file(cluster, nullptr);  // the default places, if any (as QEMU)
     }
     // librados's own messages only with NETBLK_LOG=debug: errors stay netblk's one line.
     if (!log::enabled(log::Level::debug)) {
-      rados_conf_set(cluster, "log_to_stderr", "false");
-      rados_conf_set(cluster, "err_to_stderr", "false");
+      ceph().rados_conf_set(cluster, "log_to_stderr", "false");
+      ceph().rados_conf_set(cluster, "err_to_stderr", "false");
     }
     const std::string seconds = std::to_string(c.timeout.count());
     for (const char* key : {"client_mount_timeout", "rados_mon_op_timeout", "rados_osd_op_timeout"})
-      rados_conf_set(cluster, key, seconds.c_str());
+      ceph().rados_conf_set(cluster, key, seconds.c_str());
     for (const auto& [k, v] : c.keyvalues) {
-      r = rados_conf_set(cluster, k.c_str(), v.c_str());
+      r = ceph().rados_conf_set(cluster, k.c_str(), v.c_str());
       if (r < 0) return fail(-r, "invalid conf option " + k + ": " + errno_text(-r));
     }
     if (!c.servers.empty()) {
@@ -202,20 +201,20 @@ class Connection : public SharedConnection<rados_t> {
       if (answering == 0 && !unreachable.empty() &&
           std::all_of(c.servers.begin(), c.servers.end(), [](const Monitor& m) { return !m.port.empty(); }))
         return fail(ECONNREFUSED, "error connecting: no monitor answers (" + unreachable + ")");
-      r = rados_conf_set(cluster, "mon_host", hosts.c_str());
+      r = ceph().rados_conf_set(cluster, "mon_host", hosts.c_str());
       if (r < 0) return fail(-r, "invalid monitor list " + hosts + ": " + errno_text(-r));
     }
     if (!c.auth_client_required.empty()) {
       std::string modes;
       for (const auto& m : c.auth_client_required) modes += (modes.empty() ? "" : ";") + m;
-      r = rados_conf_set(cluster, "auth_client_required", modes.c_str());
+      r = ceph().rados_conf_set(cluster, "auth_client_required", modes.c_str());
       if (r < 0) return fail(-r, "could not set auth-client-required: " + errno_text(-r));
     }
     if (c.key_secret) {
-      r = rados_conf_set(cluster, "key", base64(c.key_secret->value).c_str());
+      r = ceph().rados_conf_set(cluster, "key", base64(c.key_secret->value).c_str());
       if (r < 0) return fail(-r, "could not set the key of key-secret '" + c.key_secret->id + "': " + errno_text(-r));
     }
-    r = rados_connect(cluster);
+    r = ceph().rados_connect(cluster);
     if (r < 0) {
       std::string why = "error connecting: " + errno_text(-r);
       if (-r == ETIMEDOUT)
@@ -240,9 +239,9 @@ Task<void> connect(const RbdConfig& c, const std::string& name, std::shared_ptr<
 
 // An I/O context on the pool and namespace: -errno or 0.
 int open_ioctx(rados_t cluster, const RbdConfig& c, rados_ioctx_t* io) {
-  const int r = rados_ioctx_create(cluster, c.pool.c_str(), io);
+  const int r = ceph().rados_ioctx_create(cluster, c.pool.c_str(), io);
   if (r < 0) return r;
-  rados_ioctx_set_namespace(*io, c.ns.c_str());
+  ceph().rados_ioctx_set_namespace(*io, c.ns.c_str());
   return 0;
 }
 
@@ -290,10 +289,10 @@ Task<ssize_t> rbd_async(Submit submit) {
     using Op = RbdOp<decltype(handler)>;
     auto* op = new Op(std::move(handler));
     rbd_completion_t comp = nullptr;
-    int r = rbd_aio_create_completion(static_cast<Pending*>(op), ignore_callback, &comp);
+    int r = ceph().rbd_aio_create_completion(static_cast<Pending*>(op), ignore_callback, &comp);
     if (r >= 0) {
       r = submit(comp);
-      if (r < 0) rbd_aio_release(comp);
+      if (r < 0) ceph().rbd_aio_release(comp);
     }
     if (r < 0) op->done(r);
   };
@@ -317,9 +316,9 @@ struct Opened {
 // Releases an image, its eventfd and I/O context (blocking: rbd_close flushes).
 int release(rados_ioctx_t io, rbd_image_t image, int efd) {
   int r = 0;
-  if (image) r = rbd_close(image);
+  if (image) r = ceph().rbd_close(image);
   if (efd >= 0) ::close(efd);
-  if (io) rados_ioctx_destroy(io);
+  if (io) ceph().rados_ioctx_destroy(io);
   return r;
 }
 
@@ -365,7 +364,7 @@ class RbdNode final : public Node {
   Task<void> co_read(std::uint64_t offset, std::span<std::byte> buf) override {
     rbd_image_t image = image_;
     auto submit = [image, offset, buf](rbd_completion_t c) {
-      return rbd_aio_read(image, offset, buf.size(), reinterpret_cast<char*>(buf.data()), c);
+      return ceph().rbd_aio_read(image, offset, buf.size(), reinterpret_cast<char*>(buf.data()), c);
     };
     const ssize_t r = co_await rbd_async(std::move(submit));
     if (r < 0) throw failure(static_cast<int>(-r), offset, "read");
@@ -378,7 +377,7 @@ class RbdNode final : public Node {
     if (offset + buf.size() > image_size_) co_await grow(offset + buf.size());
     rbd_image_t image = image_;
     auto submit = [image, offset, buf](rbd_completion_t c) {
-      return rbd_aio_write(image, offset, buf.size(), reinterpret_cast<const char*>(buf.data()), c);
+      return ceph().rbd_aio_write(image, offset, buf.size(), reinterpret_cast<const char*>(buf.data()), c);
     };
     const ssize_t r = co_await rbd_async(std::move(submit));
     if (r < 0) throw failure(static_cast<int>(-r), offset, "write");
@@ -390,7 +389,7 @@ class RbdNode final : public Node {
     if (offset + length > image_size_) co_await grow(offset + length);
     rbd_image_t image = image_;
     auto submit = [image, offset, length](rbd_completion_t c) {
-      return rbd_aio_write_zeroes(image, offset, length, c, 0, 0);
+      return ceph().rbd_aio_write_zeroes(image, offset, length, c, 0, 0);
     };
     const ssize_t r = co_await rbd_async(std::move(submit));
     if (r < 0) throw failure(static_cast<int>(-r), offset, "write zeroes");
@@ -400,7 +399,7 @@ class RbdNode final : public Node {
     if (offset >= image_size_) co_return;
     length = std::min(length, image_size_ - offset);
     rbd_image_t image = image_;
-    auto submit = [image, offset, length](rbd_completion_t c) { return rbd_aio_discard(image, offset, length, c); };
+    auto submit = [image, offset, length](rbd_completion_t c) { return ceph().rbd_aio_discard(image, offset, length, c); };
     const ssize_t r = co_await rbd_async(std::move(submit));
     if (r < 0) throw failure(static_cast<int>(-r), offset, "discard");
   }
@@ -443,7 +442,7 @@ class RbdNode final : public Node {
         w->exists = true;
         return 0;
       };
-      w.r = rbd_diff_iterate2(image, nullptr, offset, span, 1, 1, cb, &w);
+      w.r = ceph().rbd_diff_iterate2(image, nullptr, offset, span, 1, 1, cb, &w);
       return w;
     };
     const std::string what = name_ + ": block status";
@@ -478,7 +477,7 @@ class RbdNode final : public Node {
     auto held = co_await growing_.acquire(0, 1, true);
     const RangeLocks::Guard guard(growing_, held);
     rbd_image_t image = image_;
-    auto work = [image, size]() { return rbd_resize(image, size); };
+    auto work = [image, size]() { return ceph().rbd_resize(image, size); };
     const std::string what = name_ + ": resize";
     const int r = co_await offload(std::move(work), config_.timeout + kGrace, what);
     if (r < 0) throw Error(-r, name_ + ": resizing the image to " + std::to_string(size) + " bytes failed: " + errno_text(-r));
@@ -495,7 +494,7 @@ class RbdNode final : public Node {
     if (end <= image_size_) co_return;
     const std::uint64_t to = (end + kGrowStep - 1) / kGrowStep * kGrowStep;
     rbd_image_t image = image_;
-    auto work = [image, to]() { return rbd_resize(image, to); };
+    auto work = [image, to]() { return ceph().rbd_resize(image, to); };
     const std::string what = name_ + ": resize";
     const int r = co_await offload(std::move(work), config_.timeout + kGrace, what);
     if (r < 0) throw Error(-r, name_ + ": resizing the image to " + std::to_string(to) + " bytes failed: " + errno_text(-r));
@@ -504,7 +503,7 @@ class RbdNode final : public Node {
 
   Task<void> flush_image() {
     rbd_image_t image = image_;
-    auto submit = [image](rbd_completion_t c) { return rbd_aio_flush(image, c); };
+    auto submit = [image](rbd_completion_t c) { return ceph().rbd_aio_flush(image, c); };
     const ssize_t r = co_await rbd_async(std::move(submit));
     if (r < 0) throw Error(static_cast<int>(-r), name_ + ": flush failed: " + errno_text(static_cast<int>(-r)));
   }
@@ -516,11 +515,11 @@ class RbdNode final : public Node {
     }
     rbd_completion_t comps[64];
     for (;;) {
-      const int n = rbd_poll_io_events(image_, comps, 64);
+      const int n = ceph().rbd_poll_io_events(image_, comps, 64);
       for (int i = 0; i < n; ++i) {
-        auto* op = static_cast<Pending*>(rbd_aio_get_arg(comps[i]));
-        const ssize_t r = rbd_aio_get_return_value(comps[i]);
-        rbd_aio_release(comps[i]);
+        auto* op = static_cast<Pending*>(ceph().rbd_aio_get_arg(comps[i]));
+        const ssize_t r = ceph().rbd_aio_get_return_value(comps[i]);
+        ceph().rbd_aio_release(comps[i]);
         op->done(r);
       }
       if (n < 64) break;
@@ -559,8 +558,8 @@ Task<std::unique_ptr<Node>> open_rbd(const OpenContext& ctx, spec::Options& o) {
       return f;
     }
     const char* snap = config.snapshot.empty() ? nullptr : config.snapshot.c_str();
-    r = ro ? rbd_open_read_only(f.io, config.image.c_str(), &f.image, snap)
-           : rbd_open(f.io, config.image.c_str(), &f.image, nullptr);
+    r = ro ? ceph().rbd_open_read_only(f.io, config.image.c_str(), &f.image, snap)
+           : ceph().rbd_open(f.io, config.image.c_str(), &f.image, nullptr);
     if (r < 0) {
       f.image = nullptr;
       f.err = -r;
@@ -579,13 +578,13 @@ Task<std::unique_ptr<Node>> open_rbd(const OpenContext& ctx, spec::Options& o) {
       f.efd = -1;
       return f;
     };
-    if ((r = rbd_get_size(f.image, &f.size)) < 0) return fail(-r, "error getting the image size: " + errno_text(-r));
+    if ((r = ceph().rbd_get_size(f.image, &f.size)) < 0) return fail(-r, "error getting the image size: " + errno_text(-r));
     std::uint64_t features = 0, flags = 0;
-    if (rbd_get_features(f.image, &features) == 0 && rbd_get_flags(f.image, &flags) == 0)
+    if (ceph().rbd_get_features(f.image, &features) == 0 && ceph().rbd_get_flags(f.image, &flags) == 0)
       f.diff = (features & RBD_FEATURE_FAST_DIFF) && !(flags & RBD_FLAG_FAST_DIFF_INVALID);
     f.efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (f.efd < 0) return fail(errno, std::string("eventfd: ") + errno_text(errno));
-    if ((r = rbd_set_image_notification(f.image, f.efd, EVENT_TYPE_EVENTFD)) < 0)
+    if ((r = ceph().rbd_set_image_notification(f.image, f.efd, EVENT_TYPE_EVENTFD)) < 0)
       return fail(-r, "rbd_set_image_notification: " + errno_text(-r));
     return f;
   };
@@ -611,22 +610,22 @@ Task<void> create_rbd(const OpenContext&, spec::Options& o, std::uint64_t size) 
     int r = open_ioctx(cluster, config, &io);
     if (r < 0) return pool_error(config, -r);
     int order = 0;
-    r = rbd_create(io, config.image.c_str(), size, &order);
+    r = ceph().rbd_create(io, config.image.c_str(), size, &order);
     std::string why;
     if (r == -EEXIST) {
       rbd_image_t image = nullptr;
-      r = rbd_open(io, config.image.c_str(), &image, nullptr);
+      r = ceph().rbd_open(io, config.image.c_str(), &image, nullptr);
       if (r < 0) {
         why = "error opening image " + config.image + ": " + errno_text(-r);
       } else {
-        if ((r = rbd_resize(image, 0)) < 0 || (r = rbd_resize(image, size)) < 0)
+        if ((r = ceph().rbd_resize(image, 0)) < 0 || (r = ceph().rbd_resize(image, size)) < 0)
           why = "error resizing image " + config.image + ": " + errno_text(-r);
-        rbd_close(image);
+        ceph().rbd_close(image);
       }
     } else if (r < 0) {
       why = "error rbd create: " + errno_text(-r);
     }
-    rados_ioctx_destroy(io);
+    ceph().rados_ioctx_destroy(io);
     return why;
   };
   const std::string what = name + ": creating the image";
@@ -636,9 +635,9 @@ Task<void> create_rbd(const OpenContext&, spec::Options& o, std::uint64_t size) 
 
 std::string version() {
   int major = 0, minor = 0, extra = 0;
-  rbd_version(&major, &minor, &extra);
+  ceph().rbd_version(&major, &minor, &extra);
   int rmajor = 0, rminor = 0, rextra = 0;
-  rados_version(&rmajor, &rminor, &rextra);
+  ceph().rados_version(&rmajor, &rminor, &rextra);
   return "librbd " + std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(extra) +
          ", librados " + std::to_string(rmajor) + "." + std::to_string(rminor) + "." + std::to_string(rextra);
 }
