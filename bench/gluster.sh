@@ -2,7 +2,7 @@
 # netblk vs qemu-img on a GlusterFS volume (glusterd on 127.0.0.1, one brick on disk):
 # convert 256 MiB volume -> file and file -> volume, then `info` of the image. Runs are
 # interleaved; medians of REPS repetitions and the ratios netblk/qemu-img are printed (> 1
-# means netblk is faster), twice for the copies:
+# means netblk is faster), three ways for the copies:
 #   - whole command: from start to exit, as a user waits for it (qemu-img's glfs_fini spends
 #     ~10 s of it polling);
 #   - transfer alone: each tool from its start to the moment its progress (-p) reaches 100%,
@@ -11,6 +11,8 @@
 #     netblk's whole command against qemu-img's 100%, the stricter ratio. (qemu-img's whole
 #     convert less its whole `info` is no measure: glfs_fini polls in 1 s steps, and the
 #     difference came out between -0.01 and 1.2 s.)
+#   - throughput: each tool from its first progress line at or past 10% to 100%, the same
+#     bytes in both (their progress lines are alike), leaving out both starts and teardowns.
 #
 #   bench/gluster.sh [REPS=5]
 #
@@ -87,36 +89,45 @@ cmp "$src" "$out" || { echo "netblk convert from the volume produced different b
 # both) reaches 100%, one file per command.
 to100() {  # FILE COMMAND... (with -p)
   python3 -c '
-import os, subprocess, sys, time
+import os, re, subprocess, sys, time
 out, argv = sys.argv[1], sys.argv[2:]
 start = time.monotonic()
 p = subprocess.Popen(["timeout", "120"] + argv, stdout=subprocess.PIPE)
-seen, done_at = b"", None
+seen, at10, done_at = b"", None, None
 while True:
     chunk = p.stdout.read1(4096)
     if not chunk:
         break
     seen = (seen + chunk)[-64:]
+    now = time.monotonic()
+    shown = [float(x) for x in re.findall(rb"\((\d+\.\d+)/100%\)", seen)]
+    if at10 is None and shown and max(shown) >= 10.0:
+        at10 = now
     if done_at is None and b"(100.00/100%)" in seen:
-        done_at = time.monotonic()
+        done_at = now
 if p.wait() != 0 or done_at is None:
     sys.exit("%s failed or never reached 100%%" % argv[0])
 if os.environ.get("BENCH_REP") != "0":  # not the untimed warm-up
     open(out, "a").write("%.6f\n" % (done_at - start))
     open(out + ".whole", "a").write("%.6f\n" % (time.monotonic() - start))
+    open(out + ".from10", "a").write("%.6f\n" % (done_at - at10))
 ' "$@"
 }
 transfer_summary() {  # NAME NETBLK_FILE QEMU_FILE
-  local a w b
+  local a w b a10 b10
   a=$(bench_median <"$2")
   w=$(bench_median <"$2.whole")
   b=$(bench_median <"$3")
+  a10=$(bench_median <"$2.from10")
+  b10=$(bench_median <"$3.from10")
   echo "== $1: transfer alone (start to 100% progress; qemu-img's teardown left out)"
   printf '  median %8.3f s  %9.1f MB/s  netblk (start to 100%%)\n' "$a" "$(echo "$bytes / $a / 1000000" | bc -l)"
   printf '  median %8.3f s  %9.1f MB/s  netblk (whole command, close included)\n' "$w" "$(echo "$bytes / $w / 1000000" | bc -l)"
   printf '  median %8.3f s  %9.1f MB/s  qemu-img (start to 100%%)\n' "$b" "$(echo "$bytes / $b / 1000000" | bc -l)"
   printf '  ratio %.2fx  (netblk speed / qemu-img speed, both to 100%%)\n' "$(echo "$b / $a" | bc -l)"
   printf '  ratio %.2fx  (netblk whole command / qemu-img to 100%%)\n' "$(echo "$b / $w" | bc -l)"
+  printf '  median %8.3f s  netblk, 10%% to 100%% progress;  %.3f s  qemu-img\n' "$a10" "$b10"
+  printf '  ratio %.2fx  (throughput over the same 90%% of the bytes: neither start nor teardown)\n' "$(echo "$b10 / $a10" | bc -l)"
 }
 
 BENCH_PREPARE="rm -f '$out'; bench_warm_memory 512"
