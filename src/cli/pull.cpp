@@ -15,7 +15,7 @@ const VerbRegistration kPull{Verb{
         DriveArgs drive;
         std::vector<std::string> objects;
         bool progress = false, quiet = false, drop_backing = false;
-        std::string requests = "8";
+        std::string requests = "4";
         std::string cache = "writeback";
       };
       auto a = std::make_shared<Args>();
@@ -23,7 +23,7 @@ const VerbRegistration kPull{Verb{
       add_common_options(app, a->objects);
       app.add_flag("-p", a->progress, "Show progress");
       app.add_flag("-q", a->quiet, "Quiet");
-      app.add_option("-m", a->requests, "Requests to the backing chain in flight (1-16, default 8)");
+      app.add_option("-m", a->requests, "Requests to the backing chain in flight (1-16, default 4)");
       app.add_option("-t", a->cache, "Cache mode of the overlay (default writeback)");
       app.add_flag("--drop-backing", a->drop_backing,
                    "Then clear the overlay's backing file reference, so that it stands alone");

@@ -121,6 +121,7 @@ class GuestActivity final : public FilterNode {
 Task<void> pull_in_background(GuestActivity& guest, qcow2::Qcow2Node& overlay, AsyncEvent& done) {
   qcow2::PullOptions options;
   options.requests = 2;
+  options.piece = 256u << 10;  // small: a guest's request never waits behind much of it
   options.wait_turn = [&guest]() { return guest.wait_until_idle(); };
   try {
     const qcow2::PullResult r = co_await qcow2::pull(overlay, options);

@@ -18,12 +18,12 @@
 namespace netblk::qcow2 {
 
 struct PullOptions {
-  unsigned requests = 8;                   // pieces in flight (-m)
+  unsigned requests = 4;                   // pieces in flight (-m)
   // A pull killed at a random moment fetches again what was in flight (requests * piece)
   // and what was written but not yet recorded (below 2 * flush_every, as the workers wait
   // there for the flush): small pieces and frequent flushes bound that refetch
   // (docs/decisions.md, "What a killed pull fetches again").
-  std::uint64_t piece = 256u << 10;        // bytes per request, rounded to whole clusters
+  std::uint64_t piece = 1u << 20;          // bytes per request, rounded to whole clusters
   std::uint64_t flush_every = 2u << 20;    // metadata written back after this many bytes
   // Called as bytes land: (bytes allocated now, image size).
   std::function<void(std::uint64_t done, std::uint64_t total)> progress;
