@@ -30,7 +30,7 @@ const VerbRegistration kAmend{Verb{
           for (const auto& o : a->options) text += (text.empty() ? "" : ",") + o;
           const Json options = spec::parse_keyval(text);
           DriveSpec spec = a->drive.spec(false);
-          if (!spec.options.contains("cache")) apply_cache_mode(spec.options, a->cache);
+          default_cache_mode(spec, a->cache);
           auto image = co_await open_drive(spec);
           co_await image->amend(options);
           co_await image->close();

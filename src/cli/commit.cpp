@@ -73,7 +73,7 @@ const VerbRegistration kCommit{Verb{
           define_objects(a->objects);
           const bool keep = a->keep || !a->base.empty();
           DriveSpec spec = a->drive.spec(keep);
-          if (!spec.options.contains("cache")) apply_cache_mode(spec.options, a->cache);
+          default_cache_mode(spec, a->cache);
           // First the whole chain, read-only, to find the base.
           DriveSpec probe_spec = spec;
           probe_spec.read_only = true;

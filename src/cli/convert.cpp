@@ -246,7 +246,7 @@ const VerbRegistration kConvert{Verb{
           DriveSpec src_spec = a->src.spec(true);
           // As qemu-img: nobody may write or resize the source while it is copied.
           src_spec.permissions = Permissions{kPermConsistentRead, kPermConsistentRead | kPermWriteUnchanged};
-          if (!src_spec.options.contains("cache")) apply_cache_mode(src_spec.options, a->src_cache);
+          default_cache_mode(src_spec, a->src_cache);
           auto src = co_await open_drive(src_spec);
           std::uint64_t size = src->size();
           DriveSpec dst_spec;
@@ -262,7 +262,7 @@ const VerbRegistration kConvert{Verb{
             dst_spec.filename = a->target;
             dst_spec.format = a->out_format;
           }
-          if (!dst_spec.options.contains("cache")) apply_cache_mode(dst_spec.options, a->cache);
+          default_cache_mode(dst_spec, a->cache);
           auto dst = co_await open_drive(dst_spec);
           if (dst->size() < size)
             throw Error(ENOSPC, a->target + ": target is smaller (" + std::to_string(dst->size()) +

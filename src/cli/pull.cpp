@@ -34,7 +34,7 @@ const VerbRegistration kPull{Verb{
           qcow2::PullOptions options;
           options.requests = parallel_requests_option(a->requests);
           DriveSpec spec = a->drive.spec(false);
-          if (!spec.options.contains("cache")) apply_cache_mode(spec.options, a->cache);
+          default_cache_mode(spec, a->cache);
           auto node = co_await open_drive(spec);
           qcow2::Qcow2Node* overlay = qcow2::qcow2_under(*node);
           if (!overlay)

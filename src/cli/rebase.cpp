@@ -72,7 +72,7 @@ const VerbRegistration kRebase{Verb{
           };
           if (!name.empty() && a->backing_format.empty()) throw cannot_change("backing format must be specified");
           DriveSpec spec = a->drive.spec(false);
-          if (!spec.options.contains("cache")) apply_cache_mode(spec.options, a->cache);
+          default_cache_mode(spec, a->cache);
           auto image = co_await open_drive(spec);
           std::unique_ptr<Node> new_backing;
           if (!a->unsafe) {

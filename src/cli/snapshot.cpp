@@ -72,7 +72,7 @@ const VerbRegistration kSnapshot{Verb{
           }
           // The other actions (and none at all, as qemu-img) open the image for writing.
           DriveSpec spec = a->drive.spec(false);
-          if (!spec.options.contains("cache")) apply_cache_mode(spec.options, "writeback");
+          default_cache_mode(spec, "writeback");
           auto image = co_await open_drive(spec);
           const bool can = image->supports_snapshots();
           std::string failure;

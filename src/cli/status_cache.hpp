@@ -22,20 +22,11 @@ class StatusCache {
     if (!answered_) answered_.emplace(co_await asio::this_coro::executor);
     if (!covers(offset) && asking_ > 0) co_await answered_->wait();
     if (!covers(offset)) {
-      ++asking_;
-      ChainStatus fresh;
-      try {
-        fresh = co_await chain_block_status(node_, offset, node_.size() - offset);
-      } catch (...) {
-        --asking_;
-        answered_->notify_all();
-        throw;
-      }
-      --asking_;
+      const Asking asking(*this);
+      ChainStatus fresh = co_await chain_block_status(node_, offset, node_.size() - offset);
       start_ = offset;
       end_ = offset + fresh.status.length;
       cached_ = fresh;
-      answered_->notify_all();
     }
     ChainStatus c = cached_;
     if (c.status.host_offset != BlockStatus::kNoOffset) c.status.host_offset += offset - start_;
@@ -45,6 +36,16 @@ class StatusCache {
 
  private:
   bool covers(std::uint64_t offset) const { return offset >= start_ && offset < end_; }
+
+  // One query in flight; when it ends, answered or not, the waiters look again.
+  struct Asking {
+    explicit Asking(StatusCache& c) : cache(c) { ++cache.asking_; }
+    ~Asking() {
+      --cache.asking_;
+      cache.answered_->notify_all();
+    }
+    StatusCache& cache;
+  };
 
   Node& node_;
   std::uint64_t start_ = 0, end_ = 0;

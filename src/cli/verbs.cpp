@@ -61,6 +61,10 @@ void define_objects(const std::vector<std::string>& objects) {
   for (const auto& o : objects) secrets::define(spec::parse_keyval(o, "qom-type"));
 }
 
+void default_cache_mode(DriveSpec& spec, std::string_view mode) {
+  if (!spec.options.contains("cache")) apply_cache_mode(spec.options, mode);
+}
+
 std::string backing_name_from_here(const Node& image, const std::string& name) {
   if (name.empty() || name[0] == '/' || !filename_prefix(name).empty()) return name;
   const Node* file = image.file();

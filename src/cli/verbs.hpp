@@ -49,6 +49,10 @@ void add_common_options(CLI::App& app, std::vector<std::string>& objects, bool* 
 // Defines the secrets given with --object.
 void define_objects(const std::vector<std::string>& objects);
 
+// Applies a -t/-T cache mode (apply_cache_mode) to a drive whose name sets none itself: a
+// json: name or --image-opts with cache.* keeps its own.
+void default_cache_mode(DriveSpec& spec, std::string_view mode);
+
 // A backing file name as an image stores it, made openable from here: a relative path is
 // relative to the directory of the image's file (QEMU's rule).
 std::string backing_name_from_here(const Node& image, const std::string& name);

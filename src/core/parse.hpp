@@ -1,4 +1,5 @@
-// QEMU's scalar syntaxes, shared by every option reader and the CLI.
+// QEMU's scalar syntaxes, shared by every option reader and the CLI, and the few text
+// helpers (sizes, offsets, paths) its messages are written with.
 #pragma once
 #include <cstdint>
 #include <limits>

@@ -1,11 +1,11 @@
 // The NBD wire codec. See protocol.hpp for the conventions.
-#include "core/parse.hpp"
 #include "nbd/protocol.hpp"
 
 #include <cerrno>
 #include <algorithm>
 #include <cstring>
 
+#include "core/parse.hpp"
 #include "netblk/error.hpp"
 
 namespace netblk::nbd {

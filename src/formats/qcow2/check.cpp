@@ -2,6 +2,7 @@
 // stored refcounts, check the COPIED flags, and repair what the caller allows.
 #include <cstring>
 
+#include "core/parse.hpp"
 #include "formats/qcow2/qcow2.hpp"
 #include "netblk/buffer.hpp"
 
@@ -74,7 +75,7 @@ Task<CheckResult> Qcow2Node::check(unsigned fix) {
     const std::uint64_t first = offset >> cb_, last = (offset + bytes - 1) >> cb_;
     for (std::uint64_t c = first; c <= last; ++c) {
       if (c >= nb) {
-        r.messages.push_back("ERROR: cluster " + std::to_string(c) + " (offset 0x" + hex_digits(c << cb_) +
+        r.messages.push_back("ERROR: cluster " + std::to_string(c) + " (offset " + hex(c << cb_) +
                              ") is referenced but lies beyond the end of the image file");
         ++r.corruptions;
         break;
@@ -116,7 +117,7 @@ Task<CheckResult> Qcow2Node::check(unsigned fix) {
         if (e & kOflagCompressed) {
           if (ext_l2_ && l2[j * 2 + 1]) {
             r.messages.push_back("ERROR compressed cluster " + std::to_string(i * total_l2 + j) +
-                                 " with non-zero subcluster allocation bitmap, entry=0x" + hex_digits(e));
+                                 " with non-zero subcluster allocation bitmap, entry=" + hex(e));
             ++r.corruptions;
           }
           CompressedDescriptor d = decode_compressed(e, cb_);
@@ -172,7 +173,7 @@ Task<CheckResult> Qcow2Node::check(unsigned fix) {
     inc(h_.snapshots_offset, snap_bytes);
     for (const auto& s : snaps) {
       if (std::uint64_t{s.l1_size} * 8 > kMaxL1Bytes || (s.l1_offset & (cs_ - 1))) {
-        r.messages.push_back("ERROR snapshot L1 table at 0x" + hex_digits(s.l1_offset) + " is invalid");
+        r.messages.push_back("ERROR snapshot L1 table at " + hex(s.l1_offset) + " is invalid");
         ++r.corruptions;
         continue;
       }

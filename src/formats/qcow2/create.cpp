@@ -2,8 +2,8 @@
 #include <bit>
 #include <cstring>
 
-#include "core/parse.hpp"
 #include "block/open.hpp"
+#include "core/parse.hpp"
 #include "formats/qcow2/header.hpp"
 #include "netblk/buffer.hpp"
 

@@ -1,8 +1,8 @@
-#include "core/parse.hpp"
 #include "formats/qcow2/header.hpp"
 
 #include <cstring>
 
+#include "core/parse.hpp"
 #include "netblk/error.hpp"
 #include "spec/tree.hpp"
 

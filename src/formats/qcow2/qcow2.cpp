@@ -1,5 +1,4 @@
 // The qcow2 format: reading and writing (see qcow2.hpp for the metadata write order).
-#include "core/parse.hpp"
 #include "formats/qcow2/qcow2.hpp"
 
 #include <algorithm>
@@ -8,6 +7,7 @@
 #include "block/locking.hpp"
 #include "block/open.hpp"
 #include "core/log.hpp"
+#include "core/parse.hpp"
 #include "formats/qcow2/compress.hpp"
 #include "netblk/buffer.hpp"
 #include "spec/tree.hpp"

@@ -4,27 +4,24 @@
 
 #include <cerrno>
 #include <string>
+#include <type_traits>
 
 #include "netblk/error.hpp"
 
 namespace netblk::rbd {
 namespace {
 
-void* load(const char* soname) {
-  void* handle = dlopen(soname, RTLD_NOW | RTLD_LOCAL);
-  if (!handle) {
-    const char* why = dlerror();
-    throw Error(ENOTSUP, std::string("rbd: cannot load ") + soname + ": " + (why ? why : "unknown error"));
-  }
-  return handle;
-}
-
 CephApi load_api() {
-  void* rados = load(NETBLK_LIBRADOS_SONAME);
-  void* rbd = load(NETBLK_LIBRBD_SONAME);
+  // librados comes with librbd (a dependency of it), and dlsym on librbd's handle searches
+  // it too.
+  void* rbd = dlopen(NETBLK_LIBRBD_SONAME, RTLD_NOW | RTLD_LOCAL);
+  if (!rbd) {
+    const char* why = dlerror();
+    throw Error(ENOTSUP, std::string("rbd: cannot load " NETBLK_LIBRBD_SONAME ": ") + (why ? why : "unknown error"));
+  }
   CephApi api;
-  auto find = [&](auto& member, const char* name) {
-    void* sym = dlsym(name[1] == 'a' ? rados : rbd, name);  // "rados_..." or "rbd_..."
+  auto find = [rbd](auto& member, const char* name) {
+    void* sym = dlsym(rbd, name);
     if (!sym) throw Error(ENOTSUP, std::string("rbd: ") + name + " is missing from librbd/librados");
     member = reinterpret_cast<std::remove_reference_t<decltype(member)>>(sym);
   };
