@@ -98,7 +98,7 @@ Task<void> Qcow2Node::expand_zero_clusters_locked() {
         co_await file_->write(host, zero.span());
         t->e[idx] = host | kOflagCopied;
       }
-      t->dirty = true;
+      t->touch();
     }
     --t->pins;
   }

@@ -267,7 +267,7 @@ Task<CheckResult> Qcow2Node::check(unsigned fix) {
                            hex_digits(e) + " refcount=" + std::to_string(hrc));
       if (fixing) {
         t->e[j * stride_] = hrc == 1 ? (e | kOflagCopied) : (e & ~kOflagCopied);
-        t->dirty = true;
+        t->touch();
         ++r.corruptions_fixed;
       } else {
         ++r.corruptions;

@@ -69,10 +69,11 @@ struct Pull {
     }
   }
 
-  // Bytes written into the overlay whose L2 entries are not yet on disk: what a kill now
-  // would make the next run fetch again (with the pieces in flight). Workers wait while it
-  // is twice flush_every, so a slow flush holds the fetching back instead of letting it
-  // run ahead of what is recorded.
+  // What a kill now would make the next run fetch again: the pieces in flight, and the
+  // bytes written into the overlay whose L2 entries are not yet written back. Workers wait
+  // while the two come to twice flush_every, so a slow checkpoint holds the fetching back
+  // instead of letting it run ahead of what is recorded.
+  std::uint64_t in_flight = 0;
   std::uint64_t unrecorded = 0;
   std::uint64_t unflushed = 0;  // of those, not yet in a flush under way
   bool flushing = false;
@@ -87,11 +88,7 @@ struct Pull {
       unflushed = 0;
       flushing = true;
       try {
-        // The data first, without the driver's metadata lock: the flush's own sync before
-        // it writes the L2 tables (under that lock, which allocations wait for) then has
-        // little left to write.
-        co_await overlay.file()->flush();
-        co_await overlay.flush();
+        co_await overlay.checkpoint();
       } catch (...) {
         flushing = false;
         recorded.notify_all();
@@ -107,9 +104,13 @@ struct Pull {
     Buffer buf(options.piece);
     while (!failed && next < pieces.size()) {
       if (options.wait_turn) co_await options.wait_turn();
-      while (!failed && unrecorded >= 2 * options.flush_every) co_await recorded.wait();
+      // Nothing in flight and no checkpoint under way: nothing would wake a waiter.
+      while (!failed && in_flight + unrecorded + options.piece > 2 * options.flush_every &&
+             (in_flight || flushing))
+        co_await recorded.wait();
       if (failed || next >= pieces.size()) break;
       const Piece p = pieces[next++];
+      in_flight += p.length;  // a failure ends every worker: no guard needed
       // A writer (the guest, or its copy-on-read) may have filled it meanwhile.
       BlockStatus now = co_await overlay.block_status(p.offset, p.length);
       if (!((now.flags & kStatusAllocated) && now.length == p.length)) {
@@ -117,7 +118,11 @@ struct Pull {
         const auto data = buf.span().first(p.length);
         co_await read_chain(*backing, p.offset, data);
         result.written += co_await overlay.fill_unallocated(p.offset, data);
+        in_flight -= p.length;
         co_await record(p.length);
+      } else {
+        in_flight -= p.length;
+        recorded.notify_all();
       }
       done += p.length;
       if (options.progress) options.progress(done, overlay.size());
@@ -149,7 +154,7 @@ Task<PullResult> pull(Qcow2Node& overlay, const PullOptions& options) {
   PullOptions opts = options;
   opts.piece = std::max(cluster, opts.piece / cluster * cluster);
   Executor ex = co_await asio::this_coro::executor;
-  Pull pull{overlay, opts, {}, 0, 0, false, {}, 0, 0, false, AsyncCondition(ex)};
+  Pull pull{overlay, opts, {}, 0, 0, false, {}, 0, 0, 0, false, AsyncCondition(ex)};
   pull.pieces = co_await missing_pieces(overlay, opts.piece);
   std::uint64_t missing = 0;
   for (const Piece& p : pull.pieces) missing += p.length;

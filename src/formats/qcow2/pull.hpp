@@ -7,8 +7,9 @@
 // is never overwritten; data goes in before the L2 entry that points at it, as every qcow2
 // write here does, so the image is consistent at every moment. What is allocated is what
 // the image says, so a pull that was stopped resumes by running it again: only what is
-// still missing is fetched. Metadata is flushed every `flush_every` bytes, and fetching
-// waits while twice that is unrecorded, which bounds what a killed pull fetches twice.
+// still missing is fetched. A checkpoint (Qcow2Node::checkpoint) records what was written
+// every `flush_every` bytes, and fetching waits while the pieces in flight and the bytes not
+// yet recorded come to twice that, which bounds what a killed pull fetches twice.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -19,12 +20,11 @@ namespace netblk::qcow2 {
 
 struct PullOptions {
   unsigned requests = 4;                   // pieces in flight (-m)
-  // A pull killed at a random moment fetches again what was in flight (requests * piece)
-  // and what was written but not yet recorded (below 2 * flush_every, as the workers wait
-  // there for the flush): small pieces and frequent flushes bound that refetch
-  // (docs/decisions.md, "What a killed pull fetches again").
+  // A pull killed at a random moment fetches again what was in flight and what was written
+  // but not yet recorded: together at most 2 * flush_every, as the workers wait there for
+  // the checkpoint (docs/decisions.md, "What a killed pull fetches again").
   std::uint64_t piece = 1u << 20;          // bytes per request, rounded to whole clusters
-  std::uint64_t flush_every = 2u << 20;    // metadata written back after this many bytes
+  std::uint64_t flush_every = 2u << 20;    // a checkpoint after this many bytes
   // Called as bytes land: (bytes allocated now, image size).
   std::function<void(std::uint64_t done, std::uint64_t total)> progress;
   // Awaited before each piece is fetched: serve --pull waits there while the guest has

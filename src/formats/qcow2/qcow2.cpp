@@ -64,7 +64,8 @@ class Qcow2Node::Pin {
 };
 
 Qcow2Node::Qcow2Node(const OpenContext& ctx, std::unique_ptr<Node> file, Header header)
-    : Node(ctx.executor), h_(std::move(header)), backing_opening_(ctx.executor, 1), meta_(ctx.executor, 1) {
+    : Node(ctx.executor), h_(std::move(header)), backing_opening_(ctx.executor, 1), meta_(ctx.executor, 1),
+      checkpointing_(ctx.executor, 1) {
   cb_ = h_.cluster_bits;
   cs_ = std::uint64_t{1} << cb_;
   ext_l2_ = h_.extended_l2();
@@ -307,7 +308,7 @@ Task<std::shared_ptr<L2Table>> Qcow2Node::l2_for_write(std::uint64_t l1_index) {
     t = std::make_shared<L2Table>();
     t->offset = host;
     t->e.assign(cs_ / 8, 0);
-    t->dirty = true;
+    t->touch();
     t->last_use = ++use_clock_;
     l2_cache_[host] = t;
     l1_[l1_index] = host | kOflagCopied;
@@ -325,7 +326,7 @@ Task<std::shared_ptr<L2Table>> Qcow2Node::copy_l2_locked(std::uint64_t l1_index)
   auto t = std::make_shared<L2Table>();
   t->offset = host;
   t->e = std::move(entries);
-  t->dirty = true;
+  t->touch();
   t->last_use = ++use_clock_;
   l2_cache_[host] = t;
   l1_[l1_index] = host | kOflagCopied;
@@ -567,7 +568,7 @@ Task<std::uint64_t> Qcow2Node::fill_unallocated(std::uint64_t offset, std::span<
           co_await meta_.acquire();
           const AsyncSemaphore::Permit lock(meta_);
           for (std::uint64_t gc = pos >> cb_; gc < (pos + x.length) >> cb_; ++gc) t->e[gc & index_mask] = kOflagZero;
-          t->dirty = true;
+          t->touch();
         } else {
           co_await write_in_l2_locked(pos, piece, 0);
         }
@@ -632,7 +633,7 @@ Task<void> Qcow2Node::write_in_l2_locked(std::uint64_t offset, std::span<const s
         co_await meta_.acquire();
         const AsyncSemaphore::Permit lock(meta_);
         t->e[idx * 2 + 1] = (t->e[idx * 2 + 1] | want) & ~(want << 32);
-        t->dirty = true;
+        t->touch();
         continue;
       }
     }
@@ -667,7 +668,7 @@ Task<void> Qcow2Node::write_in_l2_locked(std::uint64_t offset, std::span<const s
         const std::uint64_t old = t->e[idx * stride_];
         t->e[idx * stride_] = encode_compressed(chost, sectors, cb_);
         if (ext_l2_) t->e[idx * 2 + 1] = 0;
-        t->dirty = true;
+        t->touch();
         release_entry(old);
         continue;
       }
@@ -710,7 +711,7 @@ Task<void> Qcow2Node::write_in_l2_locked(std::uint64_t offset, std::span<const s
     if (ext_l2_) t->e[idx * 2 + 1] = 0xffffffffu;
     release_entry(old);
   }
-  t->dirty = true;
+  t->touch();
 }
 
 Task<void> Qcow2Node::co_write_zeroes(std::uint64_t offset, std::uint64_t length, unsigned flags) {
@@ -771,7 +772,7 @@ Task<void> Qcow2Node::zero_or_discard(std::uint64_t first, std::uint64_t count, 
           t->e[idx * 2] = 0;
           t->e[idx * 2 + 1] = bm;
           release_entry(old);
-          t->dirty = true;
+          t->touch();
           continue;
         }
         std::uint64_t repl;
@@ -791,7 +792,7 @@ Task<void> Qcow2Node::zero_or_discard(std::uint64_t first, std::uint64_t count, 
         if (repl == old) continue;
         t->e[idx] = repl;
         if (!keep) release_entry(old);
-        t->dirty = true;
+        t->touch();
       }
     }
     first += n;
@@ -992,25 +993,71 @@ Task<void> Qcow2Node::write_header_field(std::uint64_t offset, std::span<const s
   co_await file_->flush();
 }
 
-Task<void> Qcow2Node::flush_metadata_locked() {
-  auto write_refblocks = [this]() -> Task<bool> {
-    bool wrote = false;
-    std::vector<std::shared_ptr<RefBlock>> dirty;
-    for (auto& [bi, rb] : refblocks_)
-      if (rb->dirty) dirty.push_back(rb);
-    std::sort(dirty.begin(), dirty.end(), [](const auto& x, const auto& y) { return x->offset < y->offset; });
-    for (auto& rb : dirty) {
-      Buffer b(cs_);
-      std::memcpy(b.data(), rb->data.data(), cs_);
-      rb->dirty = false;
-      co_await file_->write(rb->offset, b.span());
-      wrote = true;
-    }
-    co_return wrote;
-  };
+Task<bool> Qcow2Node::write_refblocks_locked() {
+  bool wrote = false;
+  std::vector<std::shared_ptr<RefBlock>> dirty;
+  for (auto& [bi, rb] : refblocks_)
+    if (rb->dirty) dirty.push_back(rb);
+  std::sort(dirty.begin(), dirty.end(), [](const auto& x, const auto& y) { return x->offset < y->offset; });
+  for (auto& rb : dirty) {
+    Buffer b(cs_);
+    std::memcpy(b.data(), rb->data.data(), cs_);
+    rb->dirty = false;
+    co_await file_->write(rb->offset, b.span());
+    wrote = true;
+  }
+  co_return wrote;
+}
 
+Buffer Qcow2Node::encode_l2(const L2Table& t) const {
+  Buffer b(cs_);
+  for (std::size_t i = 0; i < t.e.size(); ++i) store_be64(b.data() + 8 * i, t.e[i]);
+  return b;
+}
+
+Task<void> Qcow2Node::checkpoint() {
+  co_await checkpointing_.acquire();
+  const AsyncSemaphore::Permit one(checkpointing_);
+  struct Copy {
+    std::shared_ptr<L2Table> table;
+    Buffer bytes;
+    std::uint64_t version, writes;
+  };
+  std::vector<Copy> copies;
+  bool ordinary = false;
+  {
+    co_await meta_.acquire();
+    const AsyncSemaphore::Permit lock(meta_);
+    if (l1_dirty_ || reftable_dirty_ || !pending_free_.empty()) {
+      co_await flush_metadata_locked();
+      ordinary = true;
+    } else {
+      // Entries are set only after their data is written, and refcounts before that: the
+      // tables as they are now point at nothing the sync below leaves out.
+      co_await write_refblocks_locked();
+      for (auto& [off, t] : l2_cache_)
+        if (t->dirty) copies.push_back({t, encode_l2(*t), t->version, t->writes});
+    }
+  }
+  co_await file_->flush();
+  if (ordinary || copies.empty()) co_return;
+  std::sort(copies.begin(), copies.end(), [](const Copy& x, const Copy& y) { return x.table->offset < y.table->offset; });
+  co_await meta_.acquire();
+  const AsyncSemaphore::Permit lock(meta_);
+  for (Copy& c : copies) {
+    L2Table& t = *c.table;
+    // Written meanwhile by a flush (a newer state), or dropped from the image: left alone.
+    const auto it = l2_cache_.find(t.offset);
+    if (it == l2_cache_.end() || it->second != c.table || t.writes != c.writes) continue;
+    ++t.writes;
+    if (t.version == c.version) t.dirty = false;
+    co_await file_->write(t.offset, c.bytes.span());
+  }
+}
+
+Task<void> Qcow2Node::flush_metadata_locked() {
   // 1. Refcount blocks, then the table that points at them (and the header if it moved).
-  bool wrote = co_await write_refblocks();
+  bool wrote = co_await write_refblocks_locked();
   if (reftable_dirty_) {
     if (wrote) co_await file_->flush();
     Buffer b = Buffer::zeroed(reftable_clusters_ * cs_);
@@ -1034,9 +1081,9 @@ Task<void> Qcow2Node::flush_metadata_locked() {
     co_await file_->flush();
     std::sort(dirty_l2.begin(), dirty_l2.end(), [](const auto& x, const auto& y) { return x->offset < y->offset; });
     for (auto& t : dirty_l2) {
-      Buffer b(cs_);
-      for (std::size_t i = 0; i < t->e.size(); ++i) store_be64(b.data() + 8 * i, t->e[i]);
+      Buffer b = encode_l2(*t);
       t->dirty = false;
+      ++t->writes;
       co_await file_->write(t->offset, b.span());
     }
     if (l1_dirty_) {
@@ -1059,7 +1106,7 @@ Task<void> Qcow2Node::flush_metadata_locked() {
         if (comp_cluster_ && (comp_cluster_ >> cb_) == c) comp_cluster_ = 0;
       }
     }
-    co_await write_refblocks();
+    co_await write_refblocks_locked();
   }
 }
 

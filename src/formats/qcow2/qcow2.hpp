@@ -25,6 +25,7 @@
 
 #include "block/driver.hpp"
 #include "formats/qcow2/header.hpp"
+#include "netblk/buffer.hpp"
 
 namespace netblk::qcow2 {
 
@@ -34,6 +35,14 @@ struct L2Table {
   bool dirty = false;
   int pins = 0;
   std::uint64_t last_use = 0;
+  // Counted so that a checkpoint can tell whether the copy it took is still worth writing.
+  std::uint64_t version = 0;  // changes of e
+  std::uint64_t writes = 0;   // times written back
+
+  void touch() {
+    dirty = true;
+    ++version;
+  }
 };
 
 struct RefBlock {
@@ -66,6 +75,13 @@ class Qcow2Node final : public Node {
   // the image stands alone; the caller made sure it holds every cluster. Other header
   // extensions stay as they are. set_backing_file("") does the same.
   Task<void> drop_backing_reference();
+  // What was written so far survives a kill of the process at once, and a power loss after
+  // the next checkpoint or flush: the refcount blocks are written, one sync makes them and
+  // every cluster the cached L2 tables point at durable, and then the tables are written as
+  // they were before that sync. One sync where flush() takes three, and the metadata lock
+  // is not held across it, so writers go on meanwhile. A new L1 entry, a grown refcount
+  // table or a cluster to release makes it an ordinary flush. pull's checkpoints.
+  Task<void> checkpoint();
 
   bool supports_check() const override { return true; }
   Task<CheckResult> check(unsigned fix) override;
@@ -136,6 +152,8 @@ class Qcow2Node final : public Node {
 
   // Writing metadata back (meta_ held).
   Task<void> flush_metadata_locked();
+  Task<bool> write_refblocks_locked();  // true if it wrote any
+  Buffer encode_l2(const L2Table& t) const;
   Task<void> write_header_field(std::uint64_t offset, std::span<const std::byte> bytes);
 
   // Image verbs (verbs.cpp, meta_ held).
@@ -209,6 +227,7 @@ class Qcow2Node final : public Node {
   std::uint64_t comp_cluster_ = 0, comp_used_ = 0;  // compressed data packing
 
   AsyncSemaphore meta_;  // a mutex: count 1
+  AsyncSemaphore checkpointing_;  // one checkpoint at a time
   RangeLocks cluster_locks_;  // guest clusters a writer holds (always exclusive)
 
   // The last decompressed cluster (sequential reads of a compressed image).

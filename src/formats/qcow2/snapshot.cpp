@@ -80,7 +80,7 @@ Task<bool> Qcow2Node::update_l1_refcounts_locked(std::vector<std::uint64_t>& l1,
       if (rc == 1) entry |= kOflagCopied;
       if (entry != e) {
         t->e[j * stride_] = entry;
-        t->dirty = true;
+        t->touch();
       }
     }
     if (addend) co_await snapshot_ref_locked(off >> cb_, addend);

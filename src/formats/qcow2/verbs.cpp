@@ -87,12 +87,12 @@ Task<void> Qcow2Node::unallocate_from_locked(std::uint64_t first) {
       const std::uint64_t old = t->e[idx * stride_];
       if (ext_l2_ && t->e[idx * 2 + 1]) {
         t->e[idx * 2 + 1] = 0;
-        t->dirty = true;
+        t->touch();
       }
       if (!old) continue;
       t->e[idx * stride_] = 0;
       release_entry(old);
-      t->dirty = true;
+      t->touch();
     }
     if (start == 0) {
       // The whole table maps nothing now: the L1 entry goes, then the table's cluster.
