@@ -1,7 +1,9 @@
 // The file protocol: regular files and block devices. Reads first try the page cache from
 // the event loop (preadv2 with RWF_NOWAIT) and go to the worker pool only on a miss, so a
 // cached image costs no thread hop; writes try the same (pwritev2 with RWF_NOWAIT, which
-// succeeds where the file system can write without blocking). Files on tmpfs/ramfs are
+// succeeds where the file system can write without blocking; where it refuses, as ext4
+// does, small writes of whole pages run on the loop, timed, and go to the pool for a while
+// after one that stalled). Files on tmpfs/ramfs are
 // memory: their reads and writes never wait for a device and tmpfs refuses RWF_NOWAIT, so
 // small ones (where a hop to the pool costs more than the copy) run on the event loop
 // directly; large ones still go to the pool, where several copies run in parallel. Such a
@@ -18,6 +20,9 @@
 #include <sys/vfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
 
 #include "block/driver.hpp"
 #include "block/locking.hpp"
@@ -99,6 +104,34 @@ class FileNode final : public Node {
     return 0;
   }
 
+  // A file system that refuses RWF_NOWAIT for buffered writes (ext4) leaves no way to know
+  // that a write will not block. Small writes of whole pages inside the file usually do not
+  // (nothing to read first, no size to journal), and a hop to the pool and back costs more
+  // than their copy: they run on the event loop, timed. One that took long (dirty pages
+  // throttled, memory reclaimed, the inode lock held by a large write) sends the writes to
+  // the pool for a while, longer each time it happens again.
+  static constexpr auto kInlineWriteStall = std::chrono::milliseconds(1);
+  static constexpr auto kFirstInlinePause = std::chrono::seconds(1);
+  static constexpr auto kLongestInlinePause = std::chrono::seconds(64);
+  bool inline_write_fits(std::uint64_t offset, std::size_t n) const {
+    constexpr std::uint64_t kPage = 4096;
+    return !direct_ && !memory_backed_ && !try_nowait_write_ && !block_device_ && n <= kInlineCopyLimit &&
+           offset % kPage == 0 && n % kPage == 0 && offset + n <= size_ &&
+           std::chrono::steady_clock::now() >= inline_writes_resume_;
+  }
+  void write_timed(std::uint64_t offset, std::span<const std::byte> buf) {
+    const auto start = std::chrono::steady_clock::now();
+    std::size_t done = 0;
+    write_blocking(offset, buf, done);
+    const auto end = std::chrono::steady_clock::now();
+    if (end - start < kInlineWriteStall) {
+      inline_pause_ = kFirstInlinePause;
+      return;
+    }
+    inline_writes_resume_ = end + inline_pause_;
+    inline_pause_ = std::min<std::chrono::steady_clock::duration>(2 * inline_pause_, kLongestInlinePause);
+  }
+
   std::string_view driver() const override { return "file"; }
   Json options() const override {
     Json j{{"driver", "file"}, {"filename", path_}};
@@ -157,6 +190,10 @@ class FileNode final : public Node {
       ssize_t n = pwritev2(fd_, &iov, 1, static_cast<off_t>(offset), RWF_NOWAIT);
       if (n > 0) done = static_cast<std::size_t>(n);
       if (n < 0 && (errno == EOPNOTSUPP || errno == EINVAL)) try_nowait_write_ = false;
+    }
+    if (done == 0 && inline_write_fits(offset, buf.size())) {
+      write_timed(offset, buf);
+      co_return;
     }
     if (done < buf.size()) co_await offload([&] { return write_blocking(offset, buf, done); });
   }
@@ -247,6 +284,9 @@ class FileNode final : public Node {
   bool memory_backed_ = false;     // tmpfs/ramfs: I/O runs on the event loop
   bool try_nowait_ = true;         // cleared when the file system refuses RWF_NOWAIT reads
   bool try_nowait_write_ = true;   // the same for writes
+  // Writes on the event loop (inline_write_fits) wait until then after one that stalled.
+  std::chrono::steady_clock::time_point inline_writes_resume_{};
+  std::chrono::steady_clock::duration inline_pause_ = kFirstInlinePause;
   bool no_flush_;
   bool locking_;
   locking::FileLocks locks_;  // dropped with the descriptor
