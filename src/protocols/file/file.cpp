@@ -6,9 +6,10 @@
 // after one that stalled). Files on tmpfs/ramfs are
 // memory: their reads and writes never wait for a device and tmpfs refuses RWF_NOWAIT, so
 // small ones (where a hop to the pool costs more than the copy) run on the event loop
-// directly; large ones still go to the pool, where several copies run in parallel. Such a
-// file is also mapped, and file_span() offers the mapping to exporters: sending from it or
-// copying into it saves a system call and a copy per request. Flushes, zeroing and cold
+// directly; large ones still go to the pool, where several copies run in parallel. Files
+// are also mapped (memory-backed ones writable), and file_span() offers the mapping to
+// exporters: sending from it (pages in memory) or copying into it (memory only) saves a
+// system call and a copy per request. Flushes, zeroing and cold
 // I/O run on the pool. The file holds QEMU's image locks for its users (block/locking)
 // unless opened with locking=off.
 #include <fcntl.h>
@@ -143,7 +144,9 @@ class FileNode final : public Node {
     if (direct_ || fd_ < 0) return std::nullopt;
     std::byte* memory = nullptr;
     if (mapping_ && offset <= mapped_len_ && len <= mapped_len_ - offset) memory = mapping_ + offset;
-    return FileSpan{fd_, offset, memory, memory && !caps_.read_only};
+    // Only memory takes copies: a store into a disk file's page through the mapping would
+    // allocate its block in a page fault, on whichever thread made it.
+    return FileSpan{fd_, offset, memory, memory && memory_backed_ && !caps_.read_only};
   }
   bool has_zero_init() const override { return !block_device_; }
   ImageInfo image_info() const override {
@@ -260,15 +263,19 @@ class FileNode final : public Node {
   }
 
  private:
+  // Memory-backed files are mapped for reading and writing, files on disk for reading: an
+  // exporter sends the pages mincore() finds in memory straight from the mapping, one copy
+  // into the socket instead of pread's copy and then the socket's.
   void map() {
-    if (!memory_backed_ || block_device_ || size_ == 0 || size_ > SIZE_MAX) return;
-    int prot = caps_.read_only ? PROT_READ : PROT_READ | PROT_WRITE;
+    if (direct_ || block_device_ || size_ == 0 || size_ > SIZE_MAX) return;
+    int prot = (caps_.read_only || !memory_backed_) ? PROT_READ : PROT_READ | PROT_WRITE;
     void* p = ::mmap(nullptr, static_cast<std::size_t>(size_), prot, MAP_SHARED, fd_, 0);
     if (p == MAP_FAILED) return;
     // No recency through the mapping: unmapping then skips marking every page it saw as
     // accessed (and moving it to the active list under the LRU lock). Unmapping a 1 GiB
     // target that convert had scanned took 62 ms of CPU without this and 26 ms with it, at
-    // the very end of the copy. tmpfs does no readahead, so nothing else changes.
+    // the very end of the copy. Only pages already in memory are read through a mapping, so
+    // the readahead it turns off for faults is not missed.
     ::madvise(p, static_cast<std::size_t>(size_), MADV_RANDOM);
     mapping_ = static_cast<std::byte*>(p);
     mapped_len_ = static_cast<std::size_t>(size_);
@@ -292,7 +299,7 @@ class FileNode final : public Node {
   locking::FileLocks locks_;  // dropped with the descriptor
   int fd_ = -1;
   bool block_device_ = false;
-  std::byte* mapping_ = nullptr;   // the whole file as it was at open, when memory-backed
+  std::byte* mapping_ = nullptr;   // the whole file as it was at open (map())
   std::size_t mapped_len_ = 0;
 };
 
