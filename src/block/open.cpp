@@ -82,7 +82,7 @@ std::string resolve_relative(const std::string& base_dir, const std::string& pat
   if (base_dir.empty() || path.empty() || path[0] == '/' || !filename_prefix(path).empty() ||
       spec::is_json_name(path))
     return path;
-  return base_dir + "/" + path;
+  return base_dir.back() == '/' ? base_dir + path : base_dir + "/" + path;  // the root: no "//"
 }
 
 Task<std::unique_ptr<Node>> open_node(OpenContext ctx, Json options, std::string filename,

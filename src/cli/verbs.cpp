@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "block/driver.hpp"
+#include "block/open.hpp"
 #include "core/parse.hpp"
 #include "core/secrets.hpp"
 #include "spec/tree.hpp"
@@ -66,12 +67,9 @@ void default_cache_mode(DriveSpec& spec, std::string_view mode) {
 }
 
 std::string backing_name_from_here(const Node& image, const std::string& name) {
-  if (name.empty() || name[0] == '/' || !filename_prefix(name).empty()) return name;
   const Node* file = image.file();
   if (!file || file->driver() != "file") return name;
-  const std::string path = file->plain_filename();
-  const auto slash = path.rfind('/');
-  return slash == std::string::npos ? name : path.substr(0, slash + 1) + name;
+  return resolve_relative(directory_of(file->plain_filename()), name);
 }
 
 unsigned parallel_requests_option(const std::string& text) {
