@@ -1,17 +1,17 @@
 // The file protocol: regular files and block devices. Reads first try the page cache from
 // the event loop (preadv2 with RWF_NOWAIT) and go to the worker pool only on a miss, so a
 // cached image costs no thread hop; writes try the same (pwritev2 with RWF_NOWAIT, which
-// succeeds where the file system can write without blocking; where it refuses, as ext4
-// does, small writes of whole pages run on the loop, timed, and go to the pool for a while
-// after one that stalled). Files on tmpfs/ramfs are
-// memory: their reads and writes never wait for a device and tmpfs refuses RWF_NOWAIT, so
-// small ones (where a hop to the pool costs more than the copy) run on the event loop
-// directly; large ones still go to the pool, where several copies run in parallel. Files
-// are also mapped (memory-backed ones writable), and file_span() offers the mapping to
-// exporters: sending from it (pages in memory) or copying into it (memory only) saves a
-// system call and a copy per request. Flushes, zeroing and cold
-// I/O run on the pool. The file holds QEMU's image locks for its users (block/locking)
-// unless opened with locking=off.
+// succeeds where the file system can write without blocking). Where the file system
+// refuses that, as ext4 does, small writes of whole pages inside the file run on the loop,
+// timed (stored through the file's mapping when their pages are in memory), and go to the
+// pool for a while after one that stalled. Files on tmpfs/ramfs are memory: their reads
+// and writes never wait for a device and tmpfs refuses RWF_NOWAIT, so small ones (where a
+// hop to the pool costs more than the copy) run on the event loop directly; large ones
+// still go to the pool, where several copies run in parallel. Files are also mapped, and
+// file_span() offers the mapping to exporters: sending from it (pages in memory) or
+// copying into it (memory-backed files only) saves a system call and a copy per request.
+// Flushes, zeroing and cold I/O run on the pool. The file holds QEMU's image locks for its
+// users (block/locking) unless opened with locking=off.
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
@@ -28,6 +28,7 @@
 #include "block/driver.hpp"
 #include "block/locking.hpp"
 #include "core/log.hpp"
+#include "core/mapping.hpp"
 
 namespace netblk {
 namespace {
@@ -123,7 +124,13 @@ class FileNode final : public Node {
   void write_timed(std::uint64_t offset, std::span<const std::byte> buf) {
     const auto start = std::chrono::steady_clock::now();
     std::size_t done = 0;
-    write_blocking(offset, buf, done);
+    // Through the mapping when the pages are in memory: after the first store into a page
+    // since its last writeback, the next ones are plain copies, where pwrite walks every
+    // block of the page's (possibly large) folio each time. A SIGBUS (no space for a block,
+    // the file cut short) leaves it to pwrite, which says what went wrong.
+    std::byte* at = writable_mapping_ && offset + buf.size() <= mapped_len_ ? mapping_ + offset : nullptr;
+    if (!(at && pages_in_memory(at, buf.size()) && copy_unless_sigbus(at, buf.data(), buf.size())))
+      write_blocking(offset, buf, done);
     const auto end = std::chrono::steady_clock::now();
     if (end - start < kInlineWriteStall) {
       inline_pause_ = kFirstInlinePause;
@@ -263,12 +270,14 @@ class FileNode final : public Node {
   }
 
  private:
-  // Memory-backed files are mapped for reading and writing, files on disk for reading: an
-  // exporter sends the pages mincore() finds in memory straight from the mapping, one copy
-  // into the socket instead of pread's copy and then the socket's.
+  // Files are mapped (writable unless opened read-only): an exporter sends the pages
+  // mincore() finds in memory straight from the mapping, one copy into the socket instead
+  // of pread's copy and then the socket's, and small writes on the loop store into it
+  // (write_timed). Exporters copy into the mapping of memory-backed files only
+  // (file_span()), as those stores cannot block.
   void map() {
     if (direct_ || block_device_ || size_ == 0 || size_ > SIZE_MAX) return;
-    int prot = (caps_.read_only || !memory_backed_) ? PROT_READ : PROT_READ | PROT_WRITE;
+    int prot = caps_.read_only ? PROT_READ : PROT_READ | PROT_WRITE;
     void* p = ::mmap(nullptr, static_cast<std::size_t>(size_), prot, MAP_SHARED, fd_, 0);
     if (p == MAP_FAILED) return;
     // No recency through the mapping: unmapping then skips marking every page it saw as
@@ -279,10 +288,12 @@ class FileNode final : public Node {
     ::madvise(p, static_cast<std::size_t>(size_), MADV_RANDOM);
     mapping_ = static_cast<std::byte*>(p);
     mapped_len_ = static_cast<std::size_t>(size_);
+    writable_mapping_ = !caps_.read_only;
   }
   void unmap() {
     if (mapping_) ::munmap(mapping_, mapped_len_);
     mapping_ = nullptr;
+    writable_mapping_ = false;
   }
 
   std::string path_;
@@ -301,6 +312,7 @@ class FileNode final : public Node {
   bool block_device_ = false;
   std::byte* mapping_ = nullptr;   // the whole file as it was at open (map())
   std::size_t mapped_len_ = 0;
+  bool writable_mapping_ = false;
 };
 
 void parse_file_filename(const std::string& filename, Json& options) {
