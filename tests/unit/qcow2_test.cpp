@@ -196,6 +196,14 @@ struct TempImageDir {
   }
 };
 
+// A new 1 MiB qcow2 image made with `opts` in `img`, opened; `spec` is set to name it.
+Task<std::unique_ptr<Node>> new_image(const TempImageDir& img, const std::string& opts, DriveSpec& spec) {
+  co_await create_image("qcow2", img.path, opts, 1u << 20);
+  spec.filename = img.path;
+  spec.format = "qcow2";
+  co_return co_await open_drive(spec);
+}
+
 Task<void> concurrent_writes(Node& node, std::vector<std::byte>& model, unsigned seed) {
   std::mt19937_64 rng(seed);
   std::vector<std::pair<std::uint64_t, std::vector<std::byte>>> writes;
@@ -227,11 +235,8 @@ TEST(Qcow2Node, ConcurrentAllocationsNeverDoubleAllocate) {
     SCOPED_TRACE(opts);
     TempImageDir img;
     run_sync<void>([&]() -> Task<void> {
-      co_await create_image("qcow2", img.path, opts, 1u << 20);
       DriveSpec spec;
-      spec.filename = img.path;
-      spec.format = "qcow2";
-      auto node = co_await open_drive(spec);
+      auto node = co_await new_image(img, opts, spec);
       std::vector<std::byte> model(1u << 20, std::byte{0});
       co_await concurrent_writes(*node, model, 3);
       // Zeroes and a discard over what was written, then a compressed cluster.
@@ -271,11 +276,8 @@ TEST(Qcow2Node, CheckpointRecordsWhatWasWrittenWhileWritersGoOn) {
     SCOPED_TRACE(opts);
     TempImageDir img;
     run_sync<void>([&]() -> Task<void> {
-      co_await create_image("qcow2", img.path, opts, 1u << 20);
       DriveSpec spec;
-      spec.filename = img.path;
-      spec.format = "qcow2";
-      auto node = co_await open_drive(spec);
+      auto node = co_await new_image(img, opts, spec);
       Qcow2Node* q = qcow2_under(*node);
       EXPECT_NE(q, nullptr);
       std::vector<std::byte> model(1u << 20, std::byte{0});
