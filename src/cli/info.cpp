@@ -2,7 +2,7 @@
 #include <iostream>
 
 #include "cli/verbs.hpp"
-#include "core/parse.hpp"
+#include "core/text.hpp"
 #include "spec/uri.hpp"
 
 namespace netblk::cli {

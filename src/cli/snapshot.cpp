@@ -5,7 +5,7 @@
 #include <iostream>
 
 #include "cli/verbs.hpp"
-#include "core/parse.hpp"
+#include "core/text.hpp"
 
 namespace netblk::cli {
 namespace {

@@ -5,6 +5,7 @@
 #include "block/driver.hpp"
 #include "block/open.hpp"
 #include "core/parse.hpp"
+#include "core/text.hpp"
 #include "core/secrets.hpp"
 #include "spec/tree.hpp"
 

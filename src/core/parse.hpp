@@ -1,5 +1,4 @@
-// QEMU's scalar syntaxes, shared by every option reader and the CLI, and the few text
-// helpers (sizes, offsets, paths) its messages are written with.
+// QEMU's scalar syntaxes, shared by every option reader and the CLI.
 #pragma once
 #include <cstdint>
 #include <limits>
@@ -20,14 +19,5 @@ bool parse_bool(std::string_view text, std::string_view what = "value");
 // A plain non-negative decimal (or 0x hex) integer with bounds.
 std::uint64_t parse_uint(std::string_view text, std::string_view what,
                          std::uint64_t max = std::numeric_limits<std::uint64_t>::max());
-
-// Formats a byte count the way qemu-img does: "1 GiB", "1.5 MiB", "512 B".
-std::string human_size(std::uint64_t bytes);
-
-// "0x" and the value in lower-case hex, as QEMU's messages print offsets.
-std::string hex(std::uint64_t v);
-
-// The directory part of a path: "" when it has none, "/" for a file in the root.
-std::string directory_of(const std::string& path);
 
 }  // namespace netblk

@@ -5,7 +5,7 @@
 #include <algorithm>
 #include <cstring>
 
-#include "core/parse.hpp"
+#include "core/text.hpp"
 #include "netblk/error.hpp"
 
 namespace netblk::nbd {

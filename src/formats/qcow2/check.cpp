@@ -2,7 +2,7 @@
 // stored refcounts, check the COPIED flags, and repair what the caller allows.
 #include <cstring>
 
-#include "core/parse.hpp"
+#include "core/text.hpp"
 #include "formats/qcow2/qcow2.hpp"
 #include "netblk/buffer.hpp"
 

@@ -3,7 +3,7 @@
 #include <cstring>
 
 #include "block/open.hpp"
-#include "core/parse.hpp"
+#include "core/text.hpp"
 #include "formats/qcow2/header.hpp"
 #include "netblk/buffer.hpp"
 

@@ -2,7 +2,7 @@
 
 #include <cstring>
 
-#include "core/parse.hpp"
+#include "core/text.hpp"
 #include "netblk/error.hpp"
 #include "spec/tree.hpp"
 

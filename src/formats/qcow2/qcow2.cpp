@@ -7,7 +7,7 @@
 #include "block/locking.hpp"
 #include "block/open.hpp"
 #include "core/log.hpp"
-#include "core/parse.hpp"
+#include "core/text.hpp"
 #include "formats/qcow2/compress.hpp"
 #include "netblk/buffer.hpp"
 #include "spec/tree.hpp"

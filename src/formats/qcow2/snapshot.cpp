@@ -14,7 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "core/parse.hpp"
+#include "core/text.hpp"
 #include "formats/qcow2/qcow2.hpp"
 #include "netblk/buffer.hpp"
 

@@ -151,8 +151,9 @@ class FileNode final : public Node {
     if (direct_ || fd_ < 0) return std::nullopt;
     std::byte* memory = nullptr;
     if (mapping_ && offset <= mapped_len_ && len <= mapped_len_ - offset) memory = mapping_ + offset;
-    // Only memory takes copies: a store into a disk file's page through the mapping would
-    // allocate its block in a page fault, on whichever thread made it.
+    // Exporters copy only into memory: a store into a file on disk may block in its page
+    // fault (a block to allocate, writeback to wait for), which only this node's own timed
+    // writes allow for.
     return FileSpan{fd_, offset, memory, memory && memory_backed_ && !caps_.read_only};
   }
   bool has_zero_init() const override { return !block_device_; }
