@@ -113,17 +113,18 @@ struct Pull {
       in_flight += p.length;  // a failure ends every worker: no guard needed
       // A writer (the guest, or its copy-on-read) may have filled it meanwhile.
       BlockStatus now = co_await overlay.block_status(p.offset, p.length);
-      if (!((now.flags & kStatusAllocated) && now.length == p.length)) {
+      const bool missing = !((now.flags & kStatusAllocated) && now.length == p.length);
+      if (missing) {
         Node* backing = co_await overlay.open_backing();
         const auto data = buf.span().first(p.length);
         co_await read_chain(*backing, p.offset, data);
         result.written += co_await overlay.fill_unallocated(p.offset, data);
-        in_flight -= p.length;
-        co_await record(p.length);
-      } else {
-        in_flight -= p.length;
-        recorded.notify_all();
       }
+      // The waiters look again (they run once this worker suspends, after record() has
+      // counted the piece): with nothing left in flight, no one else would wake them.
+      in_flight -= p.length;
+      recorded.notify_all();
+      if (missing) co_await record(p.length);
       done += p.length;
       if (options.progress) options.progress(done, overlay.size());
     }

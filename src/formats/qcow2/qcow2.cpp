@@ -276,7 +276,7 @@ void Qcow2Node::evict_l2(bool, bool& need_flush) {
   bool dirty_seen = false;
   for (auto it = l2_cache_.begin(); it != l2_cache_.end(); ++it) {
     if (it->second->pins) continue;
-    if (it->second->dirty) {
+    if (it->second->dirty()) {
       dirty_seen = true;
       continue;
     }
@@ -1021,7 +1021,7 @@ Task<void> Qcow2Node::checkpoint() {
   struct Copy {
     std::shared_ptr<L2Table> table;
     Buffer bytes;
-    std::uint64_t version, writes;
+    std::uint64_t version;
   };
   std::vector<Copy> copies;
   bool ordinary = false;
@@ -1036,7 +1036,7 @@ Task<void> Qcow2Node::checkpoint() {
       // tables as they are now point at nothing the sync below leaves out.
       co_await write_refblocks_locked();
       for (auto& [off, t] : l2_cache_)
-        if (t->dirty) copies.push_back({t, encode_l2(*t), t->version, t->writes});
+        if (t->dirty()) copies.push_back({t, encode_l2(*t), t->version});
     }
   }
   co_await file_->flush();
@@ -1046,11 +1046,10 @@ Task<void> Qcow2Node::checkpoint() {
   const AsyncSemaphore::Permit lock(meta_);
   for (Copy& c : copies) {
     L2Table& t = *c.table;
-    // Written meanwhile by a flush (a newer state), or dropped from the image: left alone.
+    // Written meanwhile by a flush (as new or newer), or dropped from the image: left alone.
     const auto it = l2_cache_.find(t.offset);
-    if (it == l2_cache_.end() || it->second != c.table || t.writes != c.writes) continue;
-    ++t.writes;
-    if (t.version == c.version) t.dirty = false;
+    if (it == l2_cache_.end() || it->second != c.table || t.saved >= c.version) continue;
+    t.saved = c.version;
     co_await file_->write(t.offset, c.bytes.span());
   }
 }
@@ -1076,14 +1075,13 @@ Task<void> Qcow2Node::flush_metadata_locked() {
   // 2. L2 tables, then the L1 table: after the data and refcounts they point at are durable.
   std::vector<std::shared_ptr<L2Table>> dirty_l2;
   for (auto& [off, t] : l2_cache_)
-    if (t->dirty) dirty_l2.push_back(t);
+    if (t->dirty()) dirty_l2.push_back(t);
   if (!dirty_l2.empty() || l1_dirty_) {
     co_await file_->flush();
     std::sort(dirty_l2.begin(), dirty_l2.end(), [](const auto& x, const auto& y) { return x->offset < y->offset; });
     for (auto& t : dirty_l2) {
       Buffer b = encode_l2(*t);
-      t->dirty = false;
-      ++t->writes;
+      t->saved = t->version;
       co_await file_->write(t->offset, b.span());
     }
     if (l1_dirty_) {

@@ -32,17 +32,15 @@ namespace netblk::qcow2 {
 struct L2Table {
   std::uint64_t offset = 0;
   std::vector<std::uint64_t> e;  // host order; two words per entry with extended L2
-  bool dirty = false;
   int pins = 0;
   std::uint64_t last_use = 0;
-  // Counted so that a checkpoint can tell whether the copy it took is still worth writing.
-  std::uint64_t version = 0;  // changes of e
-  std::uint64_t writes = 0;   // times written back
+  // Versions of e: the one in memory, and the newest written back (a checkpoint writes a
+  // copy it took only if nothing as new was written meanwhile).
+  std::uint64_t version = 0;
+  std::uint64_t saved = 0;
 
-  void touch() {
-    dirty = true;
-    ++version;
-  }
+  void touch() { ++version; }
+  bool dirty() const { return version != saved; }
 };
 
 struct RefBlock {

@@ -476,12 +476,7 @@ class RbdNode final : public Node {
   Task<void> co_truncate(std::uint64_t size) override {
     auto held = co_await growing_.acquire(0, 1, true);
     const RangeLocks::Guard guard(growing_, held);
-    rbd_image_t image = image_;
-    auto work = [image, size]() { return ceph().rbd_resize(image, size); };
-    const std::string what = name_ + ": resize";
-    const int r = co_await offload(std::move(work), config_.timeout + kGrace, what);
-    if (r < 0) throw Error(-r, name_ + ": resizing the image to " + std::to_string(size) + " bytes failed: " + errno_text(-r));
-    image_size_ = size;
+    co_await resize_image(size);
     size_ = size;
   }
 
@@ -493,12 +488,17 @@ class RbdNode final : public Node {
     const RangeLocks::Guard guard(growing_, held);
     if (end <= image_size_) co_return;
     const std::uint64_t to = (end + kGrowStep - 1) / kGrowStep * kGrowStep;
+    co_await resize_image(to);
+  }
+
+  // rbd_resize on the pool, bounded by the timeout (growing_ held).
+  Task<void> resize_image(std::uint64_t size) {
     rbd_image_t image = image_;
-    auto work = [image, to]() { return ceph().rbd_resize(image, to); };
+    auto work = [image, size]() { return ceph().rbd_resize(image, size); };
     const std::string what = name_ + ": resize";
     const int r = co_await offload(std::move(work), config_.timeout + kGrace, what);
-    if (r < 0) throw Error(-r, name_ + ": resizing the image to " + std::to_string(to) + " bytes failed: " + errno_text(-r));
-    image_size_ = to;
+    if (r < 0) throw Error(-r, name_ + ": resizing the image to " + std::to_string(size) + " bytes failed: " + errno_text(-r));
+    image_size_ = size;
   }
 
   Task<void> flush_image() {
