@@ -238,22 +238,28 @@ Task<void> Connection::do_read(const Request& r, Reply& reply) {
   reply.data_len = len;
 }
 
-// A read of a node that lies in a file, answered without reading it here: pages in
-// memory go out from the file's mapping (one copy, into the socket), large reads on unix
-// sockets with sendfile. False when the read needs a buffer.
+// A read of a node that lies in a file, answered without reading it here: large reads
+// with sendfile where the connection allows it (no copy in the server), other reads whose
+// pages are in memory from the file's mapping (one copy, into the socket). False when the
+// read needs a buffer.
 bool Connection::reply_from_file(const Request& r, Reply& reply, std::size_t len) {
   auto span = node_.file_span(r.offset, len);
   if (!span) return false;
-  if (span->memory && pages_in_memory(span->memory, len)) {
+  const bool in_memory = span->memory && pages_in_memory(span->memory, len);
+  // Over TCP only pages in memory: sendfile would wait for the disk on the loop. (On unix
+  // sockets the earlier rule stands: large reads always go out with sendfile.)
+  const bool by_sendfile = sendfile_reads_ && len >= kSendfileMinimum && (in_memory || unix_socket_);
+  if (!by_sendfile) {
+    if (!in_memory) return false;
     encode_read_header(reply, r, len);
     reply.mapped = span->memory;
     reply.data_len = len;
     return true;
   }
-  if (!unix_socket_ || len < kSendfileMinimum) return false;
   // A range with no data at all still goes out as a hole. SEEK_DATA answers at once from
-  // a data offset (SEEK_HOLE, which scans tmpfs data, is not asked).
-  if (structured_) {
+  // a data offset (SEEK_HOLE, which scans tmpfs data, is not asked). Pages in memory are
+  // taken for data without asking.
+  if (structured_ && !in_memory) {
     off_t data = ::lseek(span->fd, static_cast<off_t>(span->offset), SEEK_DATA);
     if ((data < 0 && errno == ENXIO) || (data >= 0 && static_cast<std::uint64_t>(data) >= span->offset + len)) {
       finish_hole(reply, r);
