@@ -32,25 +32,38 @@ bench_warm_memory() {
 
 # Holds freed memory back from that reporting while bench_run times commands, and gives it
 # back after: BENCH_HOLD_FREE_MS (default 60000) becomes the page_reporting module's
-# min_free_ms (how long a free block waits before it is reported; 0 on these machines).
-# Without it, a copy into a file on disk took 2-5x its usual time in about a third of runs,
-# for every tool alike: its page cache came from reported pages, and perf shows
+# min_free_ms (how long a free block waits before it is reported; 0 on these machines), and
+# its max_waiting_mib (how much free memory may wait before it is reported anyway; 1024 on
+# these machines) is raised out of reach.
+# Why: without it, a copy into a file on disk took 2-5x its usual time in about a third of
+# runs, for every tool alike: its page cache came from reported pages, and perf shows
 # copy_folio_from_iter_atomic (pwrite's copy into those pages) at 0.8-1.0 s of CPU for
 # 256 MiB instead of 0.04 s. Pages freed by the previous run (its output file removed, the
-# warm-up below) are reported at once, so warming alone did not help on disk. A machine
-# without that module is left alone. BENCH_HOLD_FREE_MS=0 turns it off.
-bench_page_reporting=/sys/module/page_reporting/parameters/min_free_ms
+# warm-up below) are reported at once, so warming alone did not help on disk. Holding
+# min_free_ms alone was not enough: removing a 1 GiB output and warming 1.5 GiB leaves more
+# than 1 GiB waiting, and 2 GiB were reported during one bench/nbd_convert.sh run, whose
+# copies then took up to 7x their median (netblk and qemu-img alike); with max_waiting_mib
+# raised too, 8 MiB were reported and no copy took over 1.1x its median. A machine without
+# that module is left alone. BENCH_HOLD_FREE_MS=0 turns it off.
+bench_page_reporting=/sys/module/page_reporting/parameters
 bench_hold_free_pages() {
   local ms=${BENCH_HOLD_FREE_MS:-60000}
   bench_held_free_ms=
-  ((ms > 0)) && [ -w "$bench_page_reporting" ] || return 0
-  bench_held_free_ms=$(cat "$bench_page_reporting")
-  echo "$ms" >"$bench_page_reporting"
+  bench_held_waiting_mib=
+  ((ms > 0)) && [ -w "$bench_page_reporting/min_free_ms" ] || return 0
+  bench_held_free_ms=$(cat "$bench_page_reporting/min_free_ms")
+  echo "$ms" >"$bench_page_reporting/min_free_ms"
+  if [ -w "$bench_page_reporting/max_waiting_mib" ]; then
+    bench_held_waiting_mib=$(cat "$bench_page_reporting/max_waiting_mib")
+    echo $((1 << 20)) >"$bench_page_reporting/max_waiting_mib"
+  fi
   bench_warm_memory 1024
 }
 bench_release_free_pages() {
-  [ -n "${bench_held_free_ms:-}" ] && echo "$bench_held_free_ms" >"$bench_page_reporting"
+  [ -n "${bench_held_free_ms:-}" ] && echo "$bench_held_free_ms" >"$bench_page_reporting/min_free_ms"
+  [ -n "${bench_held_waiting_mib:-}" ] && echo "$bench_held_waiting_mib" >"$bench_page_reporting/max_waiting_mib"
   bench_held_free_ms=
+  bench_held_waiting_mib=
 }
 
 bench_now() { date +%s.%N; }
