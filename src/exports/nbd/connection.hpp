@@ -7,7 +7,7 @@
 // in-flight count and bytes), one coroutine per request, and a queue of finished replies
 // that one writer coroutine sends, whatever has gathered each time it runs, with
 // non-blocking syscalls: one gathered sendmsg, and sendfile for large reads of a file on
-// unix sockets and TCP connections from this host. When the node lies in a file held in memory (raw over tmpfs), reads go
+// unix sockets. When the node lies in a file held in memory (raw over tmpfs), reads go
 // out straight from the file's mapping and, on unix sockets, buffered writes are copied
 // into it by the reader (see Node::file_span()). With TLS the writer sends each batch
 // through the TLS session.
@@ -42,9 +42,10 @@ constexpr std::size_t kHandshakeInputCapacity = 4u << 10;
 constexpr std::size_t kInputCapacity = 256u << 10;
 constexpr std::size_t kMaxExtents = 2048;
 // Reads at least this large are sent from the file with sendfile when the node lies in one
-// and the connection allows it (Connection::sendfile_reads_): the kernel passes the
-// page-cache pages to the socket, so the server makes no copy. Smaller ones gain more from
-// being gathered with other replies into one sendmsg.
+// and the client is on a unix socket: the kernel passes the page-cache pages to the
+// socket, so the server makes no copy. Smaller ones gain more from being gathered with
+// other replies into one sendmsg. Over loopback TCP, sendfile was no faster than copying
+// from the mapping (decisions.md).
 constexpr std::size_t kSendfileMinimum = 32u << 10;
 // The send buffer asked for on unix sockets (the kernel caps it at net.core.wmem_max).
 // sendfile's replies hold page-cache pages, and the default buffer (208 KiB) let only a
@@ -141,8 +142,7 @@ struct Server::Impl : std::enable_shared_from_this<Server::Impl> {
   template <class Acceptor>
   Task<void> accept_loop(Acceptor& acceptor);
   Task<bool> wait_for_slot();
-  // `local_peer`: a TCP client on this host (a loopback address).
-  void start_connection(server_detail::Socket socket, bool tcp, bool local_peer);
+  void start_connection(server_detail::Socket socket, bool tcp);
   void connection_done();
   void stop();
   std::uint16_t transmission_flags(bool structured) const;
@@ -173,11 +173,9 @@ class ConnectionStream final : public Stream {
 
 class Connection : public std::enable_shared_from_this<Connection> {
  public:
-  // `unix_socket`: writes may land in place. `sendfile_reads`: large reads of a file go
-  // out with sendfile (a unix socket, or TCP to a client on this host).
-  Connection(std::shared_ptr<Server::Impl> server, Socket socket, bool unix_socket, bool sendfile_reads)
+  // `unix_socket`: large reads of a file go out with sendfile, writes may land in place.
+  Connection(std::shared_ptr<Server::Impl> server, Socket socket, bool unix_socket)
       : unix_socket_(unix_socket),
-        sendfile_reads_(sendfile_reads),
         server_(std::move(server)),
         node_(server_->node),
         config_(server_->config),
@@ -287,7 +285,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   const bool unix_socket_;
-  const bool sendfile_reads_;
   std::shared_ptr<Server::Impl> server_;
   Node& node_;
   const ExportConfig& config_;

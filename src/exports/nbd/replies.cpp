@@ -87,21 +87,17 @@ bool Connection::push_out() {
         attempted += len - skip;
         skip = 0;
       };
-      int more = 0;  // the batch ends with the header of data sendfile sends next
       for (Reply* q : queue_) {
         if (n + 3 > iov.size()) break;
         add(q->head.data(), q->head_len);
-        if (q->file_fd >= 0) {
-          more = MSG_MORE;
-          break;
-        }
+        if (q->file_fd >= 0) break;
         add(q->mapped ? q->mapped : q->data.data(), q->data_len);
         add(q->tail.data(), q->tail.size());
       }
       msghdr msg{};
       msg.msg_iov = iov.data();
       msg.msg_iovlen = n;
-      sent = ::sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL | more);
+      sent = ::sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
     }
     if (sent < 0) {
       if (errno == EINTR) continue;

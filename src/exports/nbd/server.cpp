@@ -1,8 +1,6 @@
 // The NBD export server: listeners, the accept loops, and each connection's life.
 #include "exports/nbd/server.hpp"
 
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -95,26 +93,16 @@ Task<bool> Server::Impl::wait_for_slot() {
   co_return !stopping;
 }
 
-void Server::Impl::start_connection(Socket socket, bool tcp, bool local_peer) {
-  const int fd = socket.native_handle();
-  bool sendfile_reads = !tcp;
+void Server::Impl::start_connection(Socket socket, bool tcp) {
   if (tcp) {
     std::error_code ec;
     socket.set_option(asio::ip::tcp::no_delay(true), ec);
-    // A client on this host: large reads go out with sendfile, with Reno's window instead
-    // of the system's congestion control. Loopback has no congestion to control, and BBR
-    // (the usual default) paces each sendfile reply with a timer: 64k seqread over
-    // loopback made 21-24k IOPS with BBR and sendfile, 41-43k with Reno and sendfile, and
-    // 33-43k copying. Reno is open to every user (tcp_allowed_congestion_control).
-    static constexpr char kReno[] = "reno";
-    if (local_peer && ::setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, kReno, sizeof kReno - 1) == 0)
-      sendfile_reads = true;
   } else {
     int bytes = server_detail::kUnixSendBuffer;
-    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
+    ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_SNDBUF, &bytes, sizeof bytes);
   }
   ++active;
-  auto conn = std::make_shared<Connection>(shared_from_this(), std::move(socket), !tcp, sendfile_reads);
+  auto conn = std::make_shared<Connection>(shared_from_this(), std::move(socket), !tcp);
   connections.push_back(conn);
   NETBLK_LOG(debug, "nbd: client connected ({} active)", active);
   asio::co_spawn(executor, [conn]() { return conn->run(); },
@@ -143,13 +131,7 @@ Task<void> Server::Impl::accept_loop(Acceptor& acceptor) {
       co_await sleep_for(std::chrono::milliseconds(100));
       continue;
     }
-    bool local_peer = false;
-    if constexpr (tcp) {
-      const asio::ip::address peer = s.remote_endpoint(ec).address();
-      local_peer = !ec && (peer.is_loopback() || (peer.is_v6() && peer.to_v6().is_v4_mapped() &&
-                                                  asio::ip::make_address_v4(asio::ip::v4_mapped, peer.to_v6()).is_loopback()));
-    }
-    start_connection(Socket(std::move(s)), tcp, local_peer);
+    start_connection(Socket(std::move(s)), tcp);
   }
   --accept_loops;
   changed.notify_all();
@@ -226,7 +208,7 @@ void Server::listen_unix(const std::string& path) {
 
 std::uint16_t Server::tcp_port() const { return impl_->bound_port; }
 
-void Server::adopt(asio::generic::stream_protocol::socket socket) { impl_->start_connection(std::move(socket), false, false); }
+void Server::adopt(asio::generic::stream_protocol::socket socket) { impl_->start_connection(std::move(socket), false); }
 
 Task<void> Server::run() {
   auto impl = impl_;

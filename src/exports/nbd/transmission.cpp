@@ -238,18 +238,14 @@ Task<void> Connection::do_read(const Request& r, Reply& reply) {
   reply.data_len = len;
 }
 
-// A read of a node that lies in a file, answered without reading it here: large reads
-// with sendfile where the connection allows it (no copy in the server), other reads whose
-// pages are in memory from the file's mapping (one copy, into the socket). False when the
-// read needs a buffer.
+// A read of a node that lies in a file, answered without reading it here: large reads on
+// unix sockets with sendfile (no copy in the server), other reads whose pages are in memory
+// from the file's mapping (one copy, into the socket). False when the read needs a buffer.
 bool Connection::reply_from_file(const Request& r, Reply& reply, std::size_t len) {
   auto span = node_.file_span(r.offset, len);
   if (!span) return false;
   const bool in_memory = span->memory && pages_in_memory(span->memory, len);
-  // Over TCP only pages in memory: sendfile would wait for the disk on the loop. (On unix
-  // sockets the earlier rule stands: large reads always go out with sendfile.)
-  const bool by_sendfile = sendfile_reads_ && len >= kSendfileMinimum && (in_memory || unix_socket_);
-  if (!by_sendfile) {
+  if (!unix_socket_ || len < kSendfileMinimum) {
     if (!in_memory) return false;
     encode_read_header(reply, r, len);
     reply.mapped = span->memory;
