@@ -242,18 +242,14 @@ Task<void> CacheStream::transfer(std::shared_ptr<CacheStream> self, bool refill)
         co_return;
       }
       if (rc == CURLE_OK && !bad_status && status < 400) rc = CURLE_PARTIAL_FILE;  // ended early
-      // Over UDP a server that went away mid-transfer shows only as silence: once a TFTP
-      // stream has had bytes, a timeout is worth a new transfer (nothing listening at open
-      // still fails at the first timeout).
-      const bool tftp_went_silent =
-          rc == CURLE_OPERATION_TIMEDOUT && s.config.family == Family::tftp && reached > 0;
-      if (retry.attempts() < kMaxRetries && (tftp_went_silent || transient(rc, bad_status || rc == CURLE_OK ? status : 0))) {
+      const long failed_status = bad_status || rc == CURLE_OK ? status : 0;
+      if (retry.attempts() < kMaxRetries && transient(rc, failed_status, s.config.family, reached)) {
         NETBLK_LOG(info, "{}: stream failed at byte {} ({}), retrying", s.name(), reached, curl_easy_strerror(rc));
         co_await retry.wait();
         continue;
       }
       try {
-        fail(s, rc, bad_status || rc == CURLE_OK ? status : 0, ex, "streaming failed at byte " + std::to_string(reached));
+        fail(s, rc, failed_status, ex, "streaming failed at byte " + std::to_string(reached));
       } catch (const Error& err) {
         error = err;
       }

@@ -118,7 +118,8 @@ long response_code(CURL* e) {
   return code;
 }
 
-bool transient(CURLcode rc, long http_status) {
+bool transient(CURLcode rc, long http_status, Family family, std::uint64_t received) {
+  if (rc == CURLE_OPERATION_TIMEDOUT && family == Family::tftp && received > 0) return true;
   if (http_status >= 500 && http_status <= 599 && http_status != 501 && http_status != 505) return true;
   if (http_status == 429 || http_status == 408) return true;
   switch (rc) {

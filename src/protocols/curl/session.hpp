@@ -91,8 +91,10 @@ enum class RangeAnswer { fits, whole_file, wrong };
 RangeAnswer judge_range_answer(const ResponseFacts& f, std::uint64_t start);
 
 long response_code(CURL* e);
-// Worth another try: a connection reset, a 5xx, 408 or 429, ...
-bool transient(CURLcode rc, long http_status);
+// Worth another try: a connection reset, a 5xx, 408 or 429, ...; and a TFTP transfer that
+// timed out after `received` > 0 bytes (over UDP a server that went away mid-transfer shows
+// only as silence; nothing listening at the start still fails at the first timeout).
+bool transient(CURLcode rc, long http_status, Family family = Family::http, std::uint64_t received = 0);
 // Throws the Error for a failed transfer: the errno libcurl's result or the HTTP status
 // means, and a message naming the drive, `what` failed and why.
 [[noreturn]] void fail(const Session& s, CURLcode rc, long http_status, const Exchange& ex, const std::string& what);

@@ -35,6 +35,7 @@
 
 #include "block/driver.hpp"
 #include "core/deadline.hpp"
+#include "core/library_call.hpp"
 #include "core/log.hpp"
 #include "core/shared_connection.hpp"
 #include "protocols/gluster/gluster_config.hpp"
@@ -69,47 +70,20 @@ struct GfResult {
   int err = 0;
 };
 
-// One call in flight. gfapi's callback (on one of its threads) posts the result to the
-// awaiting coroutine's executor, which holds outstanding work meanwhile so that its
-// io_context does not run out while only gfapi has something to do.
-template <class Handler>
-class GfOp {
- public:
-  explicit GfOp(Handler h)
-      : handler_(std::move(h)),
-        work_(asio::prefer(asio::get_associated_executor(handler_), asio::execution::outstanding_work.tracked)) {}
-
-  static void callback(glfs_fd_t*, ssize_t ret, struct glfs_stat*, struct glfs_stat*, void* data) {
-    const int err = ret < 0 ? (errno ? errno : EIO) : 0;
-    static_cast<GfOp*>(data)->complete(GfResult{ret, err});
-  }
-
-  void complete(GfResult r) {
-    const Executor ex = work_;
-    asio::post(ex, [this, r]() {
-      std::unique_ptr<GfOp> self(this);
-      Handler h = std::move(handler_);
-      self.reset();
-      std::move(h)(r);
-    });
-  }
-
- private:
-  Handler handler_;
-  Executor work_;
-};
+// gfapi calls this on one of its threads.
+void gf_callback(glfs_fd_t*, ssize_t ret, struct glfs_stat*, struct glfs_stat*, void* data) {
+  const int err = ret < 0 ? (errno ? errno : EIO) : 0;
+  static_cast<LibraryCall<GfResult>*>(data)->complete(GfResult{ret, err});
+}
 
 // Runs submit(callback, data) (a glfs_*_async call) and waits for its callback.
 template <class Submit>
 Task<GfResult> gf_async(Submit submit) {
-  auto initiate = [submit = std::move(submit)](auto handler) mutable {
-    using Op = GfOp<decltype(handler)>;
-    auto* op = new Op(std::move(handler));
+  auto start = [submit = std::move(submit)](LibraryCall<GfResult>* call) mutable {
     errno = 0;
-    if (submit(&Op::callback, static_cast<void*>(op)) < 0) op->complete(GfResult{-1, errno ? errno : EIO});
+    if (submit(&gf_callback, static_cast<void*>(call)) < 0) call->complete(GfResult{-1, errno ? errno : EIO});
   };
-  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(GfResult)>(std::move(initiate),
-                                                                                         asio::use_awaitable);
+  co_return co_await await_library_call<GfResult>(std::move(start));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@
 #include <gnutls/gnutls.h>
 
 #include "block/driver.hpp"
+#include "block/pieces.hpp"
 #include "core/backoff.hpp"
 #include "core/deadline.hpp"
 #include "core/log.hpp"
@@ -383,24 +384,18 @@ class SideReceiver {
 // requests at a time, on `client`'s executor `ex`.
 Task<void> read_pieces_to_file(Client& client, Executor ex, std::uint64_t offset, std::uint64_t length, int fd,
                                std::uint64_t fd_offset, std::uint64_t piece, unsigned workers) {
-  std::uint64_t next = 0;
-  auto worker = [&]() -> Task<void> {
-    while (next < length) {
-      co_await client.file_pieces().acquire();
-      const AsyncSemaphore::Permit permit(client.file_pieces());
-      if (next >= length) break;
-      const std::uint64_t at = next;
-      next += std::min(piece, length - at);
-      Pending p(ex);
-      p.request.type = nbd::kCmdRead;
-      p.request.offset = offset + at;
-      p.request.length = next - at;
-      p.read_fd = fd;
-      p.read_fd_offset = fd_offset + at;
-      co_await client.run(p, "read");
-    }
+  auto read_one = [&](std::uint64_t at, std::uint64_t n) -> Task<void> {
+    co_await client.file_pieces().acquire();
+    const AsyncSemaphore::Permit permit(client.file_pieces());
+    Pending p(ex);
+    p.request.type = nbd::kCmdRead;
+    p.request.offset = offset + at;
+    p.request.length = n;
+    p.read_fd = fd;
+    p.read_fd_offset = fd_offset + at;
+    co_await client.run(p, "read");
   };
-  co_await run_concurrently(workers, [&] { return worker(); }, [&] { next = length; });
+  co_await for_each_piece(length, piece, workers, read_one);
 }
 
 class NbdNode final : public Node {

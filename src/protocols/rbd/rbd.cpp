@@ -32,6 +32,7 @@
 #include "block/driver.hpp"
 #include "core/deadline.hpp"
 #include "core/fd_watcher.hpp"
+#include "core/library_call.hpp"
 #include "core/log.hpp"
 #include "core/shared_connection.hpp"
 #include "netblk/range_lock.hpp"
@@ -252,32 +253,7 @@ std::string pool_error(const RbdConfig& c, int err) {
 // ---------------------------------------------------------------------------------------
 // librbd's asynchronous calls as awaitables
 
-struct Pending {
-  virtual ~Pending() = default;
-  virtual void done(ssize_t ret) = 0;
-};
-
-template <class Handler>
-class RbdOp final : public Pending {
- public:
-  explicit RbdOp(Handler h)
-      : handler_(std::move(h)),
-        work_(asio::prefer(asio::get_associated_executor(handler_), asio::execution::outstanding_work.tracked)) {}
-
-  void done(ssize_t ret) override {
-    const Executor ex = work_;
-    asio::post(ex, [this, ret]() {
-      std::unique_ptr<RbdOp> self(this);
-      Handler h = std::move(handler_);
-      self.reset();
-      std::move(h)(ret);
-    });
-  }
-
- private:
-  Handler handler_;
-  Executor work_;
-};
+using RbdCall = LibraryCall<ssize_t>;
 
 // librbd calls this on its own thread; the eventfd carries the completion to the loop.
 void ignore_callback(rbd_completion_t, void*) {}
@@ -285,19 +261,16 @@ void ignore_callback(rbd_completion_t, void*) {}
 // Runs submit(completion) (an rbd_aio_* call) and waits for its result (>= 0 or -errno).
 template <class Submit>
 Task<ssize_t> rbd_async(Submit submit) {
-  auto initiate = [submit = std::move(submit)](auto handler) mutable {
-    using Op = RbdOp<decltype(handler)>;
-    auto* op = new Op(std::move(handler));
+  auto start = [submit = std::move(submit)](RbdCall* call) mutable {
     rbd_completion_t comp = nullptr;
-    int r = ceph().rbd_aio_create_completion(static_cast<Pending*>(op), ignore_callback, &comp);
+    int r = ceph().rbd_aio_create_completion(call, ignore_callback, &comp);
     if (r >= 0) {
       r = submit(comp);
       if (r < 0) ceph().rbd_aio_release(comp);
     }
-    if (r < 0) op->done(r);
+    if (r < 0) call->complete(r);
   };
-  co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(ssize_t)>(std::move(initiate),
-                                                                                        asio::use_awaitable);
+  co_return co_await await_library_call<ssize_t>(std::move(start));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -517,10 +490,10 @@ class RbdNode final : public Node {
     for (;;) {
       const int n = ceph().rbd_poll_io_events(image_, comps, 64);
       for (int i = 0; i < n; ++i) {
-        auto* op = static_cast<Pending*>(ceph().rbd_aio_get_arg(comps[i]));
+        auto* call = static_cast<RbdCall*>(ceph().rbd_aio_get_arg(comps[i]));
         const ssize_t r = ceph().rbd_aio_get_return_value(comps[i]);
         ceph().rbd_aio_release(comps[i]);
-        op->done(r);
+        call->complete(r);
       }
       if (n < 64) break;
     }

@@ -15,6 +15,7 @@
 #include <libssh/libssh.h>
 
 #include "block/driver.hpp"
+#include "block/pieces.hpp"
 #include "core/backoff.hpp"
 #include "core/log.hpp"
 #include "protocols/ssh/sftp_connection.hpp"
@@ -286,21 +287,18 @@ class SshNode final : public Node {
 
   // The work itself, on the I/O thread.
   Task<void> read_all(std::uint64_t offset, std::span<std::byte> buf) {
-    const std::uint32_t piece = client_->connection().max_read();
-    auto make = [this, buf, offset, piece](std::uint64_t at) {
-      const std::size_t n = std::min<std::uint64_t>(piece, buf.size() - at);
+    auto read_one = [this, buf, offset](std::uint64_t at, std::uint64_t n) {
       return read_piece(offset + at, buf.subspan(at, n));
     };
-    co_await in_pieces(buf.size(), piece, make);
+    // The Client bounds all callers' requests together.
+    co_await for_each_piece(buf.size(), client_->connection().max_read(), kRequestsInFlight, read_one);
   }
 
   Task<void> write_all(std::uint64_t offset, std::span<const std::byte> buf) {
-    const std::uint32_t piece = client_->connection().max_write();
-    auto make = [this, buf, offset, piece](std::uint64_t at) {
-      const std::size_t n = std::min<std::uint64_t>(piece, buf.size() - at);
+    auto write_one = [this, buf, offset](std::uint64_t at, std::uint64_t n) {
       return write_piece(offset + at, buf.subspan(at, n));
     };
-    co_await in_pieces(buf.size(), piece, make);
+    co_await for_each_piece(buf.size(), client_->connection().max_write(), kRequestsInFlight, write_one);
   }
 
   Task<void> fsync() {
@@ -311,29 +309,6 @@ class SshNode final : public Node {
     r.kind = Request::Kind::fsync;
     co_await client_->run(r, "flush");
     if (!r.ok()) throw client_->failure(r, "flush");
-  }
-
-  // Runs make(at) for every piece of [0, length), at most kRequestsInFlight at a time
-  // (the Client bounds all callers together).
-  template <class Make>
-  Task<void> in_pieces(std::uint64_t length, std::uint32_t piece, Make make) {
-    if (length <= piece) {
-      co_await make(0);
-      co_return;
-    }
-    std::uint64_t next = 0;
-    const auto pieces = (length + piece - 1) / piece;
-    const auto workers = static_cast<unsigned>(std::min<std::uint64_t>(pieces, kRequestsInFlight));
-    auto worker = [&]() -> Task<void> {
-      while (next < length) {
-        const std::uint64_t at = next;
-        next += std::min<std::uint64_t>(piece, length - at);
-        co_await make(at);
-      }
-    };
-    auto start = [&] { return worker(); };
-    auto stop = [&] { next = length; };
-    co_await run_concurrently(workers, start, stop);
   }
 
   Task<void> read_piece(std::uint64_t offset, std::span<std::byte> into) {
