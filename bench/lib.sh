@@ -169,6 +169,18 @@ bench_workdir() {
   trap 'bench_stop_server; rm -rf "$work"' EXIT
 }
 
+# Starts a server in the background as $server_pid (stopped by bench_stop_server, or by
+# bench_workdir's exit trap) and waits until it listens:
+#   bench_start_server tcp|udp|unix PORT|PATH COMMAND [ARG...]
+# Output goes where the caller's goes; redirect around the call to keep it.
+bench_start_server() {
+  local kind=$1 address=$2
+  shift 2
+  "$@" &
+  server_pid=$!
+  bench_wait_listen "$kind" "$address"
+}
+
 # Stops the server in $server_pid (by PID) and forgets it.
 bench_stop_server() {
   [ -n "$server_pid" ] || return 0

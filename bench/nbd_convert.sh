@@ -27,15 +27,11 @@ bytes=$(stat -c %s "$image")
 for transport in tcp unix; do
   if [ "$transport" = tcp ]; then
     port=$(bench_free_port)
-    nbdkit -f -i 127.0.0.1 -p "$port" file "$image" &
-    server_pid=$!
-    bench_wait_listen tcp "$port"
+    bench_start_server tcp "$port" nbdkit -f -i 127.0.0.1 -p "$port" file "$image"
     uri="nbd://127.0.0.1:$port/"
   else
     sock=$work/nbdkit.sock
-    nbdkit -f -U "$sock" file "$image" &
-    server_pid=$!
-    bench_wait_listen unix "$sock"
+    bench_start_server unix "$sock" nbdkit -f -U "$sock" file "$image"
     uri="nbd+unix:///?socket=$sock"
   fi
   # The copy must be right before it is timed.

@@ -29,9 +29,9 @@ for workload in randread-4k randwrite-4k; do
     order=(before after); ((rep % 2 == 0)) && order=(after before)
     for b in "${order[@]}"; do
       if [ $transport = tcp ]; then port=$(bench_free_port); uri="nbd://127.0.0.1:$port/"
-        "${bin[$b]}" serve -t -e 0 -f raw -b 127.0.0.1 -p "$port" "$image" & server_pid=$!; bench_wait_listen tcp "$port"
+        bench_start_server tcp "$port" "${bin[$b]}" serve -t -e 0 -f raw -b 127.0.0.1 -p "$port" "$image"
       else sock=$work/s.sock; rm -f $sock; uri="nbd+unix:///?socket=$sock"
-        "${bin[$b]}" serve -t -e 0 -f raw -k "$sock" "$image" & server_pid=$!; bench_wait_listen unix "$sock"; fi
+        bench_start_server unix "$sock" "${bin[$b]}" serve -t -e 0 -f raw -k "$sock" "$image"; fi
       iops=$(fio_iops --name=bench --ioengine=nbd --uri="$uri" "${fio_args[@]}" --size=1G --runtime="$SECS" --time_based --ramp_time=1)
       bench_stop_server
       res[$b]+="$iops "
