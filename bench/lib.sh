@@ -171,12 +171,13 @@ bench_workdir() {
 
 # Starts a server in the background as $server_pid (stopped by bench_stop_server, or by
 # bench_workdir's exit trap) and waits until it listens:
-#   bench_start_server tcp|udp|unix PORT|PATH COMMAND [ARG...]
-# Output goes where the caller's goes; redirect around the call to keep it.
+#   bench_start_server tcp|udp|unix PORT|PATH [--log FILE] COMMAND [ARG...]
+# The server's output goes to FILE when given, else where the caller's goes.
 bench_start_server() {
-  local kind=$1 address=$2
+  local kind=$1 address=$2 log=
   shift 2
-  "$@" &
+  if [ "$1" = --log ]; then log=$2; shift 2; fi
+  if [ -n "$log" ]; then "$@" >"$log" 2>&1 & else "$@" & fi
   server_pid=$!
   bench_wait_listen "$kind" "$address"
 }

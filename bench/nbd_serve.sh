@@ -27,18 +27,18 @@ fio_iops() {
 
 # start_server NAME TRANSPORT -> sets server_pid and uri
 start_server() {
-  local name=$1 transport=$2 port= sock= address
+  local name=$1 transport=$2 port= sock= address cmd
   if [ "$transport" = tcp ]; then port=$(bench_free_port); uri="nbd://127.0.0.1:$port/"; address=$port
   else sock=$work/$name.sock; rm -f "$sock"; uri="nbd+unix:///?socket=$sock"; address=$sock; fi
-  local kind=$transport
   case $name-$transport in
-    netblk-tcp)  bench_start_server $kind "$address" "$NETBLK" serve -t -e 0 -f raw -b 127.0.0.1 -p "$port" "$image" ;;
-    netblk-unix) bench_start_server $kind "$address" "$NETBLK" serve -t -e 0 -f raw -k "$sock" "$image" ;;
-    qemu-nbd-tcp)  bench_start_server $kind "$address" qemu-nbd -t -e 0 -f raw -b 127.0.0.1 -p "$port" "$image" ;;
-    qemu-nbd-unix) bench_start_server $kind "$address" qemu-nbd -t -e 0 -f raw -k "$sock" "$image" ;;
-    nbdkit-tcp)  bench_start_server $kind "$address" nbdkit -f -i 127.0.0.1 -p "$port" file "$image" ;;
-    nbdkit-unix) bench_start_server $kind "$address" nbdkit -f -U "$sock" file "$image" ;;
+    netblk-tcp)  cmd=("$NETBLK" serve -t -e 0 -f raw -b 127.0.0.1 -p "$port" "$image") ;;
+    netblk-unix) cmd=("$NETBLK" serve -t -e 0 -f raw -k "$sock" "$image") ;;
+    qemu-nbd-tcp)  cmd=(qemu-nbd -t -e 0 -f raw -b 127.0.0.1 -p "$port" "$image") ;;
+    qemu-nbd-unix) cmd=(qemu-nbd -t -e 0 -f raw -k "$sock" "$image") ;;
+    nbdkit-tcp)  cmd=(nbdkit -f -i 127.0.0.1 -p "$port" file "$image") ;;
+    nbdkit-unix) cmd=(nbdkit -f -U "$sock" file "$image") ;;
   esac
+  bench_start_server "$transport" "$address" "${cmd[@]}"
 }
 
 servers=(netblk qemu-nbd nbdkit)

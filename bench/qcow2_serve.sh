@@ -23,12 +23,11 @@ head -c 1G /dev/urandom >"$work/base.raw"
 start_server() {  # $1 = netblk | qemu-nbd
   rm -f "$work/ov.qcow2"
   qemu-img create -q -f qcow2 -b "$work/base.raw" -F raw "$work/ov.qcow2"
+  local log=$work/server.log
   if [ "$1" = netblk ]; then
-    bench_start_server tcp "$port" "$NETBLK" serve -f qcow2 -b 127.0.0.1 -p "$port" -x disk -t "$work/ov.qcow2" \
-      >"$work/server.log" 2>&1
+    bench_start_server tcp "$port" --log "$log" "$NETBLK" serve -f qcow2 -b 127.0.0.1 -p "$port" -x disk -t "$work/ov.qcow2"
   else
-    bench_start_server tcp "$port" qemu-nbd -t -f qcow2 -x disk -b 127.0.0.1 -p "$port" "$work/ov.qcow2" \
-      >"$work/server.log" 2>&1
+    bench_start_server tcp "$port" --log "$log" qemu-nbd -t -f qcow2 -x disk -b 127.0.0.1 -p "$port" "$work/ov.qcow2"
   fi
 }
 

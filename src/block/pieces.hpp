@@ -23,7 +23,7 @@ Task<void> for_each_piece(std::uint64_t length, std::uint64_t piece, unsigned wo
   }
   std::uint64_t next = 0;
   const std::uint64_t pieces = (length + piece - 1) / piece;
-  workers = static_cast<unsigned>(std::clamp<std::uint64_t>(pieces, 1, std::max(1u, workers)));
+  workers = static_cast<unsigned>(std::min<std::uint64_t>(pieces, std::max(1u, workers)));
   auto worker = [&]() -> Task<void> {
     while (next < length) {
       const std::uint64_t at = next;
