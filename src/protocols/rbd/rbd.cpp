@@ -13,8 +13,11 @@
 // coroutine that waits (never resumed on a librbd thread). Opening, closing, block status
 // (rbd_diff_iterate2), create and resize block, and are offloaded with a deadline.
 //
-// The connections end with the process (as gluster's): rados_shutdown waits for librados's
-// threads, which a dead cluster can hold.
+// The connections live as long as the process and are shut down when it exits, before the
+// static destructors run (core/process_exit.hpp): librados's threads keep working on an
+// idle connection (the monitors send configuration), and would run under them. A cluster
+// that cannot be shut down in time (a call still in progress, a dead cluster) ends the
+// process with _exit instead.
 #include <netdb.h>
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -28,12 +31,14 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "block/driver.hpp"
 #include "core/deadline.hpp"
 #include "core/fd_watcher.hpp"
 #include "core/library_call.hpp"
 #include "core/log.hpp"
+#include "core/process_exit.hpp"
 #include "core/shared_connection.hpp"
 #include "netblk/range_lock.hpp"
 #include "protocols/rbd/ceph_api.hpp"
@@ -55,6 +60,8 @@ constexpr std::chrono::seconds kGrace = 5s;
 constexpr std::uint64_t kGrowStep = 16u << 20;
 // rbd_diff_iterate2's callback stops the walk with this.
 constexpr int kStopWalk = -9000;
+// At the process's exit, shutting down its clusters may take this long.
+constexpr std::chrono::milliseconds kShutdownLimit = 3s;
 
 std::string errno_text(int err) { return std::strerror(err); }
 
@@ -155,6 +162,53 @@ std::string typed_monitor(const Monitor& m, std::string& why) {
 // ---------------------------------------------------------------------------------------
 // The process's cluster connections
 
+// Every librados client the process made, for its exit: each connected cluster is shut
+// down then, and none may be while one is still being made or an I/O context is open (a
+// call of librados may be in progress on it). Made after librados was loaded (its first
+// use is rados_create), so that its exit handler runs before librados's destructors.
+class Clients {
+ public:
+  static Clients& get() {
+    static auto* clients = new Clients;  // never destroyed: librados's threads may outlive main
+    return *clients;
+  }
+  // A cluster handle was created and is being connected.
+  void starting() {
+    std::lock_guard lock(m_);
+    ++starting_;
+  }
+  // It connected (`cluster`), or failed and was shut down (null).
+  void started(rados_t cluster) {
+    std::lock_guard lock(m_);
+    --starting_;
+    if (cluster) connected_.push_back(cluster);
+  }
+  void context_opened() {
+    std::lock_guard lock(m_);
+    ++contexts_;
+  }
+  void context_closed() {
+    std::lock_guard lock(m_);
+    --contexts_;
+  }
+
+ private:
+  Clients() { at_process_exit([this] { return stop(); }, kShutdownLimit); }
+  // Holds the lock while shutting down: nothing starts meanwhile.
+  bool stop() {
+    std::lock_guard lock(m_);
+    if (starting_ > 0 || contexts_ > 0) return false;
+    for (rados_t cluster : connected_) ceph().rados_shutdown(cluster);
+    connected_.clear();
+    return true;
+  }
+
+  std::mutex m_;
+  int starting_ = 0;
+  int contexts_ = 0;
+  std::vector<rados_t> connected_;
+};
+
 class Connection : public SharedConnection<rados_t> {
  public:
   rados_t cluster() const noexcept { return handle(); }
@@ -163,9 +217,11 @@ class Connection : public SharedConnection<rados_t> {
     rados_t cluster = nullptr;
     int r = ceph().rados_create(&cluster, c.user ? c.user->c_str() : nullptr);
     if (r < 0) return finish(nullptr, -r, "error initializing: " + errno_text(-r));
+    Clients::get().starting();
     auto fail = [&](int err, std::string why) {
       finish(nullptr, err, std::move(why));
       ceph().rados_shutdown(cluster);
+      Clients::get().started(nullptr);
     };
     if (c.conf) {
       r = ceph().rados_conf_read_file(cluster, c.conf->c_str());
@@ -223,6 +279,7 @@ class Connection : public SharedConnection<rados_t> {
       if (-r == EACCES || -r == EPERM) why += " (authentication failed)";
       return fail(-r, why);
     }
+    Clients::get().started(cluster);
     finish(cluster, 0, {});
   }
 
@@ -242,8 +299,14 @@ Task<void> connect(const RbdConfig& c, const std::string& name, std::shared_ptr<
 int open_ioctx(rados_t cluster, const RbdConfig& c, rados_ioctx_t* io) {
   const int r = ceph().rados_ioctx_create(cluster, c.pool.c_str(), io);
   if (r < 0) return r;
+  Clients::get().context_opened();
   ceph().rados_ioctx_set_namespace(*io, c.ns.c_str());
   return 0;
+}
+
+void close_ioctx(rados_ioctx_t io) {
+  ceph().rados_ioctx_destroy(io);
+  Clients::get().context_closed();
 }
 
 std::string pool_error(const RbdConfig& c, int err) {
@@ -291,7 +354,7 @@ int release(rados_ioctx_t io, rbd_image_t image, int efd) {
   int r = 0;
   if (image) r = ceph().rbd_close(image);
   if (efd >= 0) ::close(efd);
-  if (io) ceph().rados_ioctx_destroy(io);
+  if (io) close_ioctx(io);
   return r;
 }
 
@@ -598,7 +661,7 @@ Task<void> create_rbd(const OpenContext&, spec::Options& o, std::uint64_t size) 
     } else if (r < 0) {
       why = "error rbd create: " + errno_text(-r);
     }
-    ceph().rados_ioctx_destroy(io);
+    close_ioctx(io);
     return why;
   };
   const std::string what = name + ": creating the image";
