@@ -26,7 +26,7 @@ struct Outcome {
 };
 
 void run_stop(int status, void* arg) {
-  auto* handler = static_cast<ExitStop*>(arg);  // never freed: the process is ending
+  const std::unique_ptr<ExitStop> handler(static_cast<ExitStop*>(arg));
   auto outcome = std::make_shared<Outcome>();
   std::thread([outcome, stop = handler->stop] {
     bool stopped = false;
