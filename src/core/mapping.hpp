@@ -7,11 +7,14 @@
 
 namespace netblk {
 
-// Copies `n` bytes from `src` to `dst`, where either may lie in a file mapping. Returns
-// false when the copy raised SIGBUS: some bytes may then have been copied, so the caller
-// redoes the whole operation another way (pwrite) to get the real result or error. Any
-// other SIGBUS (one not raised inside this function) still ends the process.
-bool copy_unless_sigbus(void* dst, const void* src, std::size_t n) noexcept;
+// Copies `n` bytes from `src` into `dst`, which lies in a shared writable file mapping,
+// through the kernel (process_vm_writev on this process): a process killed during the copy
+// leaves each page it touched written whole or not at all, as pwrite does, where a store
+// from user space may be cut off at any byte (a torn sector, which no disk leaves). Returns
+// false when not every byte was copied (no space for a block, the file cut short, the
+// system call refused): the caller redoes the whole write another way (pwrite) to get the
+// real result or error. Raises no signal.
+bool store_whole_pages(void* dst, const void* src, std::size_t n) noexcept;
 
 // Runs fn(arg), which may read or write file mappings, and returns false when that raised
 // SIGBUS (fn then stopped where it was). fn must not allocate, lock, or own anything that

@@ -1,4 +1,4 @@
-// copy_unless_sigbus() and pages_in_memory() on a shared mapping of a tmpfs file.
+// store_whole_pages(), run_unless_sigbus() and pages_in_memory() on a shared mapping of a tmpfs file.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/mman.h>
@@ -33,31 +33,53 @@ struct MappedFile {
   }
 };
 
-TEST(Mapping, CopyIntoAMappingLands) {
+// Reads [src, src + n) under run_unless_sigbus.
+bool guarded_read(std::byte* dst, const std::byte* src, std::size_t n) {
+  struct Copy {
+    std::byte* dst;
+    const std::byte* src;
+    std::size_t n;
+  } copy{dst, src, n};
+  return netblk::run_unless_sigbus([](void* arg) {
+    auto* c = static_cast<Copy*>(arg);
+    std::memcpy(c->dst, c->src, c->n);
+  }, &copy);
+}
+
+TEST(Mapping, StoreIntoAMappingLands) {
   MappedFile f;
-  std::vector<std::byte> data(8192, std::byte{0x42});
-  ASSERT_TRUE(netblk::copy_unless_sigbus(f.map + 4096, data.data(), data.size()));
+  std::vector<std::byte> data(8192 + 100, std::byte{0x42});
+  ASSERT_TRUE(netblk::store_whole_pages(f.map + 4096 - 50, data.data(), data.size()));
   std::vector<std::byte> back(data.size());
-  ASSERT_EQ(pread(f.fd, back.data(), back.size(), 4096), static_cast<ssize_t>(back.size()));
+  ASSERT_EQ(pread(f.fd, back.data(), back.size(), 4096 - 50), static_cast<ssize_t>(back.size()));
   EXPECT_EQ(back, data);
 }
 
-TEST(Mapping, CopyPastTheEndOfATruncatedFileFailsInsteadOfDying) {
+TEST(Mapping, StorePastTheEndOfATruncatedFileFailsWithoutASignal) {
   MappedFile f;
   ASSERT_EQ(ftruncate(f.fd, 4096), 0);
-  std::vector<std::byte> data(4096, std::byte{1});
-  EXPECT_FALSE(netblk::copy_unless_sigbus(f.map + 65536, data.data(), data.size()));
-  // Again (the handler is still in place), and a good copy after it.
-  EXPECT_FALSE(netblk::copy_unless_sigbus(data.data(), f.map + 65536, data.size()));
-  EXPECT_TRUE(netblk::copy_unless_sigbus(f.map, data.data(), data.size()));
+  std::vector<std::byte> data(8192, std::byte{1});
+  EXPECT_FALSE(netblk::store_whole_pages(f.map + 65536, data.data(), data.size()));
+  EXPECT_FALSE(netblk::store_whole_pages(f.map, data.data(), data.size())) << "half past the end";
+  EXPECT_TRUE(netblk::store_whole_pages(f.map, data.data(), 4096));
 }
 
-TEST(Mapping, SigbusOutsideAGuardedCopyStillKills) {
+TEST(Mapping, GuardedReadPastTheEndFailsInsteadOfDying) {
+  MappedFile f;
+  ASSERT_EQ(ftruncate(f.fd, 4096), 0);
+  std::vector<std::byte> data(4096);
+  EXPECT_FALSE(guarded_read(data.data(), f.map + 65536, data.size()));
+  // Again (the handler is still in place), and a good read after it.
+  EXPECT_FALSE(guarded_read(data.data(), f.map + 65536, data.size()));
+  EXPECT_TRUE(guarded_read(data.data(), f.map, data.size()));
+}
+
+TEST(Mapping, SigbusOutsideAGuardedRunStillKills) {
   EXPECT_EXIT(
       {
         MappedFile f;
         std::vector<std::byte> data(16);
-        ASSERT_TRUE(netblk::copy_unless_sigbus(f.map, data.data(), data.size()));  // installs the handler
+        ASSERT_TRUE(guarded_read(data.data(), f.map, data.size()));  // installs the handler
         ASSERT_EQ(ftruncate(f.fd, 0), 0);
         volatile std::byte* p = f.map + 8192;
         *p = std::byte{1};

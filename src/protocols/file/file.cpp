@@ -126,10 +126,11 @@ class FileNode final : public Node {
     std::size_t done = 0;
     // Through the mapping when the pages are in memory: after the first store into a page
     // since its last writeback, the next ones are plain copies, where pwrite walks every
-    // block of the page's (possibly large) folio each time. A SIGBUS (no space for a block,
-    // the file cut short) leaves it to pwrite, which says what went wrong.
+    // block of the page's (possibly large) folio each time. The kernel copies (whole pages
+    // if the process is killed meanwhile); a copy cut short (no space for a block, the file
+    // cut short) leaves it to pwrite, which says what went wrong.
     std::byte* at = writable_mapping_ && offset + buf.size() <= mapped_len_ ? mapping_ + offset : nullptr;
-    if (!(at && pages_in_memory(at, buf.size()) && copy_unless_sigbus(at, buf.data(), buf.size())))
+    if (!(at && pages_in_memory(at, buf.size()) && store_whole_pages(at, buf.data(), buf.size())))
       write_blocking(offset, buf, done);
     const auto end = std::chrono::steady_clock::now();
     if (end - start < kInlineWriteStall) {
