@@ -238,9 +238,10 @@ Task<void> Connection::do_read(const Request& r, Reply& reply) {
   reply.data_len = len;
 }
 
-// A read of a node that lies in a file, answered without reading it here: large reads on
-// unix sockets with sendfile (no copy in the server), other reads whose pages are in memory
-// from the file's mapping (one copy, into the socket). False when the read needs a buffer.
+// A read of a node that lies in a file whose pages are in memory, answered without reading
+// it here: large reads on unix sockets with sendfile (no copy in the server), others from
+// the file's mapping (one copy, into the socket); a large read of a hole as a hole. False
+// when the read needs a buffer.
 bool Connection::reply_from_file(const Request& r, Reply& reply, std::size_t len) {
   auto span = node_.file_span(r.offset, len);
   if (!span) return false;
@@ -252,15 +253,19 @@ bool Connection::reply_from_file(const Request& r, Reply& reply, std::size_t len
     reply.data_len = len;
     return true;
   }
-  // A range with no data at all still goes out as a hole. SEEK_DATA answers at once from
-  // a data offset (SEEK_HOLE, which scans tmpfs data, is not asked). Pages in memory are
-  // taken for data without asking.
-  if (structured_ && !in_memory) {
-    off_t data = ::lseek(span->fd, static_cast<off_t>(span->offset), SEEK_DATA);
-    if ((data < 0 && errno == ENXIO) || (data >= 0 && static_cast<std::uint64_t>(data) >= span->offset + len)) {
-      finish_hole(reply, r);
-      return true;
+  if (!in_memory) {
+    // A range with no data at all still goes out as a hole. SEEK_DATA answers at once from
+    // a data offset (SEEK_HOLE, which scans tmpfs data, is not asked).
+    if (structured_) {
+      off_t data = ::lseek(span->fd, static_cast<off_t>(span->offset), SEEK_DATA);
+      if ((data < 0 && errno == ENXIO) || (data >= 0 && static_cast<std::uint64_t>(data) >= span->offset + len)) {
+        finish_hole(reply, r);
+        return true;
+      }
     }
+    // Data still on the disk is read into a buffer by the node, off the loop: sendfile
+    // would wait for the disk on the loop, and every other request with it.
+    return false;
   }
   // Sent from the file by push_out().
   encode_read_header(reply, r, len);
