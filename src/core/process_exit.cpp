@@ -2,11 +2,10 @@
 
 #include <unistd.h>
 
-#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <future>
 #include <memory>
-#include <mutex>
 #include <thread>
 
 namespace netblk {
@@ -17,33 +16,19 @@ struct ExitStop {
   std::chrono::milliseconds limit;
 };
 
-// The outcome of one stop, shared with its thread (which may outlive the wait).
-struct Outcome {
-  std::mutex m;
-  std::condition_variable cv;
-  bool done = false;
-  bool stopped = false;
-};
-
 void run_stop(int status, void* arg) {
   const std::unique_ptr<ExitStop> handler(static_cast<ExitStop*>(arg));
-  auto outcome = std::make_shared<Outcome>();
-  std::thread([outcome, stop = handler->stop] {
-    bool stopped = false;
+  // The thread may outlive the wait (a stop that hangs): the promise's state is shared.
+  std::promise<bool> stopped;
+  std::future<bool> result = stopped.get_future();
+  std::thread([stop = std::move(handler->stop), stopped = std::move(stopped)]() mutable {
     try {
-      stopped = stop();
+      stopped.set_value(stop());
     } catch (...) {
+      stopped.set_value(false);
     }
-    {
-      std::lock_guard lock(outcome->m);
-      outcome->done = true;
-      outcome->stopped = stopped;
-    }
-    outcome->cv.notify_all();
   }).detach();
-  std::unique_lock lock(outcome->m);
-  const bool done = outcome->cv.wait_for(lock, handler->limit, [&] { return outcome->done; });
-  if (done && outcome->stopped) return;
+  if (result.wait_for(handler->limit) == std::future_status::ready && result.get()) return;
   std::fflush(nullptr);
   ::_exit(status);
 }

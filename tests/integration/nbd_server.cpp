@@ -568,7 +568,7 @@ TEST(NbdServer, MemoryBoundedOverClients) {
 // unix socket), so that it knows exactly which writes a completed flush covered. A qcow2
 // image on disk has its writes on the loop go through the file's mapping; a raw image on
 // tmpfs (`on_tmpfs`) has them land in place.
-void check_killed_while_writing(const std::string& format, bool on_tmpfs) {
+static void check_killed_while_writing(const std::string& format, bool on_tmpfs) {
   constexpr std::uint64_t kSize = 16u << 20, kBlock = 4096, kBlocks = kSize / kBlock;
   TempDir dir = on_tmpfs ? TempDir("/dev/shm") : TempDir();
   const std::string image = dir / ("disk." + format), raw = dir / "read.raw";

@@ -239,38 +239,32 @@ Task<void> Connection::do_read(const Request& r, Reply& reply) {
 }
 
 // A read of a node that lies in a file whose pages are in memory, answered without reading
-// it here: large reads on unix sockets with sendfile (no copy in the server), others from
-// the file's mapping (one copy, into the socket); a large read of a hole as a hole. False
-// when the read needs a buffer.
+// it here: large reads on unix sockets with sendfile (no copy in the server; push_out()),
+// others from the file's mapping (one copy, into the socket). A large read of a range with
+// no data goes out as a hole. False when the read needs a buffer: data still on the disk is
+// read by the node, off the loop (sendfile would wait for the disk on the loop, and every
+// other request with it).
 bool Connection::reply_from_file(const Request& r, Reply& reply, std::size_t len) {
   auto span = node_.file_span(r.offset, len);
   if (!span) return false;
-  const bool in_memory = span->memory && pages_in_memory(span->memory, len);
-  if (!unix_socket_ || len < kSendfileMinimum) {
-    if (!in_memory) return false;
-    encode_read_header(reply, r, len);
-    reply.mapped = span->memory;
-    reply.data_len = len;
-    return true;
+  const bool large = unix_socket_ && len >= kSendfileMinimum;
+  if (!(span->memory && pages_in_memory(span->memory, len))) {
+    // SEEK_DATA answers at once from a data offset (SEEK_HOLE, which scans tmpfs data, is
+    // not asked).
+    if (!large || !structured_) return false;
+    const off_t data = ::lseek(span->fd, static_cast<off_t>(span->offset), SEEK_DATA);
+    const bool no_data =
+        (data < 0 && errno == ENXIO) || (data >= 0 && static_cast<std::uint64_t>(data) >= span->offset + len);
+    if (no_data) finish_hole(reply, r);
+    return no_data;
   }
-  if (!in_memory) {
-    // A range with no data at all still goes out as a hole. SEEK_DATA answers at once from
-    // a data offset (SEEK_HOLE, which scans tmpfs data, is not asked).
-    if (structured_) {
-      off_t data = ::lseek(span->fd, static_cast<off_t>(span->offset), SEEK_DATA);
-      if ((data < 0 && errno == ENXIO) || (data >= 0 && static_cast<std::uint64_t>(data) >= span->offset + len)) {
-        finish_hole(reply, r);
-        return true;
-      }
-    }
-    // Data still on the disk is read into a buffer by the node, off the loop: sendfile
-    // would wait for the disk on the loop, and every other request with it.
-    return false;
-  }
-  // Sent from the file by push_out().
   encode_read_header(reply, r, len);
-  reply.file_fd = span->fd;
-  reply.file_offset = span->offset;
+  if (large) {
+    reply.file_fd = span->fd;
+    reply.file_offset = span->offset;
+  } else {
+    reply.mapped = span->memory;
+  }
   reply.data_len = len;
   return true;
 }

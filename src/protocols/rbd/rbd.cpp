@@ -173,15 +173,20 @@ class Clients {
     return *clients;
   }
   // A cluster handle was created and is being connected.
-  void starting() {
+  void connecting() {
     std::lock_guard lock(m_);
-    ++starting_;
+    ++connecting_;
   }
-  // It connected (`cluster`), or failed and was shut down (null).
-  void started(rados_t cluster) {
+  // It connected.
+  void connected(rados_t cluster) {
     std::lock_guard lock(m_);
-    --starting_;
-    if (cluster) connected_.push_back(cluster);
+    --connecting_;
+    connected_.push_back(cluster);
+  }
+  // It failed and was shut down.
+  void failed() {
+    std::lock_guard lock(m_);
+    --connecting_;
   }
   void context_opened() {
     std::lock_guard lock(m_);
@@ -197,14 +202,14 @@ class Clients {
   // Holds the lock while shutting down: nothing starts meanwhile.
   bool stop() {
     std::lock_guard lock(m_);
-    if (starting_ > 0 || contexts_ > 0) return false;
+    if (connecting_ > 0 || contexts_ > 0) return false;
     for (rados_t cluster : connected_) ceph().rados_shutdown(cluster);
     connected_.clear();
     return true;
   }
 
   std::mutex m_;
-  int starting_ = 0;
+  int connecting_ = 0;
   int contexts_ = 0;
   std::vector<rados_t> connected_;
 };
@@ -217,11 +222,11 @@ class Connection : public SharedConnection<rados_t> {
     rados_t cluster = nullptr;
     int r = ceph().rados_create(&cluster, c.user ? c.user->c_str() : nullptr);
     if (r < 0) return finish(nullptr, -r, "error initializing: " + errno_text(-r));
-    Clients::get().starting();
+    Clients::get().connecting();
     auto fail = [&](int err, std::string why) {
       finish(nullptr, err, std::move(why));
       ceph().rados_shutdown(cluster);
-      Clients::get().started(nullptr);
+      Clients::get().failed();
     };
     if (c.conf) {
       r = ceph().rados_conf_read_file(cluster, c.conf->c_str());
@@ -279,7 +284,7 @@ class Connection : public SharedConnection<rados_t> {
       if (-r == EACCES || -r == EPERM) why += " (authentication failed)";
       return fail(-r, why);
     }
-    Clients::get().started(cluster);
+    Clients::get().connected(cluster);
     finish(cluster, 0, {});
   }
 
